@@ -1,0 +1,90 @@
+"""The api service: tenants and API keys (schema `accounts`), the admin API, key resolution.
+
+Other services resolve keys over NATS request/reply (`<ns>.accounts.rpc.resolve_key`),
+so none of them reads this schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Router, get, post
+from litestar.status_codes import HTTP_201_CREATED
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.api import repository
+from shared.events import ResolveKeyReply, ResolveKeyRequest
+from shared.http import Refusal, admin_guard
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+class NewTenant(msgspec.Struct, frozen=True):
+    name: str
+
+
+class NewKey(msgspec.Struct, frozen=True):
+    label: str = ""
+
+
+class AccountsService:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects) -> None:
+        self._pool = pool
+        self._nc = nc
+        self._subjects = subjects
+        self._subscriptions: list[Subscription] = []
+
+    async def start(self) -> None:
+        # A queue group, so several api processes share the requests.
+        self._subscriptions.append(
+            await self._nc.subscribe(self._subjects.resolve_key, queue="accounts",
+                                     cb=self._on_resolve_key))
+
+    async def stop(self) -> None:
+        for sub in self._subscriptions:
+            await sub.unsubscribe()
+
+    async def _on_resolve_key(self, msg: Msg) -> None:
+        try:
+            req = msgspec.json.decode(msg.data, type=ResolveKeyRequest)
+        except msgspec.ValidationError:
+            await msg.respond(msgspec.json.encode(ResolveKeyReply(tenant_id=None, status="unknown")))
+            return
+        tenant_id, status = await repository.resolve_key_hash(self._pool, req.key_hash)
+        await msg.respond(msgspec.json.encode(ResolveKeyReply(tenant_id=tenant_id, status=status)))
+
+    def admin_router(self, admin_token: str) -> Router:
+        pool = self._pool
+
+        @post("/tenants", operation_id="admin_create_tenant", status_code=HTTP_201_CREATED)
+        async def create_tenant(data: NewTenant) -> dict[str, Any]:
+            name = data.name.strip()
+            if not 1 <= len(name) <= 200:
+                raise Refusal(400, "invalid_name", "tenant name must be 1 to 200 characters")
+            tenant = await repository.create_tenant(pool, name)
+            return {"id": tenant.id, "name": tenant.name, "status": tenant.status}
+
+        @get("/tenants", operation_id="admin_list_tenants")
+        async def list_tenants() -> list[dict[str, Any]]:
+            return [{"id": t.id, "name": t.name, "status": t.status,
+                     "created_at": t.created_at.isoformat()}
+                    for t in await repository.list_tenants_admin(pool)]
+
+        @post("/tenants/{tenant_id:str}/keys", operation_id="admin_issue_key",
+              status_code=HTTP_201_CREATED)
+        async def issue_key(tenant_id: str, data: NewKey) -> dict[str, Any]:
+            if await repository.get_tenant(pool, tenant_id) is None:
+                raise Refusal(404, "tenant_not_found", f"no tenant {tenant_id!r}")
+            issued = await repository.issue_key(pool, tenant_id, data.label[:200])
+            return {"id": issued.id, "tenant_id": tenant_id, "key": issued.key,
+                    "prefix": issued.prefix, "label": issued.label,
+                    "note": "store this key now: it is shown once and kept only as a hash"}
+
+        return Router("/admin", route_handlers=[create_tenant, list_tenants, issue_key],
+                      guards=[admin_guard(admin_token)], tags=["admin"])

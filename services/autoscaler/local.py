@@ -1,0 +1,132 @@
+"""The local-process executor: BentoML runner processes per simulated PoP on this machine.
+
+Each replica is `bentoml serve services.runner.service:Runner` in its own session, with
+its assignment in the environment. Stopping sends SIGTERM to the arbiter (BentoML drains
+and runs the runner's shutdown hook in each worker), then kills whatever is left of the
+whole process tree: BentoML workers have their own process groups and would survive a
+group kill as orphans (facts.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import psutil
+
+from services.autoscaler.executor import Replica
+from shared.embedded import free_port
+from shared.events import Deployment
+from shared.topology import Pop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LocalExecutorConfig:
+    nats_url: str
+    namespace: str
+    state_dir: Path
+    pops: dict[str, Pop]
+    gpu_share: Decimal = Decimal(1)
+    stop_timeout_s: float = 30.0
+
+
+@dataclass
+class _Process:
+    replica: Replica
+    popen: subprocess.Popen[bytes]
+    tree: set[int] = field(default_factory=set)
+
+
+class LocalProcessExecutor:
+    def __init__(self, config: LocalExecutorConfig) -> None:
+        self._config = config
+        self._processes: dict[str, _Process] = {}
+
+    def running(self) -> list[Replica]:
+        return [p.replica for p in self._processes.values() if p.popen.poll() is None]
+
+    def exited(self) -> list[Replica]:
+        return [p.replica for p in self._processes.values() if p.popen.poll() is not None]
+
+    async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
+        c = self._config
+        port = free_port()
+        runner_id = "r" + secrets.token_hex(5)
+        url = f"http://127.0.0.1:{port}"
+        # Stable per (deployment, PoP, slot): a restarted replica publishes what its
+        # predecessor left in the outbox.
+        spool = c.state_dir / "spool" / deployment.id / pop / str(slot)
+        logs = c.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "NATS_URL": c.nats_url,
+            "EDGEINFER_NAMESPACE": c.namespace,
+            "EDGEINFER_RUNNER_ID": runner_id,
+            "EDGEINFER_POP": pop,
+            "EDGEINFER_REGION": c.pops[pop].region,
+            "EDGEINFER_RUNNER_URL": url,
+            "EDGEINFER_DEPLOYMENT_ID": deployment.id,
+            "EDGEINFER_MODEL_VERSION": deployment.model_version,
+            "EDGEINFER_ARTIFACT_DIGEST": deployment.artifact_digest,
+            "EDGEINFER_GPU_CLASS": deployment.gpu_class,
+            "EDGEINFER_GPU_SHARE": str(c.gpu_share),
+            "EDGEINFER_SPOOL_DIR": str(spool.resolve()),
+            "EDGEINFER_ARTIFACT_CACHE": str((c.state_dir / "artifacts" / pop).resolve()),
+            "EDGEINFER_SUPERVISOR_PID": str(os.getpid()),
+            "BENTOML_HOME": str((c.state_dir / "bentoml").resolve()),
+            "BENTOML_DO_NOT_TRACK": "True",
+            # A CPU slot is one thread: keep numeric libraries from fanning out.
+            "OMP_NUM_THREADS": "1",
+        }
+        log_file = open(logs / f"runner-{pop}-{runner_id}.log", "ab")  # noqa: SIM115
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
+             "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        log_file.close()
+        replica = Replica(runner_id, deployment.id, pop, slot, url)
+        self._processes[runner_id] = _Process(replica, popen)
+        log.info("started runner %s for %s in %s (pid %d, %s)", runner_id, deployment.id, pop,
+                 popen.pid, url)
+        return replica
+
+    async def stop(self, replica: Replica) -> None:
+        process = self._processes.pop(replica.runner_id, None)
+        if process is None:
+            return
+        await asyncio.to_thread(_stop_tree, process.popen, self._config.stop_timeout_s)
+
+    async def stop_all(self) -> None:
+        await asyncio.gather(*(self.stop(r) for r in list(self.running()) + self.exited()))
+
+
+def _stop_tree(popen: subprocess.Popen[bytes], timeout_s: float) -> None:
+    try:
+        root = psutil.Process(popen.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        popen.wait()
+        return
+    try:
+        root.terminate()
+    except psutil.NoSuchProcess:
+        pass
+    _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    popen.wait()

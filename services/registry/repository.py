@@ -1,0 +1,89 @@
+"""SQL for the registry schema; every tenant-facing call takes the tenant id."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+
+from shared.events import Deployment
+
+_DEPLOYMENT_SELECT = """
+    SELECT d.id, d.tenant_id, d.name, m.name AS model_name, v.version AS model_version,
+           m.framework, v.artifact_digest, d.gpu_class, d.allowed_pops,
+           d.min_replicas, d.max_replicas
+      FROM registry.deployments d
+      JOIN registry.model_versions v ON v.id = d.model_version_id
+      JOIN registry.models m ON m.id = v.model_id
+"""
+
+
+def _deployment(row: asyncpg.Record) -> Deployment:
+    return Deployment(
+        id=row["id"], tenant_id=row["tenant_id"], name=row["name"], model_name=row["model_name"],
+        model_version=row["model_version"], framework=row["framework"],
+        artifact_digest=row["artifact_digest"], gpu_class=row["gpu_class"],
+        allowed_pops=list(row["allowed_pops"]), min_replicas=row["min_replicas"],
+        max_replicas=row["max_replicas"])
+
+
+async def upsert_model(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
+                       framework: str) -> str:
+    row = await conn.fetchrow(
+        "INSERT INTO registry.models (id, tenant_id, name, framework) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (tenant_id, name) DO UPDATE SET framework = registry.models.framework"
+        " RETURNING id", "mdl_" + secrets.token_hex(8), tenant_id, name, framework)
+    return str(row["id"])
+
+
+async def add_version(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, model_id: str,
+                      version: str, digest: str, size: int) -> str:
+    """A new model version, or the existing one when the same bytes are registered again."""
+    row = await conn.fetchrow(
+        "SELECT v.id, v.artifact_digest FROM registry.model_versions v"
+        " JOIN registry.models m ON m.id = v.model_id"
+        " WHERE m.tenant_id = $1 AND v.model_id = $2 AND v.version = $3", tenant_id, model_id, version)
+    if row is not None:
+        if row["artifact_digest"] != digest:
+            raise ValueError(f"version {version!r} already exists with different content")
+        return str(row["id"])
+    version_id = "ver_" + secrets.token_hex(8)
+    await conn.execute(
+        "INSERT INTO registry.model_versions (id, model_id, version, artifact_digest, artifact_bytes)"
+        " VALUES ($1, $2, $3, $4, $5)", version_id, model_id, version, digest, size)
+    return version_id
+
+
+async def upsert_deployment(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
+                            model_version_id: str, gpu_class: str, allowed_pops: list[str],
+                            min_replicas: int, max_replicas: int) -> Deployment:
+    await conn.execute(
+        "INSERT INTO registry.deployments (id, tenant_id, name, model_version_id, gpu_class,"
+        " allowed_pops, min_replicas, max_replicas) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " ON CONFLICT (tenant_id, name) DO UPDATE SET model_version_id = excluded.model_version_id,"
+        " gpu_class = excluded.gpu_class, allowed_pops = excluded.allowed_pops,"
+        " min_replicas = excluded.min_replicas, max_replicas = excluded.max_replicas,"
+        " updated_at = now()",
+        "dep_" + secrets.token_hex(8), tenant_id, name, model_version_id, gpu_class, allowed_pops,
+        min_replicas, max_replicas)
+    found = await get_deployment(conn, tenant_id, name)
+    assert found is not None
+    return found
+
+
+async def get_deployment(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str,
+                         name: str) -> Deployment | None:
+    row = await conn.fetchrow(_DEPLOYMENT_SELECT + " WHERE d.tenant_id = $1 AND d.name = $2",
+                              tenant_id, name)
+    return _deployment(row) if row else None
+
+
+async def list_deployments(pool: asyncpg.Pool, tenant_id: str) -> list[Deployment]:
+    rows = await pool.fetch(_DEPLOYMENT_SELECT + " WHERE d.tenant_id = $1 ORDER BY d.name", tenant_id)
+    return [_deployment(r) for r in rows]
+
+
+async def list_all_deployments_admin(pool: asyncpg.Pool) -> list[Deployment]:
+    """Crosses tenants: for the autoscaler's placement and the admin API only."""
+    rows = await pool.fetch(_DEPLOYMENT_SELECT + " ORDER BY d.tenant_id, d.name")
+    return [_deployment(r) for r in rows]

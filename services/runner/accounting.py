@@ -1,0 +1,67 @@
+"""GPU-second accounting: pure functions, no clock reads (times are passed in).
+
+Conservation (design.md, invariant 1): over any interval, what a runner charges equals
+the device-busy time it measured × its GPU share, and never exceeds wall time × share.
+
+Fractional shares make per-request rounding the hard part: 0.5 × 3 µs is 1.5 µs. We
+charge each request the difference of the rounded cumulative totals,
+
+    charge_k = floor(share × B_k) − floor(share × B_{k-1}),   B_k = busy µs up to request k
+
+so the charges telescope: Σ charge = floor(share × Σ busy) exactly, at every moment, and
+no request is ever charged more than share × its own busy time plus one microsecond.
+Worked example, share 0.5, busy 3, 3, 3 µs: cumulative 1.5 → 1, 3 → 3, 4.5 → 4; charges
+1, 2, 1; total 4 = floor(0.5 × 9). (tests/unit/test_accounting.py pins it.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import ROUND_FLOOR, Decimal
+
+
+def scaled_floor(share: Decimal, busy_us: int) -> int:
+    return int((share * busy_us).to_integral_value(rounding=ROUND_FLOOR))
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """A runner's cumulative counters (all integers, microseconds)."""
+
+    share: Decimal
+    busy_us: int = 0
+    charged_us: int = 0
+    requests: int = 0
+
+    def charge(self, busy_us: int) -> tuple[Ledger, int]:
+        """Book one request's busy time; returns the new ledger and what that request is charged."""
+        if busy_us < 0:
+            raise ValueError("busy time cannot be negative")
+        total_busy = self.busy_us + busy_us
+        total_charged = scaled_floor(self.share, total_busy)
+        charged = total_charged - self.charged_us
+        return replace(self, busy_us=total_busy, charged_us=total_charged,
+                       requests=self.requests + 1), charged
+
+
+def split_batch(total_us: int, weights: list[int]) -> list[int]:
+    """Split a batch's busy time across its requests by their share of the work.
+
+    Largest-remainder rounding: the parts are integers that add up to `total_us` exactly.
+    Ties go to the earlier request, so the split is deterministic.
+    """
+    if total_us < 0:
+        raise ValueError("busy time cannot be negative")
+    if not weights or any(w <= 0 for w in weights):
+        raise ValueError("every request in a batch has a positive amount of work")
+    whole = sum(weights)
+    parts = [total_us * w // whole for w in weights]
+    remainders = [(total_us * w % whole, -i) for i, w in enumerate(weights)]
+    for _, neg_index in sorted(remainders, reverse=True)[: total_us - sum(parts)]:
+        parts[-neg_index] += 1
+    return parts
+
+
+def ns_to_us(ns: int) -> int:
+    """Nanoseconds of a perf counter to whole microseconds (rounded half up)."""
+    return (ns + 500) // 1000

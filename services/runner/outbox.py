@@ -1,0 +1,158 @@
+"""The usage outbox: an append-only spool on local disk, drained to JetStream.
+
+A request's usage event is appended (and flushed to the kernel) before its response is
+returned, so a killed runner process loses nothing it answered. A publisher drains the
+spool to JetStream with the event id as `Nats-Msg-Id` and moves a durable offset past an
+event only after JetStream has acknowledged it. After a crash between publish and offset
+write, events are published again with the same ids: JetStream's duplicate window, and
+beyond it the ledger's unique key, drop the repeats.
+
+Layout: `<spool_dir>/<generation>.jsonl` (events, one JSON line each) and
+`<generation>.offset` (bytes acknowledged). Each runner process writes a new generation;
+at start it drains every older generation it finds, then deletes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from nats.js import JetStreamContext
+
+log = logging.getLogger(__name__)
+
+PUBLISH_CHUNK = 256
+ROTATE_BYTES = 4 * 1024 * 1024
+
+
+class Spool:
+    """One generation's files. Appends are synchronous (no await between write and flush)."""
+
+    def __init__(self, directory: Path, generation: str) -> None:
+        self.events_path = directory / f"{generation}.jsonl"
+        self.offset_path = directory / f"{generation}.offset"
+        self._file = open(self.events_path, "ab")  # noqa: SIM115 - lives as long as the spool
+
+    def append(self, line: bytes) -> None:
+        self._file.write(line + b"\n")
+        self._file.flush()  # to the kernel: survives the process being killed
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_offset(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+def write_offset(path: Path, offset: int) -> None:
+    partial = path.with_suffix(".offset.partial")
+    partial.write_text(str(offset))
+    os.replace(partial, path)
+
+
+def complete_lines(data: bytes) -> tuple[list[bytes], int]:
+    """The whole lines in `data` and how many bytes they span (a torn last line is left)."""
+    end = data.rfind(b"\n") + 1
+    return [line for line in data[:end].split(b"\n") if line], end
+
+
+class Outbox:
+    def __init__(self, directory: Path, js: JetStreamContext, subject: str,
+                 id_of: callable) -> None:  # type: ignore[valid-type]
+        directory.mkdir(parents=True, exist_ok=True)
+        self._dir = directory
+        self._js = js
+        self._subject = subject
+        self._id_of = id_of
+        generation = f"{time.time_ns():020d}-{os.getpid()}"
+        self._spool = Spool(directory, generation)
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.pending_events = 0
+
+    def append(self, event_id: str, payload: bytes) -> None:
+        del event_id  # the id travels inside the payload; kept in the signature for clarity
+        self._spool.append(payload)
+        self.pending_events += 1
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Drain forever; NATS being down only delays (retries with backoff, same ids)."""
+        backoff = 0.2
+        while True:
+            # Clear before draining: an append during the drain sets it again.
+            self._wake.clear()
+            try:
+                await self.drain_once()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down or slow: keep the events, retry later
+                log.warning("usage outbox: publish failed (%s); retrying in %.1f s", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+
+    async def drain_once(self) -> None:
+        for events_path in sorted(self._dir.glob("*.jsonl")):
+            await self._drain_file(events_path)
+
+    async def _drain_file(self, events_path: Path) -> None:
+        offset_path = events_path.with_suffix(".offset")
+        offset = read_offset(offset_path)
+        with open(events_path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        lines, span = complete_lines(data)
+        for start in range(0, len(lines), PUBLISH_CHUNK):
+            chunk = lines[start:start + PUBLISH_CHUNK]
+            await asyncio.gather(*(
+                self._js.publish(self._subject, line, headers={"Nats-Msg-Id": self._id_of(line)},
+                                 timeout=5.0)
+                for line in chunk))
+            offset += sum(len(line) + 1 for line in chunk)
+            write_offset(offset_path, offset)
+            self.published += len(chunk)
+            if events_path == self._spool.events_path:
+                self.pending_events -= len(chunk)
+        is_current = events_path == self._spool.events_path
+        if not is_current and span == len(data):
+            # An older generation, fully acknowledged. (A torn last line there is an event
+            # whose write the old process never finished, so its response was never sent.)
+            events_path.unlink()
+            offset_path.unlink(missing_ok=True)
+        elif is_current and offset >= ROTATE_BYTES and offset == events_path.stat().st_size:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        old = self._spool
+        self._spool = Spool(self._dir, f"{time.time_ns():020d}-{os.getpid()}")
+        old.close()
+        old.events_path.unlink()
+        old.offset_path.unlink(missing_ok=True)
+
+    async def flush(self, timeout: float) -> bool:
+        """Try to publish everything spooled; True when nothing is left pending."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                await self.drain_once()
+                if self.pending_events <= 0:
+                    return True
+            except Exception as exc:
+                log.warning("usage outbox: flush attempt failed: %s", exc)
+            await asyncio.sleep(0.2)
+        return False
+
+    def close(self) -> None:
+        self._spool.close()

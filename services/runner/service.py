@@ -1,0 +1,182 @@
+"""The runner: a BentoML service that serves one deployment's model on one device share.
+
+Started by an executor as `bentoml serve services.runner.service:Runner` with its
+assignment in the environment (runner/config.py). Per request it validates the input
+before the device, measures the device-busy time of the model call, charges
+busy × share (runner/accounting.py), spools the usage event to the outbox before it
+answers, and lets the outbox publish it to JetStream.
+
+On this machine there is no GPU: the device is a CPU slot (one onnxruntime thread)
+and busy time is the monotonic time around the model call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import bentoml
+import msgspec
+from bentoml.exceptions import InvalidArgument
+
+from services.runner.accounting import Ledger, ns_to_us
+from services.runner.config import RunnerConfig, runner_config_from_env
+from services.runner.model import InvalidInput, OnnxModel
+from services.runner.outbox import Outbox
+from shared.artifacts import get_artifact
+from shared.bus import connect
+from shared.events import RunnerCounters, RunnerHeartbeat, RunnerState, UsageEvent, encode, new_id
+from shared.subjects import Subjects
+
+log = logging.getLogger("edgeinfer.runner")
+
+
+class _IdOnly(msgspec.Struct):
+    id: str
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def _event_id(line: bytes) -> str:
+    return _id_decoder.decode(line).id
+
+
+@bentoml.service(name="edgeinfer_runner", workers=1, traffic={"timeout": 60})
+class Runner:
+    def __init__(self) -> None:
+        self.config: RunnerConfig = runner_config_from_env()
+        self.subjects = Subjects(self.config.namespace)
+        self.state: RunnerState = "starting"
+        self.ledger = Ledger(share=self.config.gpu_share)
+        self.in_flight = 0
+        self.model: OnnxModel | None = None
+        self.started_ns = time.monotonic_ns()
+        self.ready_ns: int | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._nc: Any = None
+        self._outbox: Outbox | None = None
+
+    @bentoml.on_startup
+    async def start(self) -> None:
+        c = self.config
+        self._nc = await connect(c.nats_url, name=f"runner-{c.runner_id}")
+        js = self._nc.jetstream()
+        data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
+                                  c.cache_dir)
+        self.model = OnnxModel.load(data)
+        warm = self.model.validate([[0.0] * self.model.features])
+        for _ in range(5):  # warm-up is never charged
+            self.model.run(warm)
+        self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id)
+        self._tasks = [asyncio.create_task(self._outbox.run()),
+                       asyncio.create_task(self._heartbeats()),
+                       asyncio.create_task(self._watch_supervisor())]
+        self.state = "ready"
+        self.ready_ns = time.monotonic_ns()
+        await self._beat()  # announce readiness at once, not a tick later
+        log.info("runner %s ready in %s serving %s (%s)", c.runner_id, c.pop, c.deployment_id,
+                 c.artifact_digest[:19])
+
+    def __is_ready__(self) -> bool:
+        return self.state == "ready"
+
+    @bentoml.api(route="/infer")
+    async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
+                    inputs: list[list[float]]) -> dict[str, Any]:
+        c = self.config
+        if self.state != "ready" or self.model is None or self._outbox is None:
+            raise bentoml.exceptions.ServiceUnavailable(f"runner is {self.state}")
+        if deployment_id != c.deployment_id:
+            raise InvalidArgument(f"this runner serves {c.deployment_id}, not {deployment_id}")
+        try:
+            array = self.model.validate(inputs)
+        except InvalidInput as exc:
+            raise InvalidArgument(str(exc)) from None
+        self.in_flight += 1
+        try:
+            started_at = datetime.now(UTC)
+            t0 = time.perf_counter_ns()
+            outputs = self.model.run(array)
+            busy_us = ns_to_us(time.perf_counter_ns() - t0)
+            ended_at = datetime.now(UTC)
+            self.ledger, gpu_us = self.ledger.charge(busy_us)
+            event = UsageEvent(
+                id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=ended_at,
+                tenant_id=tenant_id, request_id=request_id, deployment_id=deployment_id,
+                model_version=c.model_version, runner_id=c.runner_id, pop=c.pop, region=c.region,
+                gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=busy_us, gpu_us=gpu_us,
+                started_at=started_at, ended_at=ended_at)
+            # Spooled before the response: what a client was answered is never lost.
+            self._outbox.append(event.id, encode(event))
+        finally:
+            self.in_flight -= 1
+        return {"outputs": outputs,
+                "usage": {"event_id": event.id, "gpu_us": gpu_us, "busy_us": busy_us,
+                          "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id}}
+
+    def counters(self) -> RunnerCounters:
+        if self.ready_ns is None:
+            wall_share_us = 0
+        else:
+            wall_us = (time.monotonic_ns() - self.ready_ns) // 1000
+            wall_share_us = int(self.config.gpu_share * wall_us)
+        return RunnerCounters(busy_us=self.ledger.busy_us, charged_us=self.ledger.charged_us,
+                              wall_share_us=wall_share_us, requests=self.ledger.requests)
+
+    async def _beat(self) -> None:
+        c = self.config
+        beat = RunnerHeartbeat(
+            id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=datetime.now(UTC),
+            runner_id=c.runner_id, pop=c.pop, region=c.region, url=c.url, state=self.state,
+            gpu_class=c.gpu_class, gpu_share=c.gpu_share,
+            device=os.environ.get("CUDA_VISIBLE_DEVICES", "cpu"), capacity=c.capacity,
+            in_flight=self.in_flight, deployment_id=c.deployment_id, model_version=c.model_version,
+            counters=self.counters())
+        await self._nc.publish(self.subjects.heartbeat(c.pop, c.runner_id), encode(beat))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            with contextlib.suppress(Exception):  # NATS down: the next beat will try again
+                await self._beat()
+
+    async def _watch_supervisor(self) -> None:
+        """Exit with the process that started us, so a hard-killed parent leaves no orphan."""
+        supervisor = int(os.environ.get("EDGEINFER_SUPERVISOR_PID", "0"))
+        while supervisor:
+            await asyncio.sleep(1.0)
+            try:
+                os.kill(supervisor, 0)
+            except ProcessLookupError:
+                log.warning("supervisor %d is gone: stopping runner", supervisor)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(os.getppid(), signal.SIGTERM)  # the BentoML arbiter
+                return
+
+    @bentoml.on_shutdown
+    async def stop(self) -> None:
+        self.state = "draining"
+        with contextlib.suppress(Exception):
+            await self._beat()  # the router stops sending at once
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self._outbox is not None:
+            flushed = await self._outbox.flush(timeout=max(0.0, deadline - time.monotonic()))
+            if not flushed:
+                log.warning("usage outbox not fully published; the next start of this slot "
+                            "publishes the rest from %s", self.config.spool_dir)
+        for task in self._tasks:
+            task.cancel()
+        if self._outbox is not None:
+            self._outbox.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()

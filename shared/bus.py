@@ -1,0 +1,76 @@
+"""The NATS bus: connection, the JetStream streams every service relies on, request/reply."""
+
+from __future__ import annotations
+
+import logging
+from typing import TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api as js_api
+from nats.js.errors import NotFoundError
+
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+# The duplicate window must cover a runner's retry horizon: a runner that was cut off from
+# NATS re-publishes its outbox with the same ids, and JetStream drops what it has already
+# seen inside this window. The ledger's unique key is the final guard beyond it.
+USAGE_DUPLICATE_WINDOW_S = 60 * 60
+
+T = TypeVar("T")
+
+
+async def connect(url: str, name: str) -> NATS:
+    # Reconnect forever: a NATS restart must not kill a service (the runner's outbox and
+    # the metering consumer both resume where they were).
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+    )
+
+
+async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create (or update) the streams; idempotent, so every service may call it at start."""
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=subjects.usage_stream,
+            subjects=[subjects.usage_wildcard],
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.LIMITS,
+            duplicate_window=USAGE_DUPLICATE_WINDOW_S,
+            max_age=7 * 24 * 3600,
+        ),
+    )
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=subjects.usage_dead_letter_stream,
+            subjects=[subjects.usage_dead_letter],
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.LIMITS,
+        ),
+    )
+
+
+async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:
+    try:
+        await js.stream_info(config.name)
+    except NotFoundError:
+        await js.add_stream(config)
+        log.info("created stream %s", config.name)
+    else:
+        await js.update_stream(config)
+
+
+async def request(nc: NATS, subject: str, message: msgspec.Struct, reply_type: type[T],
+                  timeout: float = 2.0) -> T:
+    reply = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
+    return msgspec.json.decode(reply.data, type=reply_type)

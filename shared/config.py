@@ -1,0 +1,84 @@
+"""Config parsing: read the environment once at start-up, validate, fail with an actionable error.
+
+Every service has a frozen dataclass built by a `from_env` function that uses the helpers
+here; defaults live in that dataclass, and every key is documented in docs/config.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A config value is missing or out of range; the message names the key and what is allowed."""
+
+
+def env_str(env: Mapping[str, str], key: str, default: str) -> str:
+    value = env.get(key, "").strip()
+    return value or default
+
+
+def env_optional(env: Mapping[str, str], key: str) -> str | None:
+    value = env.get(key, "").strip()
+    return value or None
+
+
+def env_int(env: Mapping[str, str], key: str, default: int, *, lo: int, hi: int) -> int:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key} = {raw!r}, must be an integer in [{lo}; {hi}]") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} = {value}, must be in [{lo}; {hi}] range")
+    return value
+
+
+def env_float(env: Mapping[str, str], key: str, default: float, *, lo: float, hi: float) -> float:
+    raw = env.get(key, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{key} = {raw!r}, must be a number in [{lo}; {hi}]") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{key} = {value}, must be in [{lo}; {hi}] range")
+    return value
+
+
+_NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """What every edgeinfer process needs: where NATS and PostgreSQL are, and its namespace."""
+
+    nats_url: str | None = None
+    database_url: str | None = None
+    # Prefix of every subject, stream and bucket, so several installations (or test runs)
+    # can share one NATS server without seeing each other's events.
+    namespace: str = "edgeinfer"
+    state_dir: Path = Path(".edgeinfer")
+
+
+def platform_from_env(env: Mapping[str, str] | None = None) -> PlatformConfig:
+    env = os.environ if env is None else env
+    namespace = env_str(env, "EDGEINFER_NAMESPACE", PlatformConfig.namespace)
+    if not _NAMESPACE.match(namespace):
+        raise ConfigError(
+            f"EDGEINFER_NAMESPACE = {namespace!r}, must match {_NAMESPACE.pattern} "
+            "(lower-case letters, digits, underscore; starts with a letter)"
+        )
+    return PlatformConfig(
+        nats_url=env_optional(env, "NATS_URL"),
+        database_url=env_optional(env, "DATABASE_URL"),
+        namespace=namespace,
+        state_dir=Path(env_str(env, "EDGEINFER_STATE_DIR", str(PlatformConfig.state_dir))),
+    )

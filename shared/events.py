@@ -1,0 +1,148 @@
+"""Event and message contracts, defined once, versioned, JSON on the wire.
+
+Each event carries `id` (unique per occurrence, never an entity id), `type` with a
+version (the msgspec tag), `source`, `time` and, where a tenant owns it, `tenant_id`.
+A golden sample of every version lives in tests/golden/ so an old payload always decodes.
+Add fields with defaults; anything else is a new version.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Literal
+
+import msgspec
+
+
+def new_id() -> str:
+    """A unique id per occurrence (random UUID): the dedup key of every event."""
+    return uuid.uuid4().hex
+
+
+class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag="usage.gpu.v1", tag_field="type"):
+    """One request's GPU time, measured by the runner that served it.
+
+    `busy_us` is the device-busy time of the request's share of the work; `gpu_us` is what
+    is charged: busy_us × gpu_share, in whole microseconds (runner/accounting.py).
+    """
+
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    request_id: str
+    deployment_id: str
+    model_version: str
+    runner_id: str
+    pop: str
+    region: str
+    gpu_class: str
+    gpu_share: Decimal
+    busy_us: int
+    gpu_us: int
+    started_at: datetime
+    ended_at: datetime
+
+
+RunnerState = Literal["starting", "ready", "draining"]
+
+
+class RunnerCounters(msgspec.Struct, frozen=True, kw_only=True):
+    """Cumulative since the runner started; conservation: charged == busy × share, busy ≤ wall."""
+
+    busy_us: int = 0
+    charged_us: int = 0
+    wall_share_us: int = 0
+    requests: int = 0
+
+
+class RunnerHeartbeat(
+    msgspec.Struct, frozen=True, kw_only=True, tag="runner.heartbeat.v1", tag_field="type"
+):
+    id: str
+    source: str
+    time: datetime
+    runner_id: str
+    pop: str
+    region: str
+    url: str
+    state: RunnerState
+    gpu_class: str
+    gpu_share: Decimal
+    device: str
+    capacity: int
+    in_flight: int
+    deployment_id: str
+    model_version: str
+    counters: RunnerCounters = RunnerCounters()
+
+
+class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand.v1", tag_field="type"):
+    """The router has requests for a deployment with no ready replica: wake it from zero."""
+
+    id: str
+    source: str
+    time: datetime
+    deployment_id: str
+    held_requests: int
+
+
+class Deployment(msgspec.Struct, frozen=True, kw_only=True):
+    """What other services need to know of a deployment (registry owns the rest)."""
+
+    id: str
+    tenant_id: str
+    name: str
+    model_name: str
+    model_version: str
+    framework: str
+    artifact_digest: str
+    gpu_class: str
+    allowed_pops: list[str]
+    min_replicas: int
+    max_replicas: int
+
+
+class DeploymentUpdated(
+    msgspec.Struct, frozen=True, kw_only=True, tag="registry.deployment.updated.v1", tag_field="type"
+):
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    deployment: Deployment
+
+
+# --- request/reply messages --------------------------------------------------------------
+
+
+class ResolveKeyRequest(msgspec.Struct, frozen=True, kw_only=True):
+    key_hash: str
+
+
+class ResolveKeyReply(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str | None
+    # "active", "unknown" (no such key), "revoked", "suspended"
+    status: str
+
+
+class ResolveDeploymentRequest(msgspec.Struct, frozen=True, kw_only=True):
+    tenant_id: str
+    name: str
+
+
+class ResolveDeploymentReply(msgspec.Struct, frozen=True, kw_only=True):
+    deployment: Deployment | None
+
+
+class ListDeploymentsReply(msgspec.Struct, frozen=True, kw_only=True):
+    deployments: list[Deployment]
+
+
+usage_decoder = msgspec.json.Decoder(UsageEvent)
+heartbeat_decoder = msgspec.json.Decoder(RunnerHeartbeat)
+demand_decoder = msgspec.json.Decoder(DemandSignal)
+deployment_updated_decoder = msgspec.json.Decoder(DeploymentUpdated)
+encode = msgspec.json.Encoder().encode

@@ -1,0 +1,85 @@
+"""Every NATS subject, stream and bucket name, built in one place.
+
+Subjects follow design.md (most general first: `usage.gpu.<pop>`) behind a namespace
+prefix (docs/decisions/0002-namespaced-subjects.md), so the tests and several
+installations can share one NATS server.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def token(value: str) -> str:
+    """A single subject token: refuse anything that could widen a subscription or split a subject."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid subject token (letters, digits, '-', '_')")
+    return value
+
+
+@dataclass(frozen=True)
+class Subjects:
+    namespace: str
+
+    # --- JetStream streams (what must not be lost) ---------------------------------------
+    @property
+    def usage_stream(self) -> str:
+        return f"{self.namespace.upper()}_USAGE"
+
+    @property
+    def usage_wildcard(self) -> str:
+        return f"{self.namespace}.usage.gpu.>"
+
+    def usage(self, pop: str) -> str:
+        return f"{self.namespace}.usage.gpu.{token(pop)}"
+
+    @property
+    def usage_dead_letter_stream(self) -> str:
+        return f"{self.namespace.upper()}_USAGE_DLQ"
+
+    @property
+    def usage_dead_letter(self) -> str:
+        return f"{self.namespace}.deadletter.usage"
+
+    @property
+    def metering_consumer(self) -> str:
+        return "metering"
+
+    @property
+    def artifact_bucket(self) -> str:
+        return f"{self.namespace}_artifacts"
+
+    # --- core NATS (refreshed continuously) ----------------------------------------------
+    def heartbeat(self, pop: str, runner_id: str) -> str:
+        return f"{self.namespace}.runner.heartbeat.{token(pop)}.{token(runner_id)}"
+
+    @property
+    def heartbeat_wildcard(self) -> str:
+        return f"{self.namespace}.runner.heartbeat.>"
+
+    def demand(self, deployment_id: str) -> str:
+        return f"{self.namespace}.router.demand.{token(deployment_id)}"
+
+    @property
+    def demand_wildcard(self) -> str:
+        return f"{self.namespace}.router.demand.>"
+
+    @property
+    def deployment_updated(self) -> str:
+        return f"{self.namespace}.registry.deployment.updated"
+
+    # --- request/reply between services ----------------------------------------------------
+    @property
+    def resolve_key(self) -> str:
+        return f"{self.namespace}.accounts.rpc.resolve_key"
+
+    @property
+    def resolve_deployment(self) -> str:
+        return f"{self.namespace}.registry.rpc.resolve_deployment"
+
+    @property
+    def list_deployments(self) -> str:
+        return f"{self.namespace}.registry.rpc.list_deployments"

@@ -1,0 +1,75 @@
+"""Who is calling: resolve an API key to its tenant through the accounts service, with a short cache.
+
+Every service that faces tenants (router, registry, metering) uses this; none of them
+reads the accounts schema, which the api service owns. Revocation takes effect within
+the cache's TTL (1 s by default).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client as NATS
+
+from shared.auth import bearer_token, hash_api_key
+from shared.bus import request
+from shared.events import ResolveKeyReply, ResolveKeyRequest
+from shared.http import Refusal
+from shared.subjects import Subjects
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+
+
+class KeyResolver:
+    def __init__(self, nc: NATS, subjects: Subjects, *, ttl_s: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._nc = nc
+        self._subjects = subjects
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, ResolveKeyReply]] = {}
+
+    async def resolve(self, key: str) -> ResolveKeyReply:
+        key_hash = hash_api_key(key)
+        now = self._clock()
+        cached = self._cache.get(key_hash)
+        if cached is not None and now - cached[0] < self._ttl_s:
+            return cached[1]
+        reply = await request(self._nc, self._subjects.resolve_key,
+                              ResolveKeyRequest(key_hash=key_hash), ResolveKeyReply)
+        if len(self._cache) > 100_000:
+            self._cache.clear()
+        self._cache[key_hash] = (now, reply)
+        return reply
+
+    async def tenant_from_header(self, authorization: str | None) -> Tenant:
+        """The tenant of an `Authorization: Bearer` header, or a 401/403 refusal that says why."""
+        key = bearer_token(authorization)
+        if key is None:
+            raise Refusal(401, "missing_api_key",
+                          "send your API key as 'Authorization: Bearer <key>'",
+                          headers={"WWW-Authenticate": "Bearer"})
+        reply = await self.resolve(key)
+        if reply.status == "active" and reply.tenant_id is not None:
+            return Tenant(reply.tenant_id)
+        if reply.status == "suspended":
+            raise Refusal(403, "tenant_suspended",
+                          "this tenant is suspended; contact support to restore access")
+        raise Refusal(401, "invalid_api_key", "the API key is unknown or revoked",
+                      headers={"WWW-Authenticate": "Bearer"})
+
+
+def tenant_provider(resolver: KeyResolver):  # noqa: ANN201 - a Litestar Provide
+    """A Litestar dependency named `tenant` for the routes of any tenant-facing service."""
+    from litestar import Request
+    from litestar.di import Provide
+
+    async def provide_tenant(request: Request) -> Tenant:  # type: ignore[type-arg]
+        return await resolver.tenant_from_header(request.headers.get("authorization"))
+
+    return Provide(provide_tenant)
