@@ -1,0 +1,213 @@
+"""Start and stop the platform: infrastructure, migrations, services, HTTP servers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from litestar import Litestar, get
+from litestar.openapi import OpenAPIConfig
+
+from services.api.service import AccountsService
+from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+from services.autoscaler.service import AutoscalerService
+from services.metering.service import MeteringService
+from services.registry.service import RegistryService
+from services.router.config import RouterConfig, router_config_from_env
+from services.router.service import RouterService
+from shared.bus import connect, ensure_streams
+from shared.config import ConfigError, PlatformConfig, env_int, env_str
+from shared.db import create_pool, migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
+from shared.http import EXCEPTION_HANDLERS
+from shared.subjects import Subjects
+from shared.tenancy import KeyResolver
+from shared.topology import Pop, pops_from_env
+
+log = logging.getLogger("edgeinfer")
+
+SERVICES = ("api", "registry", "metering", "router", "autoscaler")
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    platform: PlatformConfig
+    pops: dict[str, Pop]
+    router: RouterConfig
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    admin_token: str | None = None
+    services: tuple[str, ...] = SERVICES
+
+
+def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = SERVICES,
+                          env: dict[str, str] | None = None) -> StackConfig:
+    env = dict(os.environ) if env is None else env
+    return StackConfig(
+        platform=platform,
+        pops=pops_from_env(env),
+        router=router_config_from_env(env),
+        api_host=env_str(env, "EDGEINFER_API_HOST", StackConfig.api_host),
+        api_port=env_int(env, "EDGEINFER_API_PORT", StackConfig.api_port, lo=1, hi=65535),
+        admin_token=env.get("EDGEINFER_ADMIN_TOKEN") or None,
+        services=services,
+    )
+
+
+def ensure_port_free(host: str, port: int, key: str) -> None:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            raise ConfigError(f"{host}:{port} is already in use; set {key} to a free port") from None
+
+
+def load_or_create_secret(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    token = "adm_" + secrets.token_urlsafe(24)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(token)
+    return token
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    nats_url: str = ""
+    database_url: str = ""
+    admin_token: str = ""
+    embedded_nats: EmbeddedNats | None = None
+    embedded_postgres: EmbeddedPostgres | None = None
+    nc: Any = None
+    pool: Any = None
+    accounts: AccountsService | None = None
+    registry: RegistryService | None = None
+    metering: MeteringService | None = None
+    router: RouterService | None = None
+    autoscaler: AutoscalerService | None = None
+    servers: list[uvicorn.Server] = field(default_factory=list)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.config.api_host}:{self.config.api_port}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.config.router.host}:{self.config.router.port}"
+
+    async def start(self) -> None:
+        c = self.config
+        p = c.platform
+        wanted = set(c.services)
+        if "api" in wanted or "registry" in wanted or "metering" in wanted:
+            ensure_port_free(c.api_host, c.api_port, "EDGEINFER_API_PORT")
+        if "router" in wanted:
+            ensure_port_free(c.router.host, c.router.port, "EDGEINFER_ROUTER_PORT")
+        p.state_dir.mkdir(parents=True, exist_ok=True)
+        self.admin_token = c.admin_token or load_or_create_secret(p.state_dir / "admin-token")
+
+        if p.nats_url:
+            self.nats_url = p.nats_url
+        else:
+            log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
+            self.embedded_nats = await asyncio.to_thread(start_nats, p.state_dir)
+            self.nats_url = self.embedded_nats.url
+        if p.database_url:
+            self.database_url = p.database_url
+        else:
+            log.info("DATABASE_URL not set: starting embedded PostgreSQL in %s", p.state_dir)
+            self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
+            self.database_url = self.embedded_postgres.url
+
+        applied = await migrate(self.database_url)
+        log.info("migrations: %d applied now", len(applied))
+        subjects = Subjects(p.namespace)
+        self.nc = await connect(self.nats_url, name="edgeinfer-control-plane")
+        await ensure_streams(self.nc.jetstream(), subjects)
+        self.pool = await create_pool(self.database_url, max_size=10)
+
+        resolver = KeyResolver(self.nc, subjects)
+        route_handlers: list[Any] = []
+        if "api" in wanted:
+            self.accounts = AccountsService(self.pool, self.nc, subjects)
+            await self.accounts.start()
+            route_handlers.append(self.accounts.admin_router(self.admin_token))
+        if "registry" in wanted:
+            self.registry = RegistryService(self.pool, self.nc, subjects, c.pops)
+            await self.registry.start()
+            route_handlers.append(self.registry.router(resolver))
+        if "metering" in wanted:
+            self.metering = MeteringService(self.pool, self.nc, subjects)
+            await self.metering.start()
+            route_handlers.append(self.metering.router(resolver))
+        if route_handlers:
+            self._serve(control_plane_app(route_handlers), c.api_host, c.api_port)
+        if "router" in wanted:
+            self.router = RouterService(self.nc, subjects, c.router)
+            await self.router.start()
+            self._serve(self.router.app(), c.router.host, c.router.port)
+        if "autoscaler" in wanted:
+            executor = LocalProcessExecutor(LocalExecutorConfig(
+                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops))
+            self.autoscaler = AutoscalerService(self.nc, subjects, executor)
+            await self.autoscaler.start()
+        for server in self.servers:
+            while not server.started:
+                if any(t.done() for t in self.tasks):
+                    for t in self.tasks:
+                        if t.done() and t.exception():
+                            raise t.exception()  # type: ignore[misc]
+                    raise RuntimeError("an HTTP server stopped during start-up")
+                await asyncio.sleep(0.05)
+
+    def _serve(self, app: Litestar, host: str, port: int) -> None:
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                               lifespan="on", access_log=False))
+        # The launcher owns signals: uvicorn must not install its own handlers.
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.servers.append(server)
+        self.tasks.append(asyncio.create_task(server.serve()))
+
+    async def stop(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()  # drains and stops every runner process
+        for server in self.servers:
+            server.should_exit = True
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for service in (self.router, self.metering, self.registry, self.accounts):
+            if service is not None:
+                with contextlib.suppress(Exception):
+                    await service.stop()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.embedded_nats is not None:
+            await asyncio.to_thread(self.embedded_nats.stop)
+        if self.embedded_postgres is not None:
+            await asyncio.to_thread(self.embedded_postgres.stop)
+
+
+def control_plane_app(route_handlers: list[Any]) -> Litestar:
+    @get("/healthz", operation_id="health", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return Litestar(
+        route_handlers=[*route_handlers, healthz],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
+    )

@@ -1,0 +1,115 @@
+"""The usage consumer: JetStream durable pull consumer → ledger, exactly once.
+
+Fetches a batch, writes all its good events (and their hourly sums) in ONE transaction,
+and acks the batch only after commit. A crash before commit redelivers the batch; a
+crash after commit and before ack redelivers it too, and the ledger's unique key drops
+the repeats. A message that cannot be decoded or fails validation goes to the
+dead-letter stream with the reason in a header, and is acked only once the dead-letter
+stream has it: never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import api as js_api
+
+from services.metering import ledger
+from shared.events import UsageEvent, usage_decoder
+from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    batch_size: int = 1000
+    fetch_timeout_s: float = 1.0
+    ack_wait_s: float = 60.0
+
+
+def problems(event: UsageEvent) -> str | None:
+    """Why an event that decoded is still not fit for the ledger, or None."""
+    if event.busy_us < 0 or event.gpu_us < 0:
+        return "negative GPU time"
+    if not 0 < event.gpu_share <= 1:
+        return f"gpu_share {event.gpu_share} outside (0; 1]"
+    if event.gpu_us > event.busy_us:
+        return "charged more than the measured busy time"
+    if event.ended_at < event.started_at:
+        return "ended before it started"
+    if not event.tenant_id or not event.deployment_id:
+        return "no tenant or deployment"
+    return None
+
+
+class UsageConsumer:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
+                 config: ConsumerConfig = ConsumerConfig()) -> None:
+        self._pool = pool
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._subjects = subjects
+        self._config = config
+        self.recorded = 0
+        self.duplicates = 0
+        self.dead_lettered = 0
+
+    async def run(self) -> None:
+        s = self._subjects
+        sub = await self._js.pull_subscribe(
+            s.usage_wildcard, durable=s.metering_consumer, stream=s.usage_stream,
+            config=js_api.ConsumerConfig(ack_wait=self._config.ack_wait_s,
+                                         max_ack_pending=50_000))
+        while True:
+            try:
+                msgs = await sub.fetch(self._config.batch_size, timeout=self._config.fetch_timeout_s)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS restarting: the client reconnects by itself
+                log.warning("usage fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                await self.handle_batch(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Nothing acked: JetStream redelivers the batch after ack_wait.
+                log.warning("usage batch of %d not recorded (%s); it will be redelivered",
+                            len(msgs), exc)
+                await asyncio.sleep(0.5)
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        good: list[UsageEvent] = []
+        dead: list[tuple[Msg, str]] = []
+        for msg in msgs:
+            try:
+                event = usage_decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                dead.append((msg, f"undecodable: {exc}"))
+                continue
+            reason = problems(event)
+            if reason:
+                dead.append((msg, reason))
+            else:
+                good.append(event)
+        for msg, reason in dead:
+            await self._js.publish(self._subjects.usage_dead_letter, msg.data, headers={
+                "Edgeinfer-Dead-Reason": reason[:500], "Edgeinfer-Original-Subject": msg.subject})
+            log.error("usage event dead-lettered: %s", reason)
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await ledger.record(conn, good)
+        self.recorded += inserted
+        self.duplicates += len(good) - inserted
+        self.dead_lettered += len(dead)
+        await asyncio.gather(*(msg.ack() for msg in msgs))

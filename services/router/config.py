@@ -1,0 +1,59 @@
+"""Router config (docs/config.md lists every key)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shared.config import ConfigError, env_float, env_int, env_str
+
+# client region → PoP → round-trip ms. In production this is fed by measurements.
+DEFAULT_LATENCY_MAP = "eu>eu-west=8,eu>us-east=85,us>us-east=8,us>eu-west=85"
+
+
+def parse_latency_map(raw: str) -> dict[str, dict[str, float]]:
+    table: dict[str, dict[str, float]] = {}
+    for entry in filter(None, (e.strip() for e in raw.split(","))):
+        route, _, ms = entry.partition("=")
+        region, _, pop = route.partition(">")
+        try:
+            value = float(ms)
+        except ValueError:
+            value = -1.0
+        if not region or not pop or value < 0:
+            raise ConfigError(
+                f"EDGEINFER_LATENCY_MAP entry {entry!r} must be client_region>pop=milliseconds")
+        table.setdefault(region, {})[pop] = value
+    return table
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    latency_ms: dict[str, dict[str, float]] = field(
+        default_factory=lambda: parse_latency_map(DEFAULT_LATENCY_MAP))
+    # Set by the edge in front of the router; trusted because only the edge can reach us.
+    client_region_header: str = "x-client-region"
+    default_client_region: str = "eu"
+    max_body_bytes: int = 1024 * 1024
+    forward_timeout_s: float = 30.0
+    deployment_cache_s: float = 5.0
+
+
+def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig:
+    env = os.environ if env is None else env
+    return RouterConfig(
+        host=env_str(env, "EDGEINFER_ROUTER_HOST", RouterConfig.host),
+        port=env_int(env, "EDGEINFER_ROUTER_PORT", RouterConfig.port, lo=1, hi=65535),
+        latency_ms=parse_latency_map(env_str(env, "EDGEINFER_LATENCY_MAP", DEFAULT_LATENCY_MAP)),
+        client_region_header=env_str(env, "EDGEINFER_CLIENT_REGION_HEADER",
+                                     RouterConfig.client_region_header).lower(),
+        default_client_region=env_str(env, "EDGEINFER_DEFAULT_CLIENT_REGION",
+                                      RouterConfig.default_client_region),
+        max_body_bytes=env_int(env, "EDGEINFER_MAX_BODY_BYTES", RouterConfig.max_body_bytes,
+                               lo=1024, hi=256 * 1024 * 1024),
+        forward_timeout_s=env_float(env, "EDGEINFER_FORWARD_TIMEOUT_S",
+                                    RouterConfig.forward_timeout_s, lo=0.1, hi=600),
+    )
