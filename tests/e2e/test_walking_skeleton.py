@@ -1,0 +1,207 @@
+"""The whole path, as a user drives it: `edgeinfer up`, then HTTP.
+
+Runs the real console script against the session's NATS and PostgreSQL (real migrations),
+with real BentoML runner processes in two simulated PoPs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+
+from services.registry.demo_model import sample_digit
+from shared.embedded import free_port
+from shared.money import line_amount
+
+pytestmark = pytest.mark.e2e
+
+
+class Stack:
+    def __init__(self, process: subprocess.Popen[bytes], ready: dict[str, Any], log: Path) -> None:
+        self.process = process
+        self.ready = ready
+        self.log = log
+        self.router = ready["router_url"]
+        self.api = ready["api_url"]
+        self.key = ready["api_key"]
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+
+@pytest.fixture(scope="module")
+def stack(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("state")
+    log = state / "up.log"
+    env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
+           "EDGEINFER_NAMESPACE": "e2e" + os.urandom(3).hex(), "EDGEINFER_STATE_DIR": str(state),
+           "EDGEINFER_API_PORT": str(free_port()), "EDGEINFER_ROUTER_PORT": str(free_port())}
+    edgeinfer = Path(sys.executable).parent / "edgeinfer"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(edgeinfer), "up"], env=env, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    ready_file = state / "ready.json"
+    deadline = time.monotonic() + 180
+    while not ready_file.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"edgeinfer up did not become ready:\n{log.read_text()[-4000:]}")
+        time.sleep(0.2)
+    stack = Stack(process, json.loads(ready_file.read_text()), log)
+    yield stack
+    if process.poll() is None:
+        _stop_tree(process)
+
+
+def _stop_tree(process: subprocess.Popen[bytes]) -> None:
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for p in tree:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+def infer(stack: Stack, region: str = "eu", key: str | None = None,
+          body: Any = None, deployment: str = "digits") -> httpx.Response:
+    payload = body if body is not None else {"inputs": [sample_digit(0), sample_digit(1)]}
+    return httpx.post(f"{stack.router}/v1/deployments/{deployment}/infer",
+                      headers={**stack.auth(key), "X-Client-Region": region}, json=payload,
+                      timeout=30)
+
+
+async def ledger_totals(database_url: str, tenant_id: str) -> tuple[int, int]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT count(*) AS n, coalesce(sum(gpu_us), 0) AS us"
+                                  " FROM metering.usage_events WHERE tenant_id = $1", tenant_id)
+        return int(row["n"]), int(row["us"])
+    finally:
+        await conn.close()
+
+
+def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        usage = httpx.get(f"{stack.api}/v1/usage", headers=stack.auth()).json()
+        if usage["total_gpu_us"] >= total_us or time.monotonic() > deadline:
+            return usage
+        time.sleep(0.2)
+
+
+async def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack,
+                                                                 database_url: str) -> None:
+    measured: dict[str, int] = {"eu-west": 0, "us-east": 0}
+    for i in range(30):
+        region = "eu" if i % 3 else "us"
+        resp = infer(stack, region)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["outputs"]["labels"] == [0, 1]  # the model really ran
+        assert int(resp.headers["x-edgeinfer-gpu-us"]) == body["usage"]["gpu_us"]
+        measured[body["usage"]["pop"]] += body["usage"]["gpu_us"]
+    total = sum(measured.values())
+    assert total > 0
+
+    usage = wait_for_usage(stack, total)
+    assert usage["total_gpu_us"] == total
+    by_pop = {item["pop"]: item["gpu_us"] for item in usage["items"]}
+    assert by_pop == measured
+    assert sum(item["requests"] for item in usage["items"]) == 30
+    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == (30, total)
+
+    preview = httpx.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth()).json()
+    prices = {"eu-west": Decimal("0.0001"), "us-east": Decimal("0.00009")}
+    expected = {line["region"]: line_amount(measured[line["region"]], prices[line["region"]])
+                for line in preview["lines"]}
+    assert {line["region"]: Decimal(line["amount"]) for line in preview["lines"]} == expected
+    assert Decimal(preview["totals"]["USD"]) == sum(expected.values())
+
+
+@pytest.mark.parametrize(("region", "pop"), [("eu", "eu-west"), ("us", "us-east")])
+def test_nearest_pop_serves(stack: Stack, region: str, pop: str) -> None:
+    resp = infer(stack, region)
+    assert resp.status_code == 200
+    assert resp.headers["x-edgeinfer-pop"] == pop
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        pytest.param({"key": "ei_not-a-key"}, 401, "invalid_api_key", id="wrong-key"),
+        pytest.param({"deployment": "nope"}, 404, "deployment_not_found", id="unknown-deployment"),
+        pytest.param({"body": {"inputs": [[1.0, 2.0]]}}, 400, "invalid_input", id="wrong-shape"),
+        pytest.param({"body": {"inputs": "seven"}}, 400, "invalid_body", id="malformed-body"),
+        pytest.param({"body": {"inputs": [], "extra": 1}}, 400, "invalid_body", id="unknown-field"),
+        pytest.param({"body": {"inputs": []}}, 400, "invalid_input", id="no-rows"),
+    ],
+)
+async def test_bad_input_gets_a_4xx_with_a_reason_and_is_not_charged(
+        stack: Stack, database_url: str, kwargs: dict[str, Any], status: int, code: str) -> None:
+    before = await ledger_totals(database_url, stack.ready["tenant_id"])
+    resp = infer(stack, **kwargs)
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == code
+    assert error["message"]
+    await asyncio.sleep(1.0)  # give a wrongly emitted usage event time to land
+    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == before
+
+
+def test_missing_key_is_refused(stack: Stack) -> None:
+    resp = httpx.post(f"{stack.router}/v1/deployments/digits/infer", json={"inputs": []})
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "missing_api_key"
+    resp = httpx.get(f"{stack.api}/v1/usage")
+    assert resp.status_code == 401
+
+
+def test_a_second_tenant_sees_none_of_the_first_tenants_data(stack: Stack) -> None:
+    admin = {"Authorization": f"Bearer {stack.ready['admin_token']}"}
+    tenant = httpx.post(f"{stack.api}/admin/tenants", json={"name": "other"}, headers=admin)
+    assert tenant.status_code == 201, tenant.text
+    issued = httpx.post(f"{stack.api}/admin/tenants/{tenant.json()['id']}/keys", json={},
+                        headers=admin)
+    assert issued.status_code == 201
+    other = issued.json()["key"]
+
+    usage = httpx.get(f"{stack.api}/v1/usage", headers=stack.auth(other)).json()
+    assert usage["items"] == [] and usage["total_gpu_us"] == 0
+    assert httpx.get(f"{stack.api}/v1/deployments", headers=stack.auth(other)).json() == []
+    assert httpx.get(f"{stack.api}/v1/deployments/digits",
+                     headers=stack.auth(other)).status_code == 404
+    preview = httpx.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth(other)).json()
+    assert preview["lines"] == []
+    resp = infer(stack, key=other)
+    assert resp.status_code == 404
+    assert stack.ready["deployment_id"] not in resp.text
+
+
+def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
+    resp = httpx.get(f"{stack.api}/admin/tenants", headers=stack.auth())
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "admin_unauthenticated"
+
+
+def test_ctrl_c_stops_everything_and_leaves_no_process(stack: Stack) -> None:
+    root = psutil.Process(stack.process.pid)
+    tree = root.children(recursive=True)
+    assert any("bentoml" in " ".join(p.cmdline()) for p in tree), "runners were not started"
+    stack.process.send_signal(signal.SIGINT)
+    assert stack.process.wait(timeout=90) == 0, stack.log.read_text()[-3000:]
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
