@@ -11,8 +11,10 @@ stream has it: never silently dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -68,6 +70,13 @@ class UsageConsumer:
             s.usage_wildcard, durable=s.metering_consumer, stream=s.usage_stream,
             config=js_api.ConsumerConfig(ack_wait=self._config.ack_wait_s,
                                          max_ack_pending=50_000))
+        try:
+            await self._consume(sub)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _consume(self, sub: Any) -> None:
         while True:
             try:
                 msgs = await sub.fetch(self._config.batch_size, timeout=self._config.fetch_timeout_s)

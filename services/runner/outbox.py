@@ -64,6 +64,20 @@ def complete_lines(data: bytes) -> tuple[list[bytes], int]:
     return [line for line in data[:end].split(b"\n") if line], end
 
 
+def _writer_alive(events_path: Path) -> bool:
+    """Whether another live process still writes this generation (`<time>-<pid>.jsonl`)."""
+    pid = int(events_path.stem.rsplit("-", 1)[-1])
+    if pid == os.getpid():
+        return False  # ours from before a rotation, or a predecessor that had our pid
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
                  id_of: callable) -> None:  # type: ignore[valid-type]
@@ -105,7 +119,8 @@ class Outbox:
 
     async def drain_once(self) -> None:
         for events_path in sorted(self._dir.glob("*.jsonl")):
-            await self._drain_file(events_path)
+            if events_path == self._spool.events_path or not _writer_alive(events_path):
+                await self._drain_file(events_path)
 
     async def _drain_file(self, events_path: Path) -> None:
         offset_path = events_path.with_suffix(".offset")
@@ -126,9 +141,12 @@ class Outbox:
             if events_path == self._spool.events_path:
                 self.pending_events -= len(chunk)
         is_current = events_path == self._spool.events_path
-        if not is_current and span == len(data):
-            # An older generation, fully acknowledged. (A torn last line there is an event
-            # whose write the old process never finished, so its response was never sent.)
+        if not is_current:
+            # An older generation, fully acknowledged. A torn last line there is an event
+            # whose write its dead process never finished, so its response was never sent.
+            if span != len(data):
+                log.warning("usage outbox: dropping a torn, never-answered record in %s",
+                            events_path.name)
             events_path.unlink()
             offset_path.unlink(missing_ok=True)
         elif is_current and offset >= ROTATE_BYTES and offset == events_path.stat().st_size:

@@ -1,0 +1,44 @@
+"""The runner's usage outbox on real JetStream: a crash between publish and offset write
+republishes with the same ids, and JetStream keeps one copy of each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+
+from services.runner.outbox import Outbox, write_offset
+from shared.bus import connect, ensure_streams
+from shared.subjects import Subjects
+
+
+def _id(line: bytes) -> str:
+    return msgspec.json.decode(line)["id"]
+
+
+async def test_republish_after_a_crash_is_deduplicated(nats_url: str, namespace: str,
+                                                       tmp_path: Path) -> None:
+    nc = await connect(nats_url, "test")
+    try:
+        subjects = Subjects(namespace)
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        first = Outbox(tmp_path, js, subjects.usage("eu-west"), _id)
+        for i in range(300):
+            first.append(f"e{i}", msgspec.json.encode({"id": f"{namespace}-{i}", "n": i}))
+        assert await first.flush(timeout=10)
+        first.close()
+        # The process "died" before its offset reached disk, and left a torn last line.
+        (old,) = tmp_path.glob("*.jsonl")
+        write_offset(old.with_suffix(".offset"), 0)
+        with open(old, "ab") as f:
+            f.write(b'{"id": "torn')
+
+        second = Outbox(tmp_path, js, subjects.usage("eu-west"), _id)
+        await second.drain_once()
+        second.close()
+        info = await js.stream_info(subjects.usage_stream)
+        assert info.state.messages == 300
+        assert not old.exists(), "a fully published old generation is removed"
+    finally:
+        await nc.close()

@@ -1,0 +1,65 @@
+import random
+
+import pytest
+
+from services.router.policy import NoRoute, ReplicaView, Route, choose
+
+RTT = {"eu-west": 8.0, "us-east": 85.0}
+
+
+def replica(runner_id: str, pop: str, outstanding: int = 0, capacity: int = 4,
+            ready: bool = True) -> ReplicaView:
+    return ReplicaView(runner_id, pop, f"http://{runner_id}", ready, capacity, outstanding)
+
+
+def test_nearest_pop_wins_when_it_has_capacity() -> None:
+    route = choose(["eu-west", "us-east"], [replica("a", "us-east"), replica("b", "eu-west")], RTT)
+    assert isinstance(route, Route) and route.replica.runner_id == "b"
+
+
+def test_within_a_pop_the_least_loaded_replica_wins() -> None:
+    route = choose(["eu-west"], [replica("a", "eu-west", 3), replica("b", "eu-west", 1)], RTT)
+    assert isinstance(route, Route) and route.replica.runner_id == "b"
+
+
+def test_load_spills_to_the_next_allowed_pop_when_the_nearest_is_full() -> None:
+    route = choose(["eu-west", "us-east"],
+                   [replica("a", "eu-west", outstanding=4), replica("b", "us-east")], RTT)
+    assert isinstance(route, Route) and route.replica.pop == "us-east"
+
+
+@pytest.mark.parametrize(
+    ("replicas", "reason"),
+    [
+        pytest.param([replica("a", "eu-west", outstanding=4)], "saturated", id="full"),
+        pytest.param([replica("a", "eu-west", ready=False)], "no_replica", id="starting"),
+        pytest.param([], "no_replica", id="scaled-to-zero"),
+    ],
+)
+def test_refusals_carry_a_reason_and_retry_after(replicas: list[ReplicaView], reason: str) -> None:
+    route = choose(["eu-west"], replicas + [replica("z", "us-east")], RTT)
+    assert isinstance(route, NoRoute)
+    assert route.reason == reason and route.retry_after_s > 0
+
+
+def test_a_failed_replica_is_not_tried_again() -> None:
+    route = choose(["eu-west"], [replica("a", "eu-west"), replica("b", "eu-west", 2)], RTT,
+                   exclude=frozenset({"a"}))
+    assert isinstance(route, Route) and route.replica.runner_id == "b"
+
+
+def test_residency_is_never_violated_on_random_topologies() -> None:
+    rng = random.Random(7)
+    pops = [f"p{i}" for i in range(8)]
+    for _ in range(2000):
+        allowed = rng.sample(pops, rng.randint(1, 4))
+        replicas = [replica(f"r{i}", rng.choice(pops), rng.randint(0, 5), rng.randint(1, 4),
+                            rng.random() < 0.8) for i in range(rng.randint(0, 12))]
+        rtt = {p: rng.uniform(1, 200) for p in pops}
+        route = choose(allowed, replicas, rtt)
+        if isinstance(route, Route):
+            assert route.replica.pop in allowed
+            assert route.replica.outstanding < route.replica.capacity
+        else:
+            assert not any(r.pop in allowed and r.ready and r.outstanding < r.capacity
+                           for r in replicas)
