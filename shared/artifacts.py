@@ -28,7 +28,7 @@ def _object_name(digest: str) -> str:
     return digest.replace(":", "-")
 
 
-async def _bucket(js: JetStreamContext, bucket: str):  # noqa: ANN202
+async def _bucket(js: JetStreamContext, bucket: str):
     try:
         return await js.object_store(bucket)
     except BucketNotFoundError:

@@ -65,7 +65,7 @@ def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    log = open(state_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+    log = open(state_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
         [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
         stdout=log,

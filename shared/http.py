@@ -42,7 +42,7 @@ def refusal_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
 EXCEPTION_HANDLERS = {HTTPException: refusal_handler}
 
 
-def admin_guard(admin_token: str):  # noqa: ANN201 - a Litestar guard
+def admin_guard(admin_token: str):
     """Guard for /admin routes: the operator's token, never a tenant's API key."""
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler

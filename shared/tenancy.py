@@ -64,7 +64,7 @@ class KeyResolver:
                       headers={"WWW-Authenticate": "Bearer"})
 
 
-def tenant_provider(resolver: KeyResolver):  # noqa: ANN201 - a Litestar Provide
+def tenant_provider(resolver: KeyResolver):
     """A Litestar dependency named `tenant` for the routes of any tenant-facing service."""
     from litestar import Request
     from litestar.di import Provide

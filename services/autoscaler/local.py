@@ -88,7 +88,7 @@ class LocalProcessExecutor:
             # A CPU slot is one thread: keep numeric libraries from fanning out.
             "OMP_NUM_THREADS": "1",
         }
-        log_file = open(logs / f"runner-{pop}-{runner_id}.log", "ab")  # noqa: SIM115
+        log_file = open(logs / f"runner-{pop}-{runner_id}.log", "ab")
         popen = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
              "--host", "127.0.0.1", "--port", str(port)],

@@ -1,7 +1,7 @@
 """`edgeinfer`: the command line.
 
     edgeinfer up          the whole platform on this machine, with a demo tenant
-    edgeinfer run NAME    one service (api, registry, metering, router, autoscaler, runner)
+    edgeinfer run NAME..  services (api, registry, metering, router, autoscaler; or runner)
 """
 
 from __future__ import annotations
@@ -29,21 +29,23 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run the whole platform here (embedded NATS and PostgreSQL "
                               "unless NATS_URL / DATABASE_URL are set)")
-    run = sub.add_parser("run", help="run one service")
-    run.add_argument("service", choices=[*SERVICES, "runner"])
+    run = sub.add_parser("run", help="run one service, or several in one process")
+    run.add_argument("service", nargs="+", choices=[*SERVICES, "runner"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EDGEINFER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "up":
             return asyncio.run(up())
-        if args.service == "runner":
+        if "runner" in args.service:
+            if args.service != ["runner"]:
+                parser.error("a runner runs alone: `edgeinfer run runner`")
             # A runner is a BentoML service process of its own; the executor sets its env.
             os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve",
                                       "services.runner.service:Runner", "--host",
                                       os.environ.get("EDGEINFER_RUNNER_HOST", "0.0.0.0"),
                                       "--port", os.environ.get("EDGEINFER_RUNNER_PORT", "3000")])
-        return asyncio.run(run_services((args.service,)))
+        return asyncio.run(run_services(tuple(args.service)))
     except ConfigError as exc:
         print(f"edgeinfer: configuration error: {exc}", file=sys.stderr)
         return 2

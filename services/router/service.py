@@ -11,7 +11,6 @@ ran the model emits usage.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from datetime import UTC, datetime

@@ -35,7 +35,7 @@ class Spool:
     def __init__(self, directory: Path, generation: str) -> None:
         self.events_path = directory / f"{generation}.jsonl"
         self.offset_path = directory / f"{generation}.offset"
-        self._file = open(self.events_path, "ab")  # noqa: SIM115 - lives as long as the spool
+        self._file = open(self.events_path, "ab")
 
     def append(self, line: bytes) -> None:
         self._file.write(line + b"\n")

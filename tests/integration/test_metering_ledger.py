@@ -34,7 +34,7 @@ def usage(tenant: str, gpu_us: int, pop: str = "eu-west", hours_ago: int = 0) ->
         ended_at=start + timedelta(microseconds=gpu_us))
 
 
-async def wait_until(predicate, timeout_s: float = 20.0) -> None:  # noqa: ANN001
+async def wait_until(predicate, timeout_s: float = 20.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not await predicate():
         assert asyncio.get_running_loop().time() < deadline, "timed out"
@@ -114,7 +114,7 @@ async def test_poison_messages_go_to_the_dead_letter_stream_with_a_reason(
     assert all(r.startswith("undecodable") for r in reasons[1:])
 
 
-async def _dead_letters(js, subjects: Subjects, n: int) -> bool:  # noqa: ANN001
+async def _dead_letters(js, subjects: Subjects, n: int) -> bool:
     info = await js.stream_info(subjects.usage_dead_letter_stream)
     return info.state.messages >= n
 

@@ -37,7 +37,7 @@ def test_load_spills_to_the_next_allowed_pop_when_the_nearest_is_full() -> None:
     ],
 )
 def test_refusals_carry_a_reason_and_retry_after(replicas: list[ReplicaView], reason: str) -> None:
-    route = choose(["eu-west"], replicas + [replica("z", "us-east")], RTT)
+    route = choose(["eu-west"], [*replicas, replica("z", "us-east")], RTT)
     assert isinstance(route, NoRoute)
     assert route.reason == reason and route.retry_after_s > 0
 
