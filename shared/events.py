@@ -122,10 +122,50 @@ class ResolveKeyRequest(msgspec.Struct, frozen=True, kw_only=True):
     key_hash: str
 
 
+class TenantLimits(msgspec.Struct, frozen=True, kw_only=True):
+    rate_limit_rps: float = 100.0
+    rate_limit_burst: int = 200
+    max_concurrency: int = 64
+
+
 class ResolveKeyReply(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str | None
     # "active", "unknown" (no such key), "revoked", "suspended"
     status: str
+    limits: TenantLimits = TenantLimits()
+
+
+class KeyRevoked(msgspec.Struct, frozen=True, kw_only=True, tag="accounts.key.revoked.v1",
+                 tag_field="type"):
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    key_hash: str
+
+
+class TenantChanged(msgspec.Struct, frozen=True, kw_only=True, tag="accounts.tenant.changed.v1",
+                    tag_field="type"):
+    """A tenant's status or limits changed: caches of its keys are stale."""
+
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    status: str
+    limits: TenantLimits
+
+
+class BudgetState(msgspec.Struct, frozen=True, kw_only=True, tag="billing.budget.v1",
+                  tag_field="type"):
+    """Billing's word on a tenant's spend: `blocked` while a hard stop is in force."""
+
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    blocked: bool
+    reason: str = ""
 
 
 class ResolveDeploymentRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -142,6 +182,8 @@ class ListDeploymentsReply(msgspec.Struct, frozen=True, kw_only=True):
 
 
 usage_decoder = msgspec.json.Decoder(UsageEvent)
+accounts_event_decoder = msgspec.json.Decoder(KeyRevoked | TenantChanged)
+budget_decoder = msgspec.json.Decoder(BudgetState)
 heartbeat_decoder = msgspec.json.Decoder(RunnerHeartbeat)
 demand_decoder = msgspec.json.Decoder(DemandSignal)
 deployment_updated_decoder = msgspec.json.Decoder(DeploymentUpdated)

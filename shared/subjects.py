@@ -71,6 +71,25 @@ class Subjects:
     def deployment_updated(self) -> str:
         return f"{self.namespace}.registry.deployment.updated"
 
+    @property
+    def key_revoked(self) -> str:
+        return f"{self.namespace}.accounts.key.revoked"
+
+    @property
+    def tenant_changed(self) -> str:
+        return f"{self.namespace}.accounts.tenant.changed"
+
+    @property
+    def accounts_wildcard(self) -> str:
+        return f"{self.namespace}.accounts.*.*"
+
+    def budget(self, tenant_id: str) -> str:
+        return f"{self.namespace}.billing.budget.{token(tenant_id)}"
+
+    @property
+    def budget_wildcard(self) -> str:
+        return f"{self.namespace}.billing.budget.*"
+
     # --- request/reply between services ----------------------------------------------------
     @property
     def resolve_key(self) -> str:

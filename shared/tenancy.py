@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 
 from shared.auth import bearer_token, hash_api_key
 from shared.bus import request
-from shared.events import ResolveKeyReply, ResolveKeyRequest
+from shared.events import ResolveKeyReply, ResolveKeyRequest, TenantLimits
 from shared.http import Refusal
 from shared.subjects import Subjects
 
@@ -23,6 +23,7 @@ from shared.subjects import Subjects
 @dataclass(frozen=True)
 class Tenant:
     id: str
+    limits: TenantLimits = field(default_factory=TenantLimits)
 
 
 class KeyResolver:
@@ -47,6 +48,15 @@ class KeyResolver:
         self._cache[key_hash] = (now, reply)
         return reply
 
+    def forget_key_hash(self, key_hash: str) -> None:
+        """A revocation event arrived: the next use of this key asks the accounts service."""
+        self._cache.pop(key_hash, None)
+
+    def forget_tenant(self, tenant_id: str) -> None:
+        """The tenant's status or limits changed: drop every cached key of it."""
+        for key_hash in [h for h, (_, r) in self._cache.items() if r.tenant_id == tenant_id]:
+            del self._cache[key_hash]
+
     async def tenant_from_header(self, authorization: str | None) -> Tenant:
         """The tenant of an `Authorization: Bearer` header, or a 401/403 refusal that says why."""
         key = bearer_token(authorization)
@@ -56,7 +66,7 @@ class KeyResolver:
                           headers={"WWW-Authenticate": "Bearer"})
         reply = await self.resolve(key)
         if reply.status == "active" and reply.tenant_id is not None:
-            return Tenant(reply.tenant_id)
+            return Tenant(reply.tenant_id, reply.limits)
         if reply.status == "suspended":
             raise Refusal(403, "tenant_suspended",
                           "this tenant is suspended; contact support to restore access")

@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from shared.auth import generate_api_key, hash_api_key
+from shared.events import ResolveKeyReply, TenantLimits
 
 
 @dataclass(frozen=True)
@@ -61,22 +62,43 @@ async def issue_key(pool: asyncpg.Pool, tenant_id: str, label: str) -> IssuedKey
     return IssuedKey(key_id, tenant_id, key, prefix, label)
 
 
-async def revoke_key(pool: asyncpg.Pool, tenant_id: str, key_id: str) -> bool:
-    status = await pool.execute(
-        "UPDATE accounts.api_keys SET revoked_at = now()"
-        " WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL", tenant_id, key_id)
-    return status.endswith(" 1")
-
-
-async def resolve_key_hash(pool: asyncpg.Pool, key_hash: str) -> tuple[str | None, str]:
-    """(tenant_id, status) for a key hash: status is active, revoked, suspended or unknown."""
+async def resolve_key_hash(pool: asyncpg.Pool, key_hash: str) -> ResolveKeyReply:
+    """The tenant, status (active, revoked, suspended or unknown) and limits of a key hash."""
     row = await pool.fetchrow(
-        "SELECT k.tenant_id, k.revoked_at, t.status FROM accounts.api_keys k"
+        "SELECT k.tenant_id, k.revoked_at, t.status, t.rate_limit_rps, t.rate_limit_burst,"
+        " t.max_concurrency FROM accounts.api_keys k"
         " JOIN accounts.tenants t ON t.id = k.tenant_id WHERE k.key_hash = $1", key_hash)
     if row is None:
-        return None, "unknown"
+        return ResolveKeyReply(tenant_id=None, status="unknown")
     if row["revoked_at"] is not None:
-        return None, "revoked"
-    if row["status"] != "active":
-        return row["tenant_id"], row["status"]
-    return row["tenant_id"], "active"
+        return ResolveKeyReply(tenant_id=None, status="revoked")
+    return ResolveKeyReply(tenant_id=row["tenant_id"], status=row["status"], limits=_limits(row))
+
+
+def _limits(row: asyncpg.Record) -> TenantLimits:
+    return TenantLimits(rate_limit_rps=float(row["rate_limit_rps"]),
+                        rate_limit_burst=row["rate_limit_burst"],
+                        max_concurrency=row["max_concurrency"])
+
+
+async def revoke_key_admin(pool: asyncpg.Pool, tenant_id: str, key_id: str) -> str | None:
+    """Revoke; returns the key's hash (for the revocation event), None if no such live key."""
+    return await pool.fetchval(
+        "UPDATE accounts.api_keys SET revoked_at = now()"
+        " WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL RETURNING key_hash",
+        tenant_id, key_id)
+
+
+async def update_tenant_admin(
+        pool: asyncpg.Pool, tenant_id: str, *, status: str | None = None,
+        rate_limit_rps: float | None = None, rate_limit_burst: int | None = None,
+        max_concurrency: int | None = None) -> tuple[str, TenantLimits] | None:
+    """Change what is given (None keeps the current value)."""
+    row = await pool.fetchrow(
+        "UPDATE accounts.tenants SET status = coalesce($2, status),"
+        " rate_limit_rps = coalesce($3, rate_limit_rps),"
+        " rate_limit_burst = coalesce($4, rate_limit_burst),"
+        " max_concurrency = coalesce($5, max_concurrency)"
+        " WHERE id = $1 RETURNING status, rate_limit_rps, rate_limit_burst, max_concurrency",
+        tenant_id, status, rate_limit_rps, rate_limit_burst, max_concurrency)
+    return (row["status"], _limits(row)) if row else None

@@ -7,18 +7,26 @@ so none of them reads this schema.
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Router, get, post
-from litestar.status_codes import HTTP_201_CREATED
+from litestar import Router, delete, get, patch, post
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.api import repository
-from shared.events import ResolveKeyReply, ResolveKeyRequest
+from shared.events import (
+    KeyRevoked,
+    ResolveKeyReply,
+    ResolveKeyRequest,
+    TenantChanged,
+    encode,
+    new_id,
+)
 from shared.http import Refusal, admin_guard
 from shared.subjects import Subjects
 
@@ -31,6 +39,13 @@ class NewTenant(msgspec.Struct, frozen=True):
 
 class NewKey(msgspec.Struct, frozen=True):
     label: str = ""
+
+
+class TenantUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    status: str | None = None
+    rate_limit_rps: float | None = None
+    rate_limit_burst: int | None = None
+    max_concurrency: int | None = None
 
 
 class AccountsService:
@@ -56,11 +71,15 @@ class AccountsService:
         except msgspec.ValidationError:
             await msg.respond(msgspec.json.encode(ResolveKeyReply(tenant_id=None, status="unknown")))
             return
-        tenant_id, status = await repository.resolve_key_hash(self._pool, req.key_hash)
-        await msg.respond(msgspec.json.encode(ResolveKeyReply(tenant_id=tenant_id, status=status)))
+        await msg.respond(encode(await repository.resolve_key_hash(self._pool, req.key_hash)))
+
+    async def _announce(self, subject: str, event: msgspec.Struct) -> None:
+        await self._nc.publish(subject, encode(event))
 
     def admin_router(self, admin_token: str) -> Router:
         pool = self._pool
+        subjects = self._subjects
+        announce = self._announce
 
         @post("/tenants", operation_id="admin_create_tenant", status_code=HTTP_201_CREATED)
         async def create_tenant(data: NewTenant) -> dict[str, Any]:
@@ -86,5 +105,39 @@ class AccountsService:
                     "prefix": issued.prefix, "label": issued.label,
                     "note": "store this key now: it is shown once and kept only as a hash"}
 
-        return Router("/admin", route_handlers=[create_tenant, list_tenants, issue_key],
+        @delete("/tenants/{tenant_id:str}/keys/{key_id:str}", operation_id="admin_revoke_key",
+                status_code=HTTP_200_OK)
+        async def revoke_key(tenant_id: str, key_id: str) -> dict[str, Any]:
+            key_hash = await repository.revoke_key_admin(pool, tenant_id, key_id)
+            if key_hash is None:
+                raise Refusal(404, "key_not_found", f"no live key {key_id!r} for {tenant_id!r}")
+            # Routers drop the key from their caches at once (within a second at worst).
+            await announce(subjects.key_revoked, KeyRevoked(
+                id=new_id(), source="api", time=datetime.now(UTC), tenant_id=tenant_id,
+                key_hash=key_hash))
+            return {"id": key_id, "revoked": True}
+
+        @patch("/tenants/{tenant_id:str}", operation_id="admin_update_tenant")
+        async def update_tenant(tenant_id: str, data: TenantUpdate) -> dict[str, Any]:
+            if data.status not in (None, "active", "suspended"):
+                raise Refusal(400, "invalid_status", "status is 'active' or 'suspended'")
+            if (data.rate_limit_rps is not None and not 0 < data.rate_limit_rps <= 1e6) or (
+                    data.rate_limit_burst is not None and not 1 <= data.rate_limit_burst <= 10**6
+            ) or (data.max_concurrency is not None and not 1 <= data.max_concurrency <= 10**5):
+                raise Refusal(400, "invalid_limits",
+                              "need 0 < rate_limit_rps <= 1e6, 1 <= rate_limit_burst <= 1e6, "
+                              "1 <= max_concurrency <= 1e5")
+            updated = await repository.update_tenant_admin(
+                pool, tenant_id, status=data.status, rate_limit_rps=data.rate_limit_rps,
+                rate_limit_burst=data.rate_limit_burst, max_concurrency=data.max_concurrency)
+            if updated is None:
+                raise Refusal(404, "tenant_not_found", f"no tenant {tenant_id!r}")
+            status, new_limits = updated
+            await announce(subjects.tenant_changed, TenantChanged(
+                id=new_id(), source="api", time=datetime.now(UTC), tenant_id=tenant_id,
+                status=status, limits=new_limits))
+            return {"id": tenant_id, "status": status, **msgspec.structs.asdict(new_limits)}
+
+        return Router("/admin", route_handlers=[create_tenant, list_tenants, issue_key, revoke_key,
+                                                update_tenant],
                       guards=[admin_guard(admin_token)], tags=["admin"])

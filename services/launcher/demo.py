@@ -31,8 +31,8 @@ async def seed(pool: object, registry: RegistryService, state_dir: Path,
     tenant_id = key = None
     if saved.exists():
         data = json.loads(saved.read_text())
-        found, status = await accounts.resolve_key_hash(pool, hash_api_key(data["api_key"]))  # type: ignore[arg-type]
-        if status == "active" and found == data["tenant_id"]:
+        found = await accounts.resolve_key_hash(pool, hash_api_key(data["api_key"]))  # type: ignore[arg-type]
+        if found.status == "active" and found.tenant_id == data["tenant_id"]:
             tenant_id, key = data["tenant_id"], data["api_key"]
     if tenant_id is None or key is None:
         tenant = await accounts.create_tenant(pool, "demo")  # type: ignore[arg-type]

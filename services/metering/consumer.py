@@ -24,6 +24,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
 from services.metering import ledger
+from shared.aio import raise_if_cancelled
 from shared.events import UsageEvent, usage_decoder
 from shared.subjects import Subjects
 
@@ -81,6 +82,7 @@ class UsageConsumer:
             try:
                 msgs = await sub.fetch(self._config.batch_size, timeout=self._config.fetch_timeout_s)
             except (NatsTimeoutError, TimeoutError):
+                raise_if_cancelled()
                 continue
             except asyncio.CancelledError:
                 raise

@@ -40,6 +40,9 @@ class RouterConfig:
     max_body_bytes: int = 1024 * 1024
     forward_timeout_s: float = 30.0
     deployment_cache_s: float = 5.0
+    # How long a request waits for a cold start unless it sends X-Scale-Up-Timeout.
+    scale_up_timeout_s: float = 60.0
+    max_scale_up_timeout_s: float = 300.0
 
 
 def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -56,4 +59,6 @@ def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig
                                lo=1024, hi=256 * 1024 * 1024),
         forward_timeout_s=env_float(env, "EDGEINFER_FORWARD_TIMEOUT_S",
                                     RouterConfig.forward_timeout_s, lo=0.1, hi=600),
+        scale_up_timeout_s=env_float(env, "EDGEINFER_SCALE_UP_TIMEOUT_S",
+                                     RouterConfig.scale_up_timeout_s, lo=0, hi=3600),
     )

@@ -1,18 +1,26 @@
 """The router: the front door of every inference request.
 
-Authenticates the key (shared/tenancy.py), resolves the deployment from the registry
-(cached), picks a replica with the pure policy (policy.py) over the table built from
-runner heartbeats (table.py), and forwards. A replica that refuses the connection never
-started the request, so the router retries once on the next best; a replica that fails
-after taking the request is not retried (the model may not be idempotent) and the
-tenant gets a 502 that says so. Failed attempts are never charged: only a runner that
-ran the model emits usage.
+Per request: authenticate the key (shared/tenancy.py, cached, revocations pushed over
+NATS), admit (suspension 403, budget hard stop 402, concurrency and rate limits 429),
+resolve the deployment (registry over NATS, cached), pick a replica with the pure policy
+(policy.py) over the table built from runner heartbeats (table.py), and forward.
+
+- A replica that refuses the connection (or answers 503 before taking the request) never
+  started it, so the router retries once on the next best. A replica that fails after
+  taking the request is not retried (the model may not be idempotent): 502, not charged.
+- No replica ready in any allowed PoP: publish a demand signal (the autoscaler's wake-up)
+  and hold the request until a replica's first ready heartbeat or the tenant's
+  X-Scale-Up-Timeout; held requests resume in arrival order.
+- Every allowed replica full: 503 + Retry-After. Never a PoP outside the residency rule.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,23 +29,29 @@ import msgspec
 from litestar import Litestar, Request, Response, get, post
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.router.admission import Bucket, retry_after_header, take
 from services.router.config import RouterConfig
-from services.router.policy import NoRoute, ReplicaView, choose
+from services.router.metrics import RouterMetrics
+from services.router.policy import ReplicaView, Route, choose
 from services.router.table import RoutingTable
 from shared.bus import request as nats_request
 from shared.events import (
     DemandSignal,
     Deployment,
+    KeyRevoked,
     ResolveDeploymentReply,
     ResolveDeploymentRequest,
+    accounts_event_decoder,
+    budget_decoder,
     encode,
     heartbeat_decoder,
     new_id,
 )
 from shared.http import EXCEPTION_HANDLERS, Refusal
 from shared.subjects import Subjects
-from shared.tenancy import KeyResolver
+from shared.tenancy import KeyResolver, Tenant
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +67,15 @@ class _NotStarted(Exception):
     """The replica did not take the request (refused connection, or not ready): safe to retry."""
 
 
+class _Upstream:
+    """What one forwarded attempt returned, and how long the runner took."""
+
+    def __init__(self, status: int, data: bytes, seconds: float) -> None:
+        self.status = status
+        self.data = data
+        self.seconds = seconds
+
+
 class RouterService:
     def __init__(self, nc: NATS, subjects: Subjects, config: RouterConfig) -> None:
         self._nc = nc
@@ -60,18 +83,29 @@ class RouterService:
         self._config = config
         self.table = RoutingTable()
         self.keys = KeyResolver(nc, subjects)
+        self.metrics = RouterMetrics()
         self._deployments: dict[tuple[str, str], tuple[float, Deployment | None]] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._tenant_in_flight: dict[str, int] = defaultdict(int)
+        self._budget_blocked: dict[str, str] = {}
+        self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
             timeout=aiohttp.ClientTimeout(total=self._config.forward_timeout_s))
-        await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
+        s = self._subjects
+        await self._nc.subscribe(s.heartbeat_wildcard, cb=self._on_heartbeat)
+        await self._nc.subscribe(s.key_revoked, cb=self._on_accounts_event)
+        await self._nc.subscribe(s.tenant_changed, cb=self._on_accounts_event)
+        await self._nc.subscribe(s.budget_wildcard, cb=self._on_budget)
 
     async def stop(self) -> None:
         if self._http is not None:
             await self._http.close()
+
+    # --- events ----------------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         try:
@@ -80,6 +114,36 @@ class RouterService:
             log.warning("ignoring an undecodable heartbeat on %s", msg.subject)
             return
         self.table.observe(beat, time.monotonic())
+        if beat.state == "ready":
+            # Futures resume in the order they were created: held requests keep arrival order.
+            for future in self._held.pop(beat.deployment_id, []):
+                if not future.done():
+                    future.set_result(None)
+
+    async def _on_accounts_event(self, msg: Msg) -> None:
+        try:
+            event = accounts_event_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring an undecodable accounts event on %s", msg.subject)
+            return
+        if isinstance(event, KeyRevoked):
+            self.keys.forget_key_hash(event.key_hash)
+        else:
+            self.keys.forget_tenant(event.tenant_id)
+            self._buckets.pop(event.tenant_id, None)
+
+    async def _on_budget(self, msg: Msg) -> None:
+        try:
+            state = budget_decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring an undecodable budget event on %s", msg.subject)
+            return
+        if state.blocked:
+            self._budget_blocked[state.tenant_id] = state.reason
+        else:
+            self._budget_blocked.pop(state.tenant_id, None)
+
+    # --- the request path ------------------------------------------------------------------
 
     async def deployment(self, tenant_id: str, name: str) -> Deployment | None:
         key = (tenant_id, name)
@@ -93,17 +157,74 @@ class RouterService:
         self._deployments[key] = (now, reply.deployment)
         return reply.deployment
 
+    def admit(self, tenant: Tenant, now: float) -> None:
+        """Budget, concurrency and rate limits, in that order; raises the refusal."""
+        reason = self._budget_blocked.get(tenant.id)
+        if reason is not None:
+            raise Refusal(402, "budget_exceeded",
+                          f"your spend limit stops new requests ({reason or 'limit reached'});"
+                          " raise the limit or wait for the next period")
+        limits = tenant.limits
+        if self._tenant_in_flight[tenant.id] >= limits.max_concurrency:
+            raise Refusal(429, "concurrency_limited",
+                          f"at most {limits.max_concurrency} requests in flight per tenant",
+                          headers={"Retry-After": "1"})
+        bucket = self._buckets.get(tenant.id)
+        if bucket is None or bucket.rate != limits.rate_limit_rps:
+            bucket = Bucket.full(limits.rate_limit_rps, limits.rate_limit_burst, now)
+        bucket, wait = take(bucket, now)
+        self._buckets[tenant.id] = bucket
+        if wait > 0:
+            raise Refusal(429, "rate_limited",
+                          f"over {limits.rate_limit_rps:g} requests/s (burst "
+                          f"{limits.rate_limit_burst})", headers={"Retry-After": retry_after_header(wait)})
+
+    def _scale_up_timeout(self, request: Request[Any, Any, Any]) -> float:
+        raw = request.headers.get("x-scale-up-timeout")
+        if raw is None:
+            return self._config.scale_up_timeout_s
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value <= self._config.max_scale_up_timeout_s:
+            raise Refusal(400, "invalid_scale_up_timeout",
+                          f"X-Scale-Up-Timeout is seconds in [0; {self._config.max_scale_up_timeout_s:g}]")
+        return value
+
     async def infer(self, request: Request[Any, Any, Any], name: str) -> Response[Any]:
-        tenant = await self.keys.tenant_from_header(request.headers.get("authorization"))
-        deployment = await self.deployment(tenant.id, name)
-        if deployment is None:
-            raise Refusal(404, "deployment_not_found", f"no deployment named {name!r}")
+        started = time.perf_counter()
+        deployment_label, pop_label = "", ""
+        try:
+            tenant = await self.keys.tenant_from_header(request.headers.get("authorization"))
+            self.admit(tenant, time.monotonic())
+            self._tenant_in_flight[tenant.id] += 1
+            try:
+                deployment = await self.deployment(tenant.id, name)
+                if deployment is None:
+                    raise Refusal(404, "deployment_not_found", f"no deployment named {name!r}")
+                deployment_label = deployment.id
+                response, pop_label, outside_s = await self._serve(request, tenant, deployment)
+            finally:
+                self._tenant_in_flight[tenant.id] -= 1
+        except Refusal as refusal:
+            self.metrics.requests.labels(deployment_label, pop_label, refusal.code).inc()
+            raise
+        total = time.perf_counter() - started
+        self.metrics.requests.labels(deployment_label, pop_label, "ok").inc()
+        self.metrics.duration.labels(deployment_label, pop_label).observe(total)
+        self.metrics.overhead.observe(max(0.0, total - outside_s))
+        return response
+
+    async def _serve(self, request: Request[Any, Any, Any], tenant: Tenant,
+                     deployment: Deployment) -> tuple[Response[Any], str, float]:
         body = await request.body()
         try:
             payload = _infer_decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Refusal(400, "invalid_body",
                           f"expected JSON {{\"inputs\": [[number, ...], ...]}}: {exc}") from None
+        scale_up_timeout = self._scale_up_timeout(request)
         region = request.headers.get(self._config.client_region_header,
                                      self._config.default_client_region)
         rtt = self._config.latency_ms.get(region, {})
@@ -111,33 +232,85 @@ class RouterService:
         forward = encode({"tenant_id": tenant.id, "request_id": request_id,
                           "deployment_id": deployment.id, "inputs": payload.inputs})
         tried: set[str] = set()
-        for _attempt in range(2):
-            route = choose(deployment.allowed_pops, self.table.replicas(deployment.id,
-                                                                         time.monotonic()),
-                           rtt, frozenset(tried))
-            if isinstance(route, NoRoute):
-                return await self._no_route(deployment, route)
-            try:
-                status, data = await self._forward(route.replica, forward)
-            except _NotStarted:
-                tried.add(route.replica.runner_id)
-                self.table.mark_down(deployment.id, route.replica.runner_id)
-                continue
-            return self._answer(status, data, request_id, route.replica)
-        raise Refusal(503, "no_replica_available",
-                      "the replicas tried did not accept the request; retry shortly",
-                      headers={"Retry-After": "1"})
+        waited_s = 0.0
+        held = False
+        deadline: float | None = None
+        attempts = 0
+        while True:
+            route = choose(deployment.allowed_pops,
+                           self.table.replicas(deployment.id, time.monotonic()), rtt,
+                           frozenset(tried))
+            if isinstance(route, Route):
+                attempts += 1
+                try:
+                    upstream = await self._forward(deployment.id, route.replica, forward)
+                except _NotStarted:
+                    tried.add(route.replica.runner_id)
+                    self.table.mark_down(deployment.id, route.replica.runner_id)
+                    if attempts >= 2:
+                        raise Refusal(503, "no_replica_available",
+                                      "the replicas tried did not accept the request; retry"
+                                      " shortly", headers={"Retry-After": "1"}) from None
+                    continue
+                response = self._answer(upstream, request_id, route.replica, held, waited_s)
+                return response, route.replica.pop, upstream.seconds + waited_s
+            if tried:
+                raise Refusal(503, "no_replica_available",
+                              "the replica tried did not accept the request and no other is"
+                              " ready; retry shortly", headers={"Retry-After": "1"})
+            if route.reason == "saturated":
+                raise Refusal(503, "saturated",
+                              "every replica in the deployment's allowed PoPs "
+                              f"({', '.join(deployment.allowed_pops)}) is at capacity",
+                              headers={"Retry-After": str(route.retry_after_s)})
+            # Cold: nothing ready anywhere allowed. Wake the deployment and hold.
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + scale_up_timeout
+                held = True
+            remaining = deadline - now
+            if remaining <= 0:
+                raise Refusal(503, "cold_start_timeout",
+                              f"no replica became ready within {scale_up_timeout:g} s "
+                              f"in {', '.join(deployment.allowed_pops)}; scale-up continues",
+                              headers={"Retry-After": "5"})
+            waited_s += await self._hold(deployment.id, min(remaining, 2.0))
 
-    async def _forward(self, replica: ReplicaView, body: bytes) -> tuple[int, bytes]:
+    async def _hold(self, deployment_id: str, timeout_s: float) -> float:
+        """Signal demand, wait for a ready heartbeat (or the timeout); returns seconds waited."""
+        await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
+            id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
+            held_requests=len(self._held[deployment_id]) + 1)))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held[deployment_id].append(future)
+        gauge = self.metrics.held.labels(deployment_id)
+        gauge.inc()
+        t0 = time.monotonic()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(future, timeout_s)
+        finally:
+            gauge.dec()
+            waiters = self._held.get(deployment_id)
+            if waiters and future in waiters:
+                waiters.remove(future)
+        waited = time.monotonic() - t0
+        self.metrics.cold_start_wait.labels(deployment_id).observe(waited)
+        return waited
+
+    async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None
         self.table.outstanding[replica.runner_id] += 1
+        gauge = self.metrics.in_flight.labels(deployment_id, replica.pop)
+        gauge.inc()
+        t0 = time.perf_counter()
         try:
             async with self._http.post(replica.url + "/infer", data=body,
                                        headers={"content-type": "application/json"}) as resp:
                 data = await resp.read()
                 if resp.status == 503:
                     raise _NotStarted()
-                return resp.status, data
+                return _Upstream(resp.status, data, time.perf_counter() - t0)
         except aiohttp.ClientConnectorError:
             raise _NotStarted() from None
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -146,33 +319,23 @@ class RouterService:
                           " it was not retried because it may have run, and it is not charged"
                           ) from None
         finally:
+            gauge.dec()
             self.table.outstanding[replica.runner_id] -= 1
 
-    def _answer(self, status: int, data: bytes, request_id: str,
-                replica: ReplicaView) -> Response[Any]:
-        headers = {"x-request-id": request_id, "x-edgeinfer-pop": replica.pop}
-        if status == 200:
-            result = msgspec.json.decode(data)
+    def _answer(self, upstream: _Upstream, request_id: str, replica: ReplicaView, held: bool,
+                waited_s: float) -> Response[Any]:
+        headers = {"x-request-id": request_id, "x-edgeinfer-pop": replica.pop,
+                   "x-edgeinfer-cold-start": "true" if held else "false",
+                   "x-edgeinfer-cold-start-wait-ms": str(round(waited_s * 1000))}
+        if upstream.status == 200:
+            result = msgspec.json.decode(upstream.data)
             usage = result.get("usage", {})
             headers["x-edgeinfer-gpu-us"] = str(usage.get("gpu_us", 0))
             return Response({"request_id": request_id, "outputs": result.get("outputs"),
                              "usage": usage}, status_code=200, headers=headers)
-        if 400 <= status < 500:
-            raise Refusal(400, "invalid_input", _runner_error_message(data))
-        raise Refusal(502, "runner_error", f"the replica answered {status}; not charged")
-
-    async def _no_route(self, deployment: Deployment, route: NoRoute) -> Response[Any]:
-        if route.reason == "no_replica":
-            await self._nc.publish(self._subjects.demand(deployment.id), encode(DemandSignal(
-                id=new_id(), source="router", time=datetime.now(UTC),
-                deployment_id=deployment.id, held_requests=1)))
-            message = ("no replica of this deployment is ready in its allowed PoPs "
-                       f"({', '.join(deployment.allowed_pops)}); scale-up was requested")
-        else:
-            message = ("every replica in the deployment's allowed PoPs "
-                       f"({', '.join(deployment.allowed_pops)}) is at capacity")
-        raise Refusal(503, route.reason, message,
-                      headers={"Retry-After": str(route.retry_after_s)})
+        if 400 <= upstream.status < 500:
+            raise Refusal(400, "invalid_input", _runner_error_message(upstream.data))
+        raise Refusal(502, "runner_error", f"the replica answered {upstream.status}; not charged")
 
     def app(self) -> Litestar:
         service = self
@@ -186,8 +349,12 @@ class RouterService:
         async def healthz() -> dict[str, str]:
             return {"status": "ok"}
 
-        return Litestar(route_handlers=[infer, healthz], exception_handlers=EXCEPTION_HANDLERS,
-                        on_startup=[], openapi_config=None)
+        @get("/metrics", operation_id="router_metrics", media_type=CONTENT_TYPE_LATEST)
+        async def metrics() -> bytes:
+            return generate_latest(service.metrics.registry)
+
+        return Litestar(route_handlers=[infer, healthz, metrics],
+                        exception_handlers=EXCEPTION_HANDLERS, openapi_config=None)
 
 
 def _runner_error_message(data: bytes) -> str:
@@ -201,5 +368,3 @@ def _runner_error_message(data: bytes) -> str:
     if isinstance(parsed, dict) and "error" in parsed:
         return str(parsed["error"])[:500]
     return str(parsed)[:500]
-
-

@@ -15,13 +15,14 @@ at start it drains every older generation it finds, then deletes it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
 from pathlib import Path
 
 from nats.js import JetStreamContext
+
+from shared.aio import raise_if_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,10 @@ class Outbox:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            except TimeoutError:
+                raise_if_cancelled()
 
     async def drain_once(self) -> None:
         for events_path in sorted(self._dir.glob("*.jsonl")):

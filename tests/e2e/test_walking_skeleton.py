@@ -38,6 +38,7 @@ class Stack:
         self.router = ready["router_url"]
         self.api = ready["api_url"]
         self.key = ready["api_key"]
+        self.served = 0  # successful demo-tenant requests so far: what the ledger must hold
 
     def auth(self, key: str | None = None) -> dict[str, str]:
         return {"Authorization": f"Bearer {key or self.key}"}
@@ -79,9 +80,11 @@ def _stop_tree(process: subprocess.Popen[bytes]) -> None:
 def infer(stack: Stack, region: str = "eu", key: str | None = None,
           body: Any = None, deployment: str = "digits") -> httpx.Response:
     payload = body if body is not None else {"inputs": [sample_digit(0), sample_digit(1)]}
-    return httpx.post(f"{stack.router}/v1/deployments/{deployment}/infer",
+    resp = httpx.post(f"{stack.router}/v1/deployments/{deployment}/infer",
                       headers={**stack.auth(key), "X-Client-Region": region}, json=payload,
                       timeout=30)
+    stack.served += resp.status_code == 200 and key is None
+    return resp
 
 
 async def ledger_totals(database_url: str, tenant_id: str) -> tuple[int, int]:
@@ -94,20 +97,33 @@ async def ledger_totals(database_url: str, tenant_id: str) -> tuple[int, int]:
         await conn.close()
 
 
-def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> dict[str, Any]:
+async def ainfer(stack: Stack, region: str, key: str | None = None, body: Any = None,
+                 deployment: str = "digits") -> httpx.Response:
+    payload = body if body is not None else {"inputs": [sample_digit(0), sample_digit(1)]}
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.post(f"{stack.router}/v1/deployments/{deployment}/infer",
+                               headers={**stack.auth(key), "X-Client-Region": region},
+                               json=payload)
+    stack.served += resp.status_code == 200 and key is None
+    return resp
+
+
+async def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    while True:
-        usage = httpx.get(f"{stack.api}/v1/usage", headers=stack.auth()).json()
-        if usage["total_gpu_us"] >= total_us or time.monotonic() > deadline:
-            return usage
-        time.sleep(0.2)
+    async with httpx.AsyncClient() as http:
+        while True:
+            usage = (await http.get(f"{stack.api}/v1/usage", headers=stack.auth())).json()
+            if usage["total_gpu_us"] >= total_us or time.monotonic() > deadline:
+                return usage
+            await asyncio.sleep(0.2)
 
 
-def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack, database_url: str) -> None:
+async def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack,
+                                                                 database_url: str) -> None:
     measured: dict[str, int] = {"eu-west": 0, "us-east": 0}
     for i in range(30):
         region = "eu" if i % 3 else "us"
-        resp = infer(stack, region)
+        resp = await ainfer(stack, region)
         assert resp.status_code == 200, resp.text
         body = resp.json()
         assert body["outputs"]["labels"] == [0, 1]  # the model really ran
@@ -116,14 +132,15 @@ def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack, databas
     total = sum(measured.values())
     assert total > 0
 
-    usage = wait_for_usage(stack, total)
+    usage = await wait_for_usage(stack, total)
     assert usage["total_gpu_us"] == total
     by_pop = {item["pop"]: item["gpu_us"] for item in usage["items"]}
     assert by_pop == measured
     assert sum(item["requests"] for item in usage["items"]) == 30
-    assert asyncio.run(ledger_totals(database_url, stack.ready["tenant_id"])) == (30, total)
+    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == (30, total)
 
-    preview = httpx.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth()).json()
+    async with httpx.AsyncClient() as http:
+        preview = (await http.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth())).json()
     prices = {"eu-west": Decimal("0.0001"), "us-east": Decimal("0.00009")}
     expected = {line["region"]: line_amount(measured[line["region"]], prices[line["region"]])
                 for line in preview["lines"]}
@@ -149,16 +166,19 @@ def test_nearest_pop_serves(stack: Stack, region: str, pop: str) -> None:
         pytest.param({"body": {"inputs": []}}, 400, "invalid_input", id="no-rows"),
     ],
 )
-def test_bad_input_gets_a_4xx_with_a_reason_and_is_not_charged(
+async def test_bad_input_gets_a_4xx_with_a_reason_and_is_not_charged(
         stack: Stack, database_url: str, kwargs: dict[str, Any], status: int, code: str) -> None:
-    before = asyncio.run(ledger_totals(database_url, stack.ready["tenant_id"]))
-    resp = infer(stack, **kwargs)
+    deadline = time.monotonic() + 15
+    while (before := await ledger_totals(database_url, stack.ready["tenant_id"]))[0] < stack.served:
+        assert time.monotonic() < deadline, "earlier usage never reached the ledger"
+        await asyncio.sleep(0.1)
+    resp = await ainfer(stack, "eu", **kwargs)
     assert resp.status_code == status, resp.text
     error = resp.json()["error"]
     assert error["code"] == code
     assert error["message"]
-    time.sleep(1.0)  # give a wrongly emitted usage event time to land
-    assert asyncio.run(ledger_totals(database_url, stack.ready["tenant_id"])) == before
+    await asyncio.sleep(1.0)  # give a wrongly emitted usage event time to land
+    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == before
 
 
 def test_missing_key_is_refused(stack: Stack) -> None:

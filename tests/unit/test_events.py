@@ -9,9 +9,12 @@ import msgspec
 import pytest
 
 from shared.events import (
+    BudgetState,
     DemandSignal,
     DeploymentUpdated,
+    KeyRevoked,
     RunnerHeartbeat,
+    TenantChanged,
     UsageEvent,
     encode,
     new_id,
@@ -20,7 +23,9 @@ from shared.events import (
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TYPES = {"usage.gpu.v1": UsageEvent, "runner.heartbeat.v1": RunnerHeartbeat,
-         "router.demand.v1": DemandSignal, "registry.deployment.updated.v1": DeploymentUpdated}
+         "router.demand.v1": DemandSignal, "registry.deployment.updated.v1": DeploymentUpdated,
+         "accounts.key.revoked.v1": KeyRevoked, "accounts.tenant.changed.v1": TenantChanged,
+         "billing.budget.v1": BudgetState}
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))

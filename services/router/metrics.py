@@ -1,0 +1,32 @@
+"""The router's Prometheus metrics (standard naming; they feed the autoscaler)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "edgeinfer_router_requests", "Inference requests by deployment, PoP and outcome.",
+            ["deployment", "pop", "outcome"], registry=self.registry)
+        self.duration = Histogram(
+            "edgeinfer_router_request_duration_seconds",
+            "Whole request time as the router sees it.", ["deployment", "pop"],
+            buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.overhead = Histogram(
+            "edgeinfer_router_overhead_seconds",
+            "The router's own time per request: the whole request minus the runner's answer"
+            " and any cold-start wait.", buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge(
+            "edgeinfer_router_in_flight_requests", "Requests forwarded and not yet answered.",
+            ["deployment", "pop"], registry=self.registry)
+        self.held = Gauge(
+            "edgeinfer_router_held_requests", "Requests held while their deployment scales up.",
+            ["deployment"], registry=self.registry)
+        self.cold_start_wait = Histogram(
+            "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
+            ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)
