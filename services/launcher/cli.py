@@ -118,6 +118,7 @@ Ctrl-C stops everything.
 """, flush=True)
         (platform.state_dir / "ready.json").write_text(json.dumps({
             "router_url": stack.router_url, "api_url": stack.api_url, "nats_url": stack.nats_url,
+            "namespace": platform.namespace,
             "api_key": demo.api_key, "tenant_id": demo.tenant_id,
             "admin_token": stack.admin_token, "deployment": demo.deployment.name,
             "deployment_id": demo.deployment.id, "ready_s": round(ready_s, 2),

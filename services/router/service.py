@@ -270,6 +270,7 @@ class RouterService:
                 held = True
             remaining = deadline - now
             if remaining <= 0:
+                await self._signal_demand(deployment.id)
                 raise Refusal(503, "cold_start_timeout",
                               f"no replica became ready within {scale_up_timeout:g} s "
                               f"in {', '.join(deployment.allowed_pops)}; scale-up continues",
@@ -278,9 +279,7 @@ class RouterService:
 
     async def _hold(self, deployment_id: str, timeout_s: float) -> float:
         """Signal demand, wait for a ready heartbeat (or the timeout); returns seconds waited."""
-        await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
-            id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
-            held_requests=len(self._held[deployment_id]) + 1)))
+        await self._signal_demand(deployment_id)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._held[deployment_id].append(future)
         gauge = self.metrics.held.labels(deployment_id)
@@ -297,6 +296,11 @@ class RouterService:
         waited = time.monotonic() - t0
         self.metrics.cold_start_wait.labels(deployment_id).observe(waited)
         return waited
+
+    async def _signal_demand(self, deployment_id: str) -> None:
+        await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
+            id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
+            held_requests=len(self._held[deployment_id]) + 1)))
 
     async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None

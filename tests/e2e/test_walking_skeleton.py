@@ -7,15 +7,9 @@ with real BentoML runner processes in two simulated PoPs.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,57 +18,10 @@ import psutil
 import pytest
 
 from services.registry.demo_model import sample_digit
-from shared.embedded import free_port
 from shared.money import line_amount
+from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-class Stack:
-    def __init__(self, process: subprocess.Popen[bytes], ready: dict[str, Any], log: Path) -> None:
-        self.process = process
-        self.ready = ready
-        self.log = log
-        self.router = ready["router_url"]
-        self.api = ready["api_url"]
-        self.key = ready["api_key"]
-        self.served = 0  # successful demo-tenant requests so far: what the ledger must hold
-
-    def auth(self, key: str | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key or self.key}"}
-
-
-@pytest.fixture(scope="module")
-def stack(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    state = tmp_path_factory.mktemp("state")
-    log = state / "up.log"
-    env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
-           "EDGEINFER_NAMESPACE": "e2e" + os.urandom(3).hex(), "EDGEINFER_STATE_DIR": str(state),
-           "EDGEINFER_API_PORT": str(free_port()), "EDGEINFER_ROUTER_PORT": str(free_port())}
-    edgeinfer = Path(sys.executable).parent / "edgeinfer"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([str(edgeinfer), "up"], env=env, stdout=out,
-                                   stderr=subprocess.STDOUT)
-    ready_file = state / "ready.json"
-    deadline = time.monotonic() + 180
-    while not ready_file.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"edgeinfer up did not become ready:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
-    stack = Stack(process, json.loads(ready_file.read_text()), log)
-    yield stack
-    if process.poll() is None:
-        _stop_tree(process)
-
-
-def _stop_tree(process: subprocess.Popen[bytes]) -> None:
-    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    for p in tree:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def infer(stack: Stack, region: str = "eu", key: str | None = None,

@@ -1,0 +1,177 @@
+"""The router against real runner processes, real NATS and the real control plane."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from services.registry.demo_model import digits_onnx, sample_digit
+from shared.bus import connect
+from shared.events import BudgetState, encode, new_id
+from shared.subjects import Subjects
+from tests.e2e.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+BODY = {"inputs": [sample_digit(3)]}
+
+
+class Tenant:
+    def __init__(self, stack: Stack, tenant_id: str, key: str) -> None:
+        self.stack = stack
+        self.id = tenant_id
+        self.key = key
+
+    def infer(self, deployment: str, region: str = "eu", key: str | None = None,
+              **headers: str) -> httpx.Response:
+        return httpx.post(f"{self.stack.router}/v1/deployments/{deployment}/infer",
+                          headers={"Authorization": f"Bearer {key or self.key}",
+                                   "X-Client-Region": region, **headers}, json=BODY, timeout=120)
+
+
+def admin(stack: Stack, method: str, path: str, json: Any = None) -> httpx.Response:
+    return httpx.request(method, f"{stack.api}/admin{path}", json=json, timeout=30,
+                         headers={"Authorization": f"Bearer {stack.ready['admin_token']}"})
+
+
+@pytest.fixture(scope="module")
+def tenant(stack: Stack) -> Tenant:
+    created = admin(stack, "POST", "/tenants", {"name": "router-tests"})
+    tenant_id = created.json()["id"]
+    key = admin(stack, "POST", f"/tenants/{tenant_id}/keys", {}).json()["key"]
+    auth = {"Authorization": f"Bearer {key}"}
+    up = httpx.put(f"{stack.api}/v1/models/digits/versions/1", content=digits_onnx(),
+                   headers={**auth, "Content-Type": "application/octet-stream"}, timeout=60)
+    assert up.status_code == 200, up.text
+    for name in ("cold", "cold-timeout"):
+        dep = httpx.put(f"{stack.api}/v1/deployments/{name}", headers=auth, json={
+            "model": "digits", "version": "1", "pops": ["eu-west"], "min_replicas": 0})
+        assert dep.status_code == 200, dep.text
+    return Tenant(stack, tenant_id, key)
+
+
+def test_a_held_request_is_served_when_the_first_replica_is_ready(tenant: Tenant) -> None:
+    first = tenant.infer("cold", region="us")
+    assert first.status_code == 200, first.text
+    assert first.headers["x-edgeinfer-cold-start"] == "true"
+    assert int(first.headers["x-edgeinfer-cold-start-wait-ms"]) > 0
+    # Residency: pinned to eu-west, so a US client is served there, never in us-east.
+    assert first.headers["x-edgeinfer-pop"] == "eu-west"
+    second = tenant.infer("cold")
+    assert second.headers["x-edgeinfer-cold-start"] == "false"
+
+
+def test_a_cold_start_that_outlasts_the_tenants_timeout_is_a_503(tenant: Tenant) -> None:
+    resp = tenant.infer("cold-timeout", **{"X-Scale-Up-Timeout": "0"})
+    assert resp.status_code == 503
+    assert resp.json()["error"]["code"] == "cold_start_timeout"
+    assert int(resp.headers["retry-after"]) > 0
+    bad = tenant.infer("cold-timeout", **{"X-Scale-Up-Timeout": "soon"})
+    assert bad.status_code == 400
+
+
+def test_rate_limit_answers_429_with_retry_after(tenant: Tenant) -> None:
+    assert admin(tenant.stack, "PATCH", f"/tenants/{tenant.id}",
+                 {"rate_limit_rps": 0.2, "rate_limit_burst": 2}).status_code == 200
+    time.sleep(0.3)  # the change event reaches the router
+    try:
+        codes = [tenant.infer("cold").status_code for _ in range(3)]
+        assert codes[:2] == [200, 200]
+        third = tenant.infer("cold")
+        assert third.status_code == 429
+        assert third.json()["error"]["code"] == "rate_limited"
+        assert int(third.headers["retry-after"]) >= 1
+    finally:
+        admin(tenant.stack, "PATCH", f"/tenants/{tenant.id}",
+              {"rate_limit_rps": 100, "rate_limit_burst": 200})
+        time.sleep(0.3)
+
+
+def test_suspension_is_a_403_and_lifting_it_restores_service(tenant: Tenant) -> None:
+    admin(tenant.stack, "PATCH", f"/tenants/{tenant.id}", {"status": "suspended"})
+    time.sleep(0.3)
+    resp = tenant.infer("cold")
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "tenant_suspended"
+    admin(tenant.stack, "PATCH", f"/tenants/{tenant.id}", {"status": "active"})
+    time.sleep(0.3)
+    assert tenant.infer("cold").status_code == 200
+
+
+def test_a_revoked_key_stops_working_within_a_second(tenant: Tenant) -> None:
+    issued = admin(tenant.stack, "POST", f"/tenants/{tenant.id}/keys", {"label": "temp"}).json()
+    assert tenant.infer("cold", key=issued["key"]).status_code == 200  # now cached
+    assert admin(tenant.stack, "DELETE",
+                 f"/tenants/{tenant.id}/keys/{issued['id']}").status_code == 200
+    time.sleep(1.0)
+    resp = tenant.infer("cold", key=issued["key"])
+    assert resp.status_code == 401
+    assert resp.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_budget_hard_stop_is_a_402_until_lifted(tenant: Tenant) -> None:
+    subjects = Subjects(tenant.stack.ready["namespace"])
+
+    async def publish(blocked: bool) -> None:
+        nc = await connect(tenant.stack.ready["nats_url"], "test")
+        await nc.publish(subjects.budget(tenant.id), encode(BudgetState(
+            id=new_id(), source="test", time=datetime.now(UTC), tenant_id=tenant.id,
+            blocked=blocked, reason="monthly limit of 1.00 USD reached")))
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish(True))
+    time.sleep(0.3)
+    resp = tenant.infer("cold")
+    assert resp.status_code == 402
+    assert "1.00 USD" in resp.json()["error"]["message"]
+    asyncio.run(publish(False))
+    time.sleep(0.3)
+    assert tenant.infer("cold").status_code == 200
+
+
+def test_an_oversized_body_is_a_413(tenant: Tenant) -> None:
+    resp = httpx.post(f"{tenant.stack.router}/v1/deployments/cold/infer",
+                      headers={"Authorization": f"Bearer {tenant.key}"},
+                      content=b"[" + b"1," * 800_000 + b"1]", timeout=30)
+    assert resp.status_code == 413
+    assert resp.json()["error"]["code"] == "body_too_large"
+
+
+def test_a_killed_runner_fails_over_to_the_next_allowed_pop(stack: Stack) -> None:
+    auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu"}
+    url = f"{stack.router}/v1/deployments/digits/infer"
+    assert httpx.post(url, json=BODY, headers=auth).headers["x-edgeinfer-pop"] == "eu-west"
+    victims = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
+               if _env(p).get("EDGEINFER_POP") == "eu-west"
+               and _env(p).get("EDGEINFER_DEPLOYMENT_ID") == stack.ready["deployment_id"]]
+    assert victims, "found no eu-west runner to kill"
+    for p in victims:
+        p.kill()
+    psutil.wait_procs(victims, timeout=10)
+    resp = httpx.post(url, json=BODY, headers=auth, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-edgeinfer-pop"] == "us-east"
+
+
+def test_metrics_count_requests_by_outcome(stack: Stack) -> None:
+    text = httpx.get(f"{stack.router}/metrics").text
+    assert 'edgeinfer_router_requests_total{' in text
+    for outcome in ("ok", "rate_limited", "tenant_suspended", "budget_exceeded",
+                    "cold_start_timeout"):
+        assert f'outcome="{outcome}"' in text, outcome
+    assert "edgeinfer_router_overhead_seconds_bucket" in text
+    assert "edgeinfer_router_held_requests" in text
+
+
+def _env(p: psutil.Process) -> dict[str, str]:
+    try:
+        return p.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return {}
