@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.router.admission import Bucket, retry_after_header, take
 from services.router.config import RouterConfig
 from services.router.metrics import RouterMetrics
-from services.router.policy import ReplicaView, Route, choose
+from services.router.policy import ReplicaView, Route, choose, order_pops
 from services.router.table import RoutingTable
 from shared.bus import request as nats_request
 from shared.events import (
@@ -89,6 +89,7 @@ class RouterService:
         self._tenant_in_flight: dict[str, int] = defaultdict(int)
         self._budget_blocked: dict[str, str] = {}
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -179,6 +180,16 @@ class RouterService:
                           f"over {limits.rate_limit_rps:g} requests/s (burst "
                           f"{limits.rate_limit_burst})", headers={"Retry-After": retry_after_header(wait)})
 
+    def _pop_order(self, region: str, allowed_pops: list[str]) -> list[tuple[str, float]]:
+        key = (region, tuple(allowed_pops))
+        ordered = self._pop_orders.get(key)
+        if ordered is None:
+            if len(self._pop_orders) > 10_000:
+                self._pop_orders.clear()
+            ordered = order_pops(allowed_pops, self._config.latency_ms.get(region, {}))
+            self._pop_orders[key] = ordered
+        return ordered
+
     def _scale_up_timeout(self, request: Request[Any, Any, Any]) -> float:
         raw = request.headers.get("x-scale-up-timeout")
         if raw is None:
@@ -227,7 +238,7 @@ class RouterService:
         scale_up_timeout = self._scale_up_timeout(request)
         region = request.headers.get(self._config.client_region_header,
                                      self._config.default_client_region)
-        rtt = self._config.latency_ms.get(region, {})
+        ordered = self._pop_order(region, deployment.allowed_pops)
         request_id = new_id()
         forward = encode({"tenant_id": tenant.id, "request_id": request_id,
                           "deployment_id": deployment.id, "inputs": payload.inputs})
@@ -237,8 +248,7 @@ class RouterService:
         deadline: float | None = None
         attempts = 0
         while True:
-            route = choose(deployment.allowed_pops,
-                           self.table.replicas(deployment.id, time.monotonic()), rtt,
+            route = choose(ordered, self.table.by_pop(deployment.id, time.monotonic()),
                            frozenset(tried))
             if isinstance(route, Route):
                 attempts += 1

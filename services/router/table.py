@@ -34,5 +34,11 @@ class RoutingTable:
                             outstanding=self.outstanding[e.beat.runner_id])
                 for e in entries.values()]
 
+    def by_pop(self, deployment_id: str, now: float) -> dict[str, list[ReplicaView]]:
+        grouped: dict[str, list[ReplicaView]] = defaultdict(list)
+        for replica in self.replicas(deployment_id, now):
+            grouped[replica.pop].append(replica)
+        return grouped
+
     def mark_down(self, deployment_id: str, runner_id: str) -> None:
         self._by_deployment.get(deployment_id, {}).pop(runner_id, None)

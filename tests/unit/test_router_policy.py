@@ -1,10 +1,20 @@
 import random
+from collections import defaultdict
 
 import pytest
 
-from services.router.policy import NoRoute, ReplicaView, Route, choose
+from services.router.policy import NoRoute, ReplicaView, Route, order_pops
+from services.router.policy import choose as choose_nearest_first
 
 RTT = {"eu-west": 8.0, "us-east": 85.0}
+
+
+def choose(allowed: list[str], replicas: list[ReplicaView], rtt: dict[str, float],
+           exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
+    by_pop: dict[str, list[ReplicaView]] = defaultdict(list)
+    for r in replicas:
+        by_pop[r.pop].append(r)
+    return choose_nearest_first(order_pops(allowed, rtt), by_pop, exclude)
 
 
 def replica(runner_id: str, pop: str, outstanding: int = 0, capacity: int = 4,
@@ -63,3 +73,19 @@ def test_residency_is_never_violated_on_random_topologies() -> None:
         else:
             assert not any(r.pop in allowed and r.ready and r.outstanding < r.capacity
                            for r in replicas)
+
+
+def test_the_early_stop_finds_the_same_best_as_a_full_search() -> None:
+    rng = random.Random(11)
+    pops = [f"p{i}" for i in range(30)]
+    for _ in range(2000):
+        replicas = [replica(f"r{i}", rng.choice(pops), rng.randint(0, 4), 4)
+                    for i in range(rng.randint(1, 40))]
+        rtt = {p: rng.uniform(1, 50) for p in pops}
+        allowed = rng.sample(pops, rng.randint(1, 30))
+        route = choose(allowed, replicas, rtt)
+        costs = [rtt[r.pop] + (r.outstanding + 1) / r.capacity for r in replicas
+                 if r.pop in allowed and r.outstanding < r.capacity]
+        if costs:
+            assert isinstance(route, Route)
+            assert route.expected_ms == pytest.approx(min(costs))

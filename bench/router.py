@@ -1,0 +1,236 @@
+"""Router overhead, side by side in one run: direct calls vs through the router vs through
+nginx (keep-alive upstream, the reference proxy), against the same minimal backend.
+
+    .venv/bin/python bench/router.py [--seconds 5]
+
+Needs Debian's nginx and wrk. Starts embedded NATS + PostgreSQL, the real api, registry
+and router (`edgeinfer run api registry router`), a minimal ASGI backend that speaks the
+runner's protocol (bench/echo_runner.py), registered with the router by heartbeats as a
+ready runner. Then: fixed-rate latency (open loop, 100/500/1000 req/s) and saturation
+throughput (wrk, 32 connections) for each path, and the pure routing decision's cost on
+100 PoPs × 10 replicas. Prints figures; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import timeit
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+import httpx
+import msgspec
+
+from services.registry.demo_model import digits_onnx, sample_digit
+from services.router.policy import ReplicaView, choose, order_pops
+from shared.bus import connect
+from shared.embedded import free_port, start_nats, start_postgres, wait_for_port
+from shared.events import RunnerHeartbeat, encode, new_id
+from shared.subjects import Subjects
+
+ROOT = Path(__file__).resolve().parent.parent
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://backend/infer;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def fixed_rate(url: str, body: bytes, headers: dict[str, str], rate: int,
+                     seconds: float) -> tuple[list[float], int]:
+    """Open loop: requests start on schedule whether or not earlier ones finished."""
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as http:
+
+        async def one() -> None:
+            nonlocal errors
+            t0 = time.perf_counter()
+            try:
+                async with http.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+        tasks = []
+        start = time.perf_counter()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return latencies, errors
+
+
+def wrk(url: str, body: bytes, headers: dict[str, str], seconds: float, workdir: Path) -> float:
+    script = workdir / f"post-{abs(hash(url))}.lua"
+    header_lines = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    script.write_text(f'wrk.method = "POST"\nwrk.body = [[{body.decode()}]]\n{header_lines}')
+    out = subprocess.run(["wrk", "-t2", "-c32", f"-d{int(seconds)}s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    non2xx = [line for line in out.splitlines() if "Non-2xx" in line]
+    if non2xx:
+        print(f"    wrk {url}: {non2xx[0].strip()}")
+    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+
+
+def decision_cost_us() -> float:
+    rng = random.Random(3)
+    pops = [f"pop{i}" for i in range(100)]
+    replicas = [ReplicaView(f"r{p}-{k}", p, "http://x", True, 8, rng.randint(0, 7))
+                for p in pops for k in range(10)]
+    rtt = {p: rng.uniform(2, 200) for p in pops}
+    by_pop: dict[str, list[ReplicaView]] = {}
+    for r in replicas:
+        by_pop.setdefault(r.pop, []).append(r)
+    # As in the router: the PoP order is cached per (client region, deployment); the
+    # replicas are grouped per PoP by the routing table.
+    ordered = order_pops(pops, rtt)
+    number = 20_000
+    return timeit.timeit(lambda: choose(ordered, by_pop), number=number) / number * 1e6
+
+
+async def heartbeats(nats_url: str, namespace: str, deployment_id: str, url: str,
+                     stop: asyncio.Event) -> None:
+    nc = await connect(nats_url, "bench-heartbeats")
+    subjects = Subjects(namespace)
+    while not stop.is_set():
+        await nc.publish(subjects.heartbeat("eu-west", "rbench"), encode(RunnerHeartbeat(
+            id=new_id(), source="bench", time=datetime.now(UTC), runner_id="rbench",
+            pop="eu-west", region="eu-west", url=url, state="ready", gpu_class="cpu",
+            gpu_share=Decimal(1), device="cpu", capacity=100_000, in_flight=0,
+            deployment_id=deployment_id, model_version="1")))
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except TimeoutError:
+            pass
+    await nc.close()
+
+
+def seed(api: str) -> tuple[str, str, str]:
+    """A tenant, its key, and a deployment pinned to eu-west: (tenant id, key, deployment id)."""
+    admin = {"Authorization": "Bearer bench"}
+    tenant = httpx.post(f"{api}/admin/tenants", json={"name": "bench"}, headers=admin).json()
+    key = httpx.post(f"{api}/admin/tenants/{tenant['id']}/keys", json={},
+                     headers=admin).json()["key"]
+    # Admission limits far above what the machine can send: measure routing, not 429s.
+    httpx.patch(f"{api}/admin/tenants/{tenant['id']}", headers=admin, json={
+        "rate_limit_rps": 1e6, "rate_limit_burst": 10**6, "max_concurrency": 10**5,
+    }).raise_for_status()
+    auth = {"Authorization": f"Bearer {key}"}
+    httpx.put(f"{api}/v1/models/digits/versions/1", content=digits_onnx(), headers=auth,
+              timeout=60).raise_for_status()
+    dep = httpx.put(f"{api}/v1/deployments/bench", headers=auth, json={
+        "model": "digits", "version": "1", "pops": ["eu-west"]}).json()
+    return tenant["id"], key, dep["id"]
+
+
+async def main(seconds: float) -> None:
+    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-router-"))
+    work.chmod(0o755)
+    nats = start_nats(work)
+    pg = start_postgres(work)
+    procs: list[subprocess.Popen[bytes]] = []
+    stop = asyncio.Event()
+    try:
+        backend_port, api_port, router_port, nginx_port = (free_port() for _ in range(4))
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "echo_runner.py"),
+                                       str(backend_port)]))
+        env = {**os.environ, "NATS_URL": nats.url, "DATABASE_URL": pg.url,
+               "EDGEINFER_STATE_DIR": str(work), "EDGEINFER_API_PORT": str(api_port),
+               "EDGEINFER_ROUTER_PORT": str(router_port), "EDGEINFER_ADMIN_TOKEN": "bench",
+               "EDGEINFER_LOG_LEVEL": "WARNING"}
+        procs.append(subprocess.Popen([str(Path(sys.executable).parent / "edgeinfer"), "run",
+                                       "api", "registry", "router"], env=env))
+        (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, backend=backend_port,
+                                                           port=nginx_port))
+        procs.append(subprocess.Popen([shutil.which("nginx") or "nginx", "-c",
+                                       str(work / "nginx.conf"), "-g", "daemon off;"]))
+        for port in (backend_port, api_port, router_port, nginx_port):
+            wait_for_port(port, 60)
+
+        tenant_id, key, deployment_id = await asyncio.to_thread(
+            seed, f"http://127.0.0.1:{api_port}")
+        auth = {"Authorization": f"Bearer {key}"}
+        beats = asyncio.create_task(heartbeats(nats.url, "edgeinfer", deployment_id,
+                                               f"http://127.0.0.1:{backend_port}", stop))
+
+        inputs = {"inputs": [sample_digit(0)]}
+        runner_body = msgspec.json.encode({"tenant_id": tenant_id, "request_id": "b",
+                                           "deployment_id": deployment_id, **inputs})
+        json_h = {"Content-Type": "application/json"}
+        paths = {
+            "direct": (f"http://127.0.0.1:{backend_port}/infer", runner_body, json_h),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/", runner_body, json_h),
+            "router": (f"http://127.0.0.1:{router_port}/v1/deployments/bench/infer",
+                       msgspec.json.encode(inputs), {**json_h, **auth}),
+        }
+        # Warm-up: the key and deployment caches, the first heartbeat, connection pools.
+        lat, errors = await fixed_rate(*paths["router"], rate=20, seconds=2)
+        assert errors == 0, "the router does not serve the bench deployment"
+
+        print(f"body {len(paths['router'][1])} B; {seconds:g} s per measurement; "
+              "everything on the same 2 cores")
+        for rate in (100, 500, 1000):
+            results = {}
+            for name, (url, body, headers) in paths.items():
+                results[name] = await fixed_rate(url, body, headers, rate, seconds)
+            d50, d99 = pct(results["direct"][0], 0.5), pct(results["direct"][0], 0.99)
+            for name, (lat, errors) in results.items():
+                p50, p99 = pct(lat, 0.5), pct(lat, 0.99)
+                added = "" if name == "direct" else f"   added +{p50 - d50:.2f} / +{p99 - d99:.2f} ms"
+                print(f"  {rate:5d} req/s  {name:7s} p50 {p50:6.2f} ms  p99 {p99:7.2f} ms"
+                      f"  errors {errors}{added}")
+        for name, (url, body, headers) in paths.items():
+            print(f"  saturation (wrk -c32)  {name:7s} {wrk(url, body, headers, seconds, work):9.0f} req/s")
+        print(f"  routing decision, 100 PoPs × 10 replicas: {decision_cost_us():.1f} µs")
+        stop.set()
+        await beats
+    finally:
+        stop.set()
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+        nats.stop()
+        pg.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=5.0)
+    asyncio.run(main(parser.parse_args().seconds))
