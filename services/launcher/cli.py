@@ -15,6 +15,8 @@ import shlex
 import signal
 import sys
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import psutil
 
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "up":
-            return asyncio.run(up())
+            return _run(up())
         if "runner" in args.service:
             if args.service != ["runner"]:
                 parser.error("a runner runs alone: `edgeinfer run runner`")
@@ -45,10 +47,19 @@ def main(argv: list[str] | None = None) -> int:
                                       "services.runner.service:Runner", "--host",
                                       os.environ.get("EDGEINFER_RUNNER_HOST", "0.0.0.0"),
                                       "--port", os.environ.get("EDGEINFER_RUNNER_PORT", "3000")])
-        return asyncio.run(run_services(tuple(args.service)))
+        return _run(run_services(tuple(args.service)))
     except ConfigError as exc:
         print(f"edgeinfer: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed: the router's hot path is about twice as fast."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def _until_signalled() -> None:

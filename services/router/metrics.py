@@ -10,6 +10,9 @@ _LATENCY_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Label lookups cost microseconds each on the hot path: keep the children.
+        self._outcomes: dict[tuple[str, str, str], Counter] = {}
+        self._durations: dict[tuple[str, str], Histogram] = {}
         self.requests = Counter(
             "edgeinfer_router_requests", "Inference requests by deployment, PoP and outcome.",
             ["deployment", "pop", "outcome"], registry=self.registry)
@@ -30,3 +33,17 @@ class RouterMetrics:
         self.cold_start_wait = Histogram(
             "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
             ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)
+
+    def outcome(self, deployment: str, pop: str, outcome: str) -> None:
+        key = (deployment, pop, outcome)
+        child = self._outcomes.get(key)
+        if child is None:
+            child = self._outcomes[key] = self.requests.labels(deployment, pop, outcome)
+        child.inc()
+
+    def served(self, deployment: str, pop: str, seconds: float) -> None:
+        key = (deployment, pop)
+        child = self._durations.get(key)
+        if child is None:
+            child = self._durations[key] = self.duration.labels(deployment, pop)
+        child.observe(seconds)
