@@ -27,6 +27,7 @@ import timeit
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
@@ -120,9 +121,14 @@ def wrk(url: str, body: bytes, headers: dict[str, str], seconds: float, workdir:
     out = subprocess.run(["wrk", "-t2", "-c32", f"-d{int(seconds)}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     statuses = [line for line in out.splitlines() if line.startswith("status ")]
+    total = float(next(line.split()[1] for line in out.splitlines()
+                       if line.startswith("Requests/sec")))
     if not statuses or any(not line.startswith("status 200") for line in statuses):
+        answered = sum(int(line.split(": ")[1]) for line in statuses) or 1
+        ok = sum(int(line.split(": ")[1]) for line in statuses if line.startswith("status 200"))
         print(f"    wrk {url}: {', '.join(statuses) or out}")
-    return float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+        print(f"    → answered {total:.0f} req/s, of which 200 OK {total * ok / answered:.0f} req/s")
+    return total
 
 
 def decision_cost_us() -> float:
@@ -153,6 +159,47 @@ async def heartbeats(nats_url: str, namespace: str, deployment_id: str, url: str
             deployment_id=deployment_id, model_version="1")))
         await asyncio.sleep(1.0)
     await nc.close()
+
+
+async def real_runner(nats_url: str, work: Path, paths: dict[str, tuple[str, bytes, dict[str, str]]],
+                      runner_body: bytes, seconds: float) -> None:
+    """Once more against a real BentoML runner serving the digits model (the echo backend's
+    heartbeats have stopped, so the router drops it within 3 s)."""
+    from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+    from shared.bus import request
+    from shared.events import ListDeploymentsReply
+    from shared.topology import pops_from_env
+
+    nc = await connect(nats_url, "bench")
+    subjects = Subjects("edgeinfer")
+    (deployment,) = (await request(nc, subjects.list_deployments, msgspec.Struct(),
+                                   ListDeploymentsReply)).deployments
+    ready = asyncio.Event()
+
+    async def on_beat(msg: Any) -> None:
+        if b'"state":"ready"' in msg.data and b"rbench" not in msg.data:
+            ready.set()
+
+    await nc.subscribe(subjects.heartbeat_wildcard, cb=on_beat)
+    executor = LocalProcessExecutor(LocalExecutorConfig(nats_url, "edgeinfer", work,
+                                                        pops_from_env()))
+    replica = await executor.start(deployment, "eu-west", 0)
+    try:
+        await asyncio.wait_for(ready.wait(), 120)
+        await asyncio.sleep(3.5)  # the echo backend goes stale in the router's table
+        direct = (replica.url + "/infer", runner_body, paths["direct"][2])
+        print("  real BentoML runner, digits model (ONNX, CPU slot):")
+        for rate in (100, 300):
+            d, _ = await fixed_rate(*direct, rate, seconds)
+            r, errors = await fixed_rate(*paths["router"], rate, seconds)
+            print(f"    {rate:4d} req/s  direct p50 {pct(d, .5):.2f} / p99 {pct(d, .99):.2f} ms;"
+                  f"  router p50 {pct(r, .5):.2f} / p99 {pct(r, .99):.2f} ms  errors {errors}"
+                  f"  added +{pct(r, .5) - pct(d, .5):.2f} / +{pct(r, .99) - pct(d, .99):.2f} ms")
+        for name, path in (("direct", direct), ("router", paths["router"])):
+            print(f"    saturation (wrk -c32)  {name:7s} {wrk(*path, seconds, work):7.0f} req/s")
+    finally:
+        await executor.stop_all()
+        await nc.close()
 
 
 def seed(api: str) -> tuple[str, str, str]:
@@ -245,6 +292,7 @@ async def main(seconds: float) -> None:
         print(f"  routing decision, 100 PoPs × 10 replicas: {decision_cost_us():.1f} µs")
         beats_stop.set()
         beats.join(5)
+        await real_runner(nats.url, work, paths, runner_body, seconds)
     finally:
         for p in procs:
             p.terminate()

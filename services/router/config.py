@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from services.router.location import PrefixTable, parse_prefixes
 from shared.config import ConfigError, env_float, env_int, env_str
 
 # client region → PoP → round-trip ms. In production this is fed by measurements.
@@ -37,6 +38,7 @@ class RouterConfig:
     # Set by the edge in front of the router; trusted because only the edge can reach us.
     client_region_header: str = "x-client-region"
     default_client_region: str = "eu"
+    client_prefixes: PrefixTable = field(default_factory=lambda: PrefixTable(()))
     max_body_bytes: int = 1024 * 1024
     forward_timeout_s: float = 30.0
     deployment_cache_s: float = 5.0
@@ -55,6 +57,7 @@ def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig
                                      RouterConfig.client_region_header).lower(),
         default_client_region=env_str(env, "EDGEINFER_DEFAULT_CLIENT_REGION",
                                       RouterConfig.default_client_region),
+        client_prefixes=parse_prefixes(env_str(env, "EDGEINFER_CLIENT_PREFIXES", "")),
         max_body_bytes=env_int(env, "EDGEINFER_MAX_BODY_BYTES", RouterConfig.max_body_bytes,
                                lo=1024, hi=256 * 1024 * 1024),
         forward_timeout_s=env_float(env, "EDGEINFER_FORWARD_TIMEOUT_S",

@@ -33,6 +33,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.admission import Bucket, retry_after_header, take
 from services.router.config import RouterConfig
+from services.router.location import client_region
 from services.router.metrics import RouterMetrics
 from services.router.policy import ReplicaView, Route, choose, order_pops
 from services.router.table import RoutingTable
@@ -249,8 +250,9 @@ class RouterService:
             raise Refusal(400, "invalid_body",
                           f"expected JSON {{\"inputs\": [[number, ...], ...]}}: {exc}") from None
         scale_up_timeout = self._scale_up_timeout(request)
-        region = request.headers.get(self._config.client_region_header,
-                                     self._config.default_client_region)
+        region = client_region(request.headers.get(self._config.client_region_header),
+                               request.client.host if request.client else None,
+                               self._config.client_prefixes, self._config.default_client_region)
         ordered = self._pop_order(region, deployment.allowed_pops)
         request_id = new_id()
         forward = encode({"tenant_id": tenant.id, "request_id": request_id,
