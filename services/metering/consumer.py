@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    batch_size: int = 1000
+    batch_size: int = 2000
     fetch_timeout_s: float = 1.0
     ack_wait_s: float = 60.0
 
@@ -78,6 +78,27 @@ class UsageConsumer:
                 await sub.unsubscribe()
 
     async def _consume(self, sub: Any) -> None:
+        # Fetch the next batch while the previous one is being written: NATS and PostgreSQL
+        # work at the same time. At most two batches are in hand, both unacked until commit.
+        batches: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
+        fetcher = asyncio.create_task(self._fetch_into(sub, batches), name="usage-fetch")
+        try:
+            while True:
+                msgs = await batches.get()
+                try:
+                    await self.handle_batch(msgs)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Nothing acked: JetStream redelivers the batch after ack_wait.
+                    log.warning("usage batch of %d not recorded (%s); it will be redelivered",
+                                len(msgs), exc)
+                    await asyncio.sleep(0.5)
+        finally:
+            fetcher.cancel()
+            await asyncio.gather(fetcher, return_exceptions=True)
+
+    async def _fetch_into(self, sub: Any, batches: asyncio.Queue[list[Msg]]) -> None:
         while True:
             try:
                 msgs = await sub.fetch(self._config.batch_size, timeout=self._config.fetch_timeout_s)
@@ -90,15 +111,7 @@ class UsageConsumer:
                 log.warning("usage fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            try:
-                await self.handle_batch(msgs)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # Nothing acked: JetStream redelivers the batch after ack_wait.
-                log.warning("usage batch of %d not recorded (%s); it will be redelivered",
-                            len(msgs), exc)
-                await asyncio.sleep(0.5)
+            await batches.put(msgs)
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
         good: list[UsageEvent] = []
@@ -123,4 +136,5 @@ class UsageConsumer:
         self.recorded += inserted
         self.duplicates += len(good) - inserted
         self.dead_lettered += len(dead)
-        await asyncio.gather(*(msg.ack() for msg in msgs))
+        for msg in msgs:  # each ack only buffers a publish: no task per message
+            await msg.ack()
