@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,7 @@ from nats.js import api as js_api
 
 from services.metering import ledger
 from shared.aio import raise_if_cancelled
+from shared.config import env_float, env_int
 from shared.events import UsageEvent, usage_decoder
 from shared.subjects import Subjects
 
@@ -36,6 +39,16 @@ class ConsumerConfig:
     batch_size: int = 2000
     fetch_timeout_s: float = 1.0
     ack_wait_s: float = 60.0
+
+
+def consumer_config_from_env(env: Mapping[str, str] | None = None) -> ConsumerConfig:
+    env = os.environ if env is None else env
+    return ConsumerConfig(
+        batch_size=env_int(env, "EDGEINFER_USAGE_BATCH", ConsumerConfig.batch_size, lo=1, hi=50_000),
+        # How long JetStream waits for an ack before redelivering (after a consumer crash).
+        ack_wait_s=env_float(env, "EDGEINFER_USAGE_ACK_WAIT_S", ConsumerConfig.ack_wait_s,
+                             lo=1, hi=3600),
+    )
 
 
 def problems(event: UsageEvent) -> str | None:

@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from nats.aio.client import Client as NATS
 
 from services.metering import ledger
-from services.metering.consumer import UsageConsumer
+from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_config_from_env
 from services.metering.rating import Price, UsageRow, rate
 from shared.http import Refusal
 from shared.money import gpu_seconds
@@ -51,9 +51,11 @@ def parse_period(from_: str | None, to: str | None, now: datetime) -> tuple[date
 
 
 class MeteringService:
-    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects) -> None:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
+                 consumer_config: ConsumerConfig | None = None) -> None:
         self._pool = pool
-        self.consumer = UsageConsumer(pool, nc, subjects)
+        self.consumer = UsageConsumer(pool, nc, subjects,
+                                      consumer_config or consumer_config_from_env())
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
