@@ -28,7 +28,7 @@ from nats.js import api as js_api
 from services.metering import ledger
 from shared.aio import raise_if_cancelled
 from shared.config import env_float, env_int
-from shared.events import UsageEvent, usage_decoder
+from shared.events import UsageBatch, UsageEvent, encode, usage_message_decoder
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ class UsageConsumer:
                     await asyncio.sleep(0.5)
         finally:
             fetcher.cancel()
-            await asyncio.gather(fetcher, return_exceptions=True)
+            # Bounded: what the fetcher holds is unacked and will be redelivered anyway.
+            await asyncio.wait([fetcher], timeout=5)
 
     async def _fetch_into(self, sub: Any, batches: asyncio.Queue[list[Msg]]) -> None:
         while True:
@@ -124,24 +125,26 @@ class UsageConsumer:
                 log.warning("usage fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            raise_if_cancelled()  # a cancellation the fetch swallowed (see shared/aio.py)
             await batches.put(msgs)
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
         good: list[UsageEvent] = []
-        dead: list[tuple[Msg, str]] = []
+        dead: list[tuple[Msg, bytes, str]] = []
         for msg in msgs:
             try:
-                event = usage_decoder.decode(msg.data)
+                decoded = usage_message_decoder.decode(msg.data)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                dead.append((msg, f"undecodable: {exc}"))
+                dead.append((msg, msg.data, f"undecodable: {exc}"))
                 continue
-            reason = problems(event)
-            if reason:
-                dead.append((msg, reason))
-            else:
-                good.append(event)
-        for msg, reason in dead:
-            await self._js.publish(self._subjects.usage_dead_letter, msg.data, headers={
+            for event in decoded.events if isinstance(decoded, UsageBatch) else (decoded,):
+                reason = problems(event)
+                if reason:
+                    dead.append((msg, encode(event), reason))
+                else:
+                    good.append(event)
+        for msg, data, reason in dead:
+            await self._js.publish(self._subjects.usage_dead_letter, data, headers={
                 "Edgeinfer-Dead-Reason": reason[:500], "Edgeinfer-Original-Subject": msg.subject})
             log.error("usage event dead-lettered: %s", reason)
         async with self._pool.acquire() as conn, conn.transaction():

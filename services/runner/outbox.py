@@ -18,15 +18,18 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
 from shared.aio import raise_if_cancelled
+from shared.events import batch_id
 
 log = logging.getLogger(__name__)
 
-PUBLISH_CHUNK = 256
+PUBLISH_CHUNK = 1024  # spooled events read and published per round (in batch messages)
 ROTATE_BYTES = 4 * 1024 * 1024
 
 
@@ -81,12 +84,13 @@ def _writer_alive(events_path: Path) -> bool:
 
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
-                 id_of: callable) -> None:  # type: ignore[valid-type]
+                 id_of: Callable[[bytes], str], batch_size: int = 64) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._js = js
         self._subject = subject
         self._id_of = id_of
+        self._batch_size = batch_size
         generation = f"{time.time_ns():020d}-{os.getpid()}"
         self._spool = Spool(directory, generation)
         self._wake = asyncio.Event()
@@ -135,9 +139,9 @@ class Outbox:
         for start in range(0, len(lines), PUBLISH_CHUNK):
             chunk = lines[start:start + PUBLISH_CHUNK]
             await asyncio.gather(*(
-                self._js.publish(self._subject, line, headers={"Nats-Msg-Id": self._id_of(line)},
+                self._js.publish(self._subject, payload, headers={"Nats-Msg-Id": msg_id},
                                  timeout=5.0)
-                for line in chunk))
+                for msg_id, payload in self._messages(chunk)))
             offset += sum(len(line) + 1 for line in chunk)
             write_offset(offset_path, offset)
             self.published += len(chunk)
@@ -154,6 +158,21 @@ class Outbox:
             offset_path.unlink(missing_ok=True)
         elif is_current and offset >= ROTATE_BYTES and offset == events_path.stat().st_size:
             self._rotate()
+
+    def _messages(self, chunk: list[bytes]) -> list[tuple[str, bytes]]:
+        """(Nats-Msg-Id, payload) pairs: batches of up to `batch_size` spooled events."""
+        out = []
+        for start in range(0, len(chunk), self._batch_size):
+            lines = chunk[start:start + self._batch_size]
+            if self._batch_size == 1:
+                out.append((self._id_of(lines[0]), lines[0]))
+                continue
+            msg_id = batch_id([self._id_of(line) for line in lines])
+            head = (b'{"type":"usage.gpu.batch.v1","id":"' + msg_id.encode() +
+                    b'","source":"outbox","time":"' +
+                    datetime.now(UTC).isoformat().encode() + b'","events":[')
+            out.append((msg_id, head + b",".join(lines) + b"]}"))
+        return out
 
     def _rotate(self) -> None:
         old = self._spool

@@ -15,6 +15,7 @@ from shared.events import (
     KeyRevoked,
     RunnerHeartbeat,
     TenantChanged,
+    UsageBatch,
     UsageEvent,
     encode,
     new_id,
@@ -25,7 +26,7 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TYPES = {"usage.gpu.v1": UsageEvent, "runner.heartbeat.v1": RunnerHeartbeat,
          "router.demand.v1": DemandSignal, "registry.deployment.updated.v1": DeploymentUpdated,
          "accounts.key.revoked.v1": KeyRevoked, "accounts.tenant.changed.v1": TenantChanged,
-         "billing.budget.v1": BudgetState}
+         "billing.budget.v1": BudgetState, "usage.gpu.batch.v1": UsageBatch}
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))
@@ -64,3 +65,11 @@ def test_malformed_usage_is_refused(mutation: dict[str, object]) -> None:
 
 def test_ids_are_unique_per_occurrence() -> None:
     assert len({new_id() for _ in range(10_000)}) == 10_000
+
+
+def test_batch_ids_are_stable_and_order_sensitive() -> None:
+    from shared.events import batch_id
+
+    assert batch_id(["a", "b"]) == batch_id(["a", "b"])
+    assert batch_id(["a", "b"]) != batch_id(["b", "a"])
+    assert batch_id(["a", "b"]) != batch_id(["a"])
