@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    batch_size: int = 2000
+    batch_size: int = 250  # messages; a runner batch carries up to 64 events
     fetch_timeout_s: float = 1.0
     ack_wait_s: float = 60.0
 
