@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -103,6 +104,7 @@ class RouterService:
         self._tenant_in_flight: dict[str, int] = defaultdict(int)
         self._budget_blocked: dict[str, str] = {}
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
+        self._random = random.Random()
         self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -264,7 +266,7 @@ class RouterService:
         attempts = 0
         while True:
             route = choose(ordered, self.table.by_pop(deployment.id, time.monotonic()),
-                           frozenset(tried))
+                           self._random.randrange, frozenset(tried))
             if isinstance(route, Route):
                 attempts += 1
                 try:

@@ -10,11 +10,12 @@ RTT = {"eu-west": 8.0, "us-east": 85.0}
 
 
 def choose(allowed: list[str], replicas: list[ReplicaView], rtt: dict[str, float],
-           exclude: frozenset[str] = frozenset()) -> Route | NoRoute:
+           exclude: frozenset[str] = frozenset(), seed: int = 0) -> Route | NoRoute:
     by_pop: dict[str, list[ReplicaView]] = defaultdict(list)
     for r in replicas:
         by_pop[r.pop].append(r)
-    return choose_nearest_first(order_pops(allowed, rtt), by_pop, exclude)
+    return choose_nearest_first(order_pops(allowed, rtt), by_pop, random.Random(seed).randrange,
+                                exclude)
 
 
 def replica(runner_id: str, pop: str, outstanding: int = 0, capacity: int = 4,
@@ -27,9 +28,19 @@ def test_nearest_pop_wins_when_it_has_capacity() -> None:
     assert isinstance(route, Route) and route.replica.runner_id == "b"
 
 
-def test_within_a_pop_the_least_loaded_replica_wins() -> None:
-    route = choose(["eu-west"], [replica("a", "eu-west", 3), replica("b", "eu-west", 1)], RTT)
-    assert isinstance(route, Route) and route.replica.runner_id == "b"
+def test_of_two_replicas_in_a_pop_the_less_loaded_wins() -> None:
+    for seed in range(20):
+        route = choose(["eu-west"], [replica("a", "eu-west", 3), replica("b", "eu-west", 1)],
+                       RTT, seed=seed)
+        assert isinstance(route, Route) and route.replica.runner_id == "b"
+
+
+def test_power_of_two_choices_never_picks_the_most_loaded_of_several() -> None:
+    replicas = [replica(f"r{i}", "eu-west", outstanding=i, capacity=8) for i in range(6)]
+    picks = {choose(["eu-west"], replicas, RTT, seed=s).replica.runner_id  # type: ignore[union-attr]
+             for s in range(200)}
+    assert "r5" not in picks  # it loses every comparison
+    assert len(picks) > 1  # and the load is spread, not herded onto one replica
 
 
 def test_load_spills_to_the_next_allowed_pop_when_the_nearest_is_full() -> None:
@@ -53,9 +64,10 @@ def test_refusals_carry_a_reason_and_retry_after(replicas: list[ReplicaView], re
 
 
 def test_a_failed_replica_is_not_tried_again() -> None:
-    route = choose(["eu-west"], [replica("a", "eu-west"), replica("b", "eu-west", 2)], RTT,
-                   exclude=frozenset({"a"}))
-    assert isinstance(route, Route) and route.replica.runner_id == "b"
+    for seed in range(20):
+        route = choose(["eu-west"], [replica("a", "eu-west"), replica("b", "eu-west", 2)], RTT,
+                       exclude=frozenset({"a"}), seed=seed)
+        assert isinstance(route, Route) and route.replica.runner_id == "b"
 
 
 def test_residency_is_never_violated_on_random_topologies() -> None:
@@ -75,17 +87,20 @@ def test_residency_is_never_violated_on_random_topologies() -> None:
                            for r in replicas)
 
 
-def test_the_early_stop_finds_the_same_best_as_a_full_search() -> None:
+def test_the_nearest_pop_with_room_wins_when_pops_are_far_apart() -> None:
     rng = random.Random(11)
     pops = [f"p{i}" for i in range(30)]
-    for _ in range(2000):
+    for trial in range(2000):
         replicas = [replica(f"r{i}", rng.choice(pops), rng.randint(0, 4), 4)
                     for i in range(rng.randint(1, 40))]
-        rtt = {p: rng.uniform(1, 50) for p in pops}
+        # PoPs 100 ms apart: queueing (at most 1 ms here) never outweighs distance.
+        rtt = {p: 100.0 * i for i, p in enumerate(rng.sample(pops, len(pops)))}
         allowed = rng.sample(pops, rng.randint(1, 30))
-        route = choose(allowed, replicas, rtt)
-        costs = [rtt[r.pop] + (r.outstanding + 1) / r.capacity for r in replicas
-                 if r.pop in allowed and r.outstanding < r.capacity]
-        if costs:
+        route = choose(allowed, replicas, rtt, seed=trial)
+        with_room = [r.pop for r in replicas
+                     if r.pop in allowed and r.outstanding < r.capacity]
+        if with_room:
             assert isinstance(route, Route)
-            assert route.expected_ms == pytest.approx(min(costs))
+            assert route.replica.pop == min(with_room, key=rtt.__getitem__)
+        else:
+            assert isinstance(route, NoRoute)
