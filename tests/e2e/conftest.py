@@ -33,12 +33,15 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory,
+          request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """`edgeinfer up`; a test module may set STACK_ENV to configure it."""
     state = tmp_path_factory.mktemp("state")
     log = state / "up.log"
     env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
            "EDGEINFER_NAMESPACE": "e2e" + os.urandom(3).hex(), "EDGEINFER_STATE_DIR": str(state),
-           "EDGEINFER_API_PORT": str(free_port()), "EDGEINFER_ROUTER_PORT": str(free_port())}
+           "EDGEINFER_API_PORT": str(free_port()), "EDGEINFER_ROUTER_PORT": str(free_port()),
+           **getattr(request.module, "STACK_ENV", {})}
     edgeinfer = Path(sys.executable).parent / "edgeinfer"
     with open(log, "wb") as out:
         process = subprocess.Popen([str(edgeinfer), "up"], env=env, stdout=out,

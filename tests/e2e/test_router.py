@@ -19,6 +19,9 @@ from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
+# One request at a time per runner, so a second concurrent request must spill.
+STACK_ENV = {"EDGEINFER_RUNNER_CAPACITY": "1"}
+
 BODY = {"inputs": [sample_digit(3)]}
 
 
@@ -142,6 +145,23 @@ def test_an_oversized_body_is_a_413(tenant: Tenant) -> None:
                       content=b"[" + b"1," * 800_000 + b"1]", timeout=30)
     assert resp.status_code == 413
     assert resp.json()["error"]["code"] == "body_too_large"
+
+
+async def test_load_spills_to_the_next_allowed_pop_and_then_is_refused(stack: Stack) -> None:
+    """digits runs in eu-west and us-east with capacity 1 each; an EU client sends 6 slow
+    requests at once: one is served in eu-west, one spills to us-east, the rest are refused
+    with 503 + Retry-After (never queued abroad beyond capacity)."""
+    heavy = {"inputs": [sample_digit(i % 10) for i in range(1024)]}
+    auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        answers = await asyncio.gather(*(
+            http.post(f"{stack.router}/v1/deployments/digits/infer", json=heavy, headers=auth)
+            for _ in range(6)))
+    served = sorted(a.headers["x-edgeinfer-pop"] for a in answers if a.status_code == 200)
+    refused = [a for a in answers if a.status_code != 200]
+    assert "eu-west" in served and "us-east" in served, [a.status_code for a in answers]
+    assert all(a.status_code == 503 and a.json()["error"]["code"] == "saturated"
+               and int(a.headers["retry-after"]) >= 1 for a in refused)
 
 
 def test_a_killed_runner_fails_over_to_the_next_allowed_pop(stack: Stack) -> None:
