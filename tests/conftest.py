@@ -59,9 +59,8 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-@pytest.fixture(scope="session")
-async def database_url(server_database_url: str) -> AsyncIterator[str]:
-    """A fresh database for this session, with migrations/ applied (never create_all)."""
+async def create_database(server_database_url: str) -> str:
+    """A new, empty database on the server, with migrations/ applied (never create_all)."""
     name = "edgeinfer_test_" + secrets.token_hex(4)
     admin = await asyncpg.connect(server_database_url)
     try:
@@ -70,12 +69,23 @@ async def database_url(server_database_url: str) -> AsyncIterator[str]:
         await admin.close()
     url = with_database(server_database_url, name)
     await migrate(url)
-    yield url
+    return url
+
+
+async def drop_database(server_database_url: str, url: str) -> None:
     admin = await asyncpg.connect(server_database_url)
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{urlsplit(url).path[1:]}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture(scope="session")
+async def database_url(server_database_url: str) -> AsyncIterator[str]:
+    """A fresh database for this session's integration tests."""
+    url = await create_database(server_database_url)
+    yield url
+    await drop_database(server_database_url, url)
 
 
 @pytest.fixture

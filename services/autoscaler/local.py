@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -83,7 +84,9 @@ class LocalProcessExecutor:
             "EDGEINFER_SPOOL_DIR": str(spool.resolve()),
             "EDGEINFER_ARTIFACT_CACHE": str((c.state_dir / "artifacts" / pop).resolve()),
             "EDGEINFER_SUPERVISOR_PID": str(os.getpid()),
-            "BENTOML_HOME": str((c.state_dir / "bentoml").resolve()),
+            # One home per runner: BentoML keeps its Prometheus multiprocess files there, and
+            # runners sharing one would each report the sum of all of them on /metrics.
+            "BENTOML_HOME": str((c.state_dir / "bentoml" / runner_id).resolve()),
             "BENTOML_DO_NOT_TRACK": "True",
             # A CPU slot is one thread: keep numeric libraries from fanning out.
             "OMP_NUM_THREADS": "1",
@@ -106,6 +109,8 @@ class LocalProcessExecutor:
         if process is None:
             return
         await asyncio.to_thread(_stop_tree, process.popen, self._config.stop_timeout_s)
+        # Its metrics files and BentoML scratch space; the spool (usage) is kept per slot.
+        shutil.rmtree(self._config.state_dir / "bentoml" / replica.runner_id, ignore_errors=True)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(r) for r in list(self.running()) + self.exited()))

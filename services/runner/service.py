@@ -48,6 +48,33 @@ def _event_id(line: bytes) -> str:
     return _id_decoder.decode(line).id
 
 
+class _RunnerMetrics:
+    """The conservation counters on BentoML's /metrics (aggregated across workers).
+
+    Created in the startup hook: BentoML sets PROMETHEUS_MULTIPROC_DIR in the worker after
+    the service module is imported, and prometheus_client must see it first.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.busy_us = Counter("edgeinfer_runner_busy_device_microseconds",
+                               "Device-busy time measured around model calls.")
+        self.charged_us = Counter("edgeinfer_runner_charged_device_microseconds",
+                                  "Device time charged to tenants (busy × share).")
+        self.requests = Counter("edgeinfer_runner_requests", "Requests that ran the model.")
+        self.wall_share_us = Gauge("edgeinfer_runner_wall_share_microseconds",
+                                   "Wall time since ready × GPU share: the ceiling of busy time.",
+                                   multiprocess_mode="livesum")
+        self.in_flight = Gauge("edgeinfer_runner_in_flight_requests", "Requests in the model now.",
+                               multiprocess_mode="livesum")
+
+    def record(self, busy_us: int, charged_us: int) -> None:
+        self.busy_us.inc(busy_us)
+        self.charged_us.inc(charged_us)
+        self.requests.inc()
+
+
 @bentoml.service(name="edgeinfer_runner", workers=1, traffic={"timeout": 60})
 class Runner:
     def __init__(self) -> None:
@@ -62,10 +89,12 @@ class Runner:
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Any = None
         self._outbox: Outbox | None = None
+        self._metrics: _RunnerMetrics | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
         c = self.config
+        self._metrics = _RunnerMetrics()
         self._nc = await connect(c.nats_url, name=f"runner-{c.runner_id}")
         js = self._nc.jetstream()
         data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
@@ -107,6 +136,8 @@ class Runner:
             busy_us = ns_to_us(time.perf_counter_ns() - t0)
             ended_at = datetime.now(UTC)
             self.ledger, gpu_us = self.ledger.charge(busy_us)
+            if self._metrics is not None:
+                self._metrics.record(busy_us, gpu_us)
             event = UsageEvent(
                 id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=ended_at,
                 tenant_id=tenant_id, request_id=request_id, deployment_id=deployment_id,
@@ -132,6 +163,9 @@ class Runner:
 
     async def _beat(self) -> None:
         c = self.config
+        if self._metrics is not None:
+            self._metrics.wall_share_us.set(self.counters().wall_share_us)
+            self._metrics.in_flight.set(self.in_flight)
         beat = RunnerHeartbeat(
             id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=datetime.now(UTC),
             runner_id=c.runner_id, pop=c.pop, region=c.region, url=c.url, state=self.state,

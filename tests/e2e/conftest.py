@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import pytest
 
 from shared.embedded import free_port
+from tests.conftest import create_database, drop_database
+
+T = TypeVar("T")
 
 
 class Stack:
@@ -33,9 +38,24 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(nats_url: str, database_url: str, tmp_path_factory: pytest.TempPathFactory,
+def stack_database(server_database_url: str) -> Iterator[str]:
+    """A database of the module's own: a stack's autoscaler acts on every deployment it sees."""
+    url = _in_thread(create_database(server_database_url))
+    yield url
+    _in_thread(drop_database(server_database_url, url))
+
+
+def _in_thread(coro: Coroutine[Any, Any, T]) -> T:
+    # A fresh event loop in a worker thread: the test session's own loop stays untouched.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@pytest.fixture(scope="module")
+def stack(nats_url: str, stack_database: str, tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[Stack]:
     """`edgeinfer up`; a test module may set STACK_ENV to configure it."""
+    database_url = stack_database
     state = tmp_path_factory.mktemp("state")
     log = state / "up.log"
     env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,

@@ -195,3 +195,15 @@ def _env(p: psutil.Process) -> dict[str, str]:
         return p.environ()
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         return {}
+
+
+def test_a_hard_killed_launcher_leaves_no_runner_behind(stack: Stack) -> None:
+    """SIGKILL gives the launcher no chance to stop its runners: they notice their
+    supervisor is gone and stop themselves (BentoML workers would otherwise live on)."""
+    runners = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
+               if "bentoml" in " ".join(p.cmdline())]
+    assert runners
+    stack.process.kill()
+    stack.process.wait()
+    _, alive = psutil.wait_procs(runners, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive]

@@ -66,7 +66,7 @@ async def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> 
 
 
 async def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack,
-                                                                 database_url: str) -> None:
+                                                                 stack_database: str) -> None:
     measured: dict[str, int] = {"eu-west": 0, "us-east": 0}
     for i in range(30):
         region = "eu" if i % 3 else "us"
@@ -84,7 +84,7 @@ async def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack,
     by_pop = {item["pop"]: item["gpu_us"] for item in usage["items"]}
     assert by_pop == measured
     assert sum(item["requests"] for item in usage["items"]) == 30
-    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == (30, total)
+    assert await ledger_totals(stack_database, stack.ready["tenant_id"]) == (30, total)
 
     async with httpx.AsyncClient() as http:
         preview = (await http.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth())).json()
@@ -114,9 +114,9 @@ def test_nearest_pop_serves(stack: Stack, region: str, pop: str) -> None:
     ],
 )
 async def test_bad_input_gets_a_4xx_with_a_reason_and_is_not_charged(
-        stack: Stack, database_url: str, kwargs: dict[str, Any], status: int, code: str) -> None:
+        stack: Stack, stack_database: str, kwargs: dict[str, Any], status: int, code: str) -> None:
     deadline = time.monotonic() + 15
-    while (before := await ledger_totals(database_url, stack.ready["tenant_id"]))[0] < stack.served:
+    while (before := await ledger_totals(stack_database, stack.ready["tenant_id"]))[0] < stack.served:
         assert time.monotonic() < deadline, "earlier usage never reached the ledger"
         await asyncio.sleep(0.1)
     resp = await ainfer(stack, "eu", **kwargs)
@@ -125,7 +125,7 @@ async def test_bad_input_gets_a_4xx_with_a_reason_and_is_not_charged(
     assert error["code"] == code
     assert error["message"]
     await asyncio.sleep(1.0)  # give a wrongly emitted usage event time to land
-    assert await ledger_totals(database_url, stack.ready["tenant_id"]) == before
+    assert await ledger_totals(stack_database, stack.ready["tenant_id"]) == before
 
 
 def test_missing_key_is_refused(stack: Stack) -> None:
@@ -161,6 +161,45 @@ def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
     resp = httpx.get(f"{stack.api}/admin/tenants", headers=stack.auth())
     assert resp.status_code == 401
     assert resp.json()["error"]["code"] == "admin_unauthenticated"
+
+
+async def test_runner_counters_conserve_and_match_the_ledger(stack: Stack, stack_database: str) -> None:
+    """Each runner's /metrics: charged == busy × share (share 1 here) and busy ≤ wall × share;
+    and what all runners charged equals the tenant's ledger, to the microsecond."""
+    urls = {p.environ()["EDGEINFER_RUNNER_URL"]
+            for p in psutil.Process(stack.process.pid).children(recursive=True)
+            if "EDGEINFER_RUNNER_URL" in _environ(p)}
+    assert len(urls) == 2
+    await asyncio.sleep(1.5)  # a heartbeat refreshes the wall-time gauge
+    charged_total = 0
+    async with httpx.AsyncClient() as http:
+        for url in urls:
+            text = (await http.get(f"{url}/metrics")).text
+            busy = _metric(text, "edgeinfer_runner_busy_device_microseconds_total")
+            charged = _metric(text, "edgeinfer_runner_charged_device_microseconds_total")
+            wall = _metric(text, "edgeinfer_runner_wall_share_microseconds")
+            assert charged == busy > 0
+            assert busy <= wall
+            charged_total += int(charged)
+    deadline = time.monotonic() + 15
+    while (ledger := await ledger_totals(stack_database, stack.ready["tenant_id"]))[0] < stack.served:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert ledger[1] == charged_total
+
+
+def _environ(p: psutil.Process) -> dict[str, str]:
+    try:
+        return p.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return {}
+
+
+def _metric(text: str, name: str) -> float:
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    assert values, f"{name} missing from /metrics"
+    return sum(values)
 
 
 def test_ctrl_c_stops_everything_and_leaves_no_process(stack: Stack) -> None:
