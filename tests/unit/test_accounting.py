@@ -36,3 +36,26 @@ def test_split_batch_adds_up_exactly_with_largest_remainder() -> None:
 def test_split_batch_refuses_empty_or_non_positive_work(weights: list[int]) -> None:
     with pytest.raises(ValueError):
         split_batch(10, weights)
+
+
+@pytest.mark.parametrize("share", ["1", "0.5", "0.3333", "0.125", "0.07"])
+def test_conservation_over_random_request_mixes_and_batchings(share: str) -> None:
+    """Σ charged = floor(share × Σ busy) after every request, whatever the batching; each
+    batch's parts add up to the batch; nothing is charged more than its share + 1 µs."""
+    import random
+
+    rng = random.Random(share)
+    ledger = Ledger(share=Decimal(share))
+    charged_sum = busy_sum = 0
+    for _ in range(500):
+        batch_busy = rng.choice([0, 1, 7, rng.randint(1, 50_000)])
+        weights = [rng.randint(1, 512) for _ in range(rng.randint(1, 16))]  # items or tokens
+        parts = split_batch(batch_busy, weights)
+        assert sum(parts) == batch_busy
+        for busy in parts:
+            ledger, charged = ledger.charge(busy)
+            assert 0 <= charged <= Decimal(share) * busy + 1
+            charged_sum += charged
+            busy_sum += busy
+            assert charged_sum == ledger.charged_us == int(Decimal(share) * busy_sum)
+    assert ledger.busy_us == busy_sum
