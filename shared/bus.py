@@ -8,6 +8,7 @@ from typing import TypeVar
 import msgspec
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
@@ -74,3 +75,14 @@ async def request(nc: NATS, subject: str, message: msgspec.Struct, reply_type: t
                   timeout: float = 2.0) -> T:
     reply = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
     return msgspec.json.decode(reply.data, type=reply_type)
+
+
+def decode_or_warn(decoder: msgspec.json.Decoder[T], msg: Msg) -> T | None:
+    """Decode an event from core NATS, or log and drop it: a malformed heartbeat or cache
+    invalidation must not kill the subscriber (usage never travels this way: it is on a
+    stream, and bad usage goes to the dead-letter stream instead)."""
+    try:
+        return decoder.decode(msg.data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.warning("ignoring an undecodable message on %s: %s", msg.subject, exc)
+        return None

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 
 from services.autoscaler.local import LocalProcessExecutor
 from services.autoscaler.policy import Target, targets
-from shared.bus import request
+from shared.bus import decode_or_warn, request
 from shared.events import Deployment, ListDeploymentsReply, demand_decoder
 from shared.subjects import Subjects
 
@@ -43,9 +43,8 @@ class AutoscalerService:
         await self._executor.stop_all()
 
     async def _on_demand(self, msg: Msg) -> None:
-        try:
-            signal = demand_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        signal = decode_or_warn(demand_decoder, msg)
+        if signal is None:
             return
         self._demand_at[signal.deployment_id] = time.monotonic()
         self._wake.set()

@@ -38,6 +38,7 @@ from services.router.location import client_region
 from services.router.metrics import RouterMetrics
 from services.router.policy import ReplicaView, Route, choose, order_pops
 from services.router.table import RoutingTable
+from shared.bus import decode_or_warn
 from shared.bus import request as nats_request
 from shared.events import (
     DemandSignal,
@@ -125,10 +126,8 @@ class RouterService:
     # --- events ----------------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
-        try:
-            beat = heartbeat_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("ignoring an undecodable heartbeat on %s", msg.subject)
+        beat = decode_or_warn(heartbeat_decoder, msg)
+        if beat is None:
             return
         self.table.observe(beat, time.monotonic())
         if beat.state == "ready":
@@ -138,10 +137,8 @@ class RouterService:
                     future.set_result(None)
 
     async def _on_accounts_event(self, msg: Msg) -> None:
-        try:
-            event = accounts_event_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("ignoring an undecodable accounts event on %s", msg.subject)
+        event = decode_or_warn(accounts_event_decoder, msg)
+        if event is None:
             return
         if isinstance(event, KeyRevoked):
             self.keys.forget_key_hash(event.key_hash)
@@ -150,10 +147,8 @@ class RouterService:
             self._buckets.pop(event.tenant_id, None)
 
     async def _on_budget(self, msg: Msg) -> None:
-        try:
-            state = budget_decoder.decode(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            log.warning("ignoring an undecodable budget event on %s", msg.subject)
+        state = decode_or_warn(budget_decoder, msg)
+        if state is None:
             return
         if state.blocked:
             self._budget_blocked[state.tenant_id] = state.reason
