@@ -31,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="run the whole platform here (embedded NATS and PostgreSQL "
                               "unless NATS_URL / DATABASE_URL are set)")
+    sub.add_parser("sim", help="replay a trace through the scaling policies (--help for more)",
+                   add_help=False)
     run = sub.add_parser("run", help="run one service, or several in one process")
     run.add_argument("service", nargs="+", choices=[*SERVICES, "runner"])
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:
+        from services.sim.main import main as sim
+
+        return sim(argv[1:])
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("EDGEINFER_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

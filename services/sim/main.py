@@ -1,0 +1,128 @@
+"""`edgeinfer sim`: cold starts vs idle GPU time, per policy, on a real trace.
+
+    edgeinfer sim [--pops 10] [--trace-dir ../shared/data] [--out sim-results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.autoscaler.keepalive import KeepAliveConfig
+from services.sim.model import (
+    FixedKeepAlive,
+    HybridHistogram,
+    KnativeKpa,
+    KubernetesHpa,
+    Policy,
+    simulate,
+)
+from services.sim.trace import MINUTES_PER_DAY, Stream, load_functions, split_across_pops
+
+DEFAULT_TRACE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    policy: str
+    parameter: str
+    mean_cold_pct: float
+    p75_cold_pct: float
+    idle_gpu_hours: float
+    used_gpu_hours: float
+    invocations: int
+    cold_starts: int
+    p99_wait_s: float
+
+
+def policies() -> list[Policy]:
+    out: list[Policy] = [FixedKeepAlive(m) for m in (1, 5, 10, 20, 60)]
+    out += [KnativeKpa(), KubernetesHpa()]
+    for fallback in (5, 10, 20):
+        for tail in (95.0, 99.0):
+            out.append(HybridHistogram(KeepAliveConfig(fixed_keepalive_min=fallback,
+                                                       tail_percentile=tail)))
+    return out
+
+
+def run(streams: list[Stream], policy: Policy, cold_start_s: float) -> PolicyResult:
+    results = [simulate(s.events, policy, MINUTES_PER_DAY, s.duration_s) for s in streams]
+    rates = np.array([r.cold_start_rate for r in results]) * 100
+    invocations = sum(r.invocations for r in results)
+    cold = sum(r.cold_starts for r in results)
+    # Every cold start makes one request wait for it; the rest of that minute is warm.
+    p99_wait = cold_start_s if cold / max(invocations, 1) > 0.01 else 0.0
+    return PolicyResult(policy.name, policy.parameter, float(rates.mean()),
+                        float(np.percentile(rates, 75)),
+                        sum(r.idle_s for r in results) / 3600,
+                        sum(r.busy_s for r in results) / 3600, invocations, cold, p99_wait)
+
+
+def plot(results: list[PolicyResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in dict.fromkeys(r.policy for r in results):
+        points = sorted((r.idle_gpu_hours, r.p75_cold_pct) for r in results if r.policy == name)
+        if name.startswith("edgeinfer"):
+            points = pareto(points)
+        xs, ys = zip(*points, strict=True)
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("idle GPU-hours per day (platform cost)")
+    ax.set_ylabel("cold starts, 75th percentile per deployment (%)")
+    ax.set_title("Azure Functions 2019 (100 functions × PoPs, 1 day)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The non-dominated points, by idle time ascending."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgeinfer sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--pops", type=int, default=10)
+    parser.add_argument("--trace-dir", type=Path, default=DEFAULT_TRACE_DIR)
+    parser.add_argument("--out", type=Path, default=Path("sim-results"))
+    parser.add_argument("--cold-start-s", type=float, default=2.0,
+                        help="replica start to ready (ONNX digits: ~2 s here)")
+    args = parser.parse_args(argv)
+    if not (args.trace_dir / "azure-functions-2019-100-invocations.csv").exists():
+        parser.error(f"no Azure Functions trace in {args.trace_dir} (use --trace-dir)")
+    started = time.perf_counter()
+    pops = [f"pop{i}" for i in range(args.pops)]
+    streams = split_across_pops(load_functions(args.trace_dir), pops)
+    results = [run(streams, p, args.cold_start_s) for p in policies()]
+    elapsed = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    png = args.out / f"tradeoff-{args.pops}pops.png"
+    plot(results, png)
+    print(f"{len(streams)} deployment × PoP streams, 1 day, {len(results)} policy settings, "
+          f"simulated in {elapsed:.1f} s")
+    print(f"{'policy':28s} {'parameter':28s} {'cold% mean':>10s} {'cold% p75':>9s} "
+          f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'waited':>8s} {'p99 wait':>8s}")
+    for r in results:
+        print(f"{r.policy:28s} {r.parameter:28s} {r.mean_cold_pct:10.1f} {r.p75_cold_pct:9.1f} "
+              f"{r.idle_gpu_hours:10.1f} {r.used_gpu_hours:10.2f} {r.cold_starts:8d} "
+              f"{r.p99_wait_s:7.1f}s")
+    print(f"trade-off plot: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

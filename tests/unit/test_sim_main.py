@@ -1,0 +1,40 @@
+"""`edgeinfer sim` end to end on a small trace in the Azure format."""
+
+from pathlib import Path
+
+from services.sim.main import main, pareto
+from services.sim.trace import load_functions, split_across_pops
+
+
+def write_trace(directory: Path) -> None:
+    header = "HashFunction,HashApp,HashOwner," + ",".join(f"minute_{i}" for i in range(1, 1441))
+    rows = []
+    for name, every in (("periodic", 30), ("chatty", 2), ("rare", 600)):
+        counts = [3 if m % every == 0 else 0 for m in range(1440)]
+        rows.append(f"{name},{name},{name}," + ",".join(map(str, counts)))
+    (directory / "azure-functions-2019-100-invocations.csv").write_text("\n".join([header, *rows]))
+    (directory / "azure-functions-2019-100-durations.csv").write_text(
+        "HashFunction,HashApp,HashOwner,Count,Average\n"
+        "periodic,a,a,1,250\nchatty,b,b,1,40\nrare,c,c,1,1000\n")
+
+
+def test_streams_keep_every_invocation_when_split_across_pops(tmp_path: Path) -> None:
+    write_trace(tmp_path)
+    functions = load_functions(tmp_path)
+    total = sum(int(counts.sum()) for _, counts, _ in functions)
+    streams = split_across_pops(functions, ["a", "b", "c"], seed=1)
+    assert sum(c for s in streams for _, c in s.events) == total
+    assert {s.duration_s for s in streams} == {0.25, 0.04, 1.0}
+
+
+def test_sim_prints_every_policy_and_draws_the_tradeoff(tmp_path: Path, capsys) -> None:
+    write_trace(tmp_path)
+    assert main(["--pops", "2", "--trace-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    for name in ("fixed keep-alive", "Knative KPA", "Kubernetes HPA", "edgeinfer hybrid"):
+        assert name in out
+    assert (tmp_path / "out" / "tradeoff-2pops.png").stat().st_size > 10_000
+
+
+def test_pareto_front_drops_dominated_points() -> None:
+    assert pareto([(1, 50), (2, 60), (3, 40), (4, 40)]) == [(1, 50), (3, 40)]
