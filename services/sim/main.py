@@ -42,10 +42,13 @@ class PolicyResult:
 def policies() -> list[Policy]:
     out: list[Policy] = [FixedKeepAlive(m) for m in (1, 5, 10, 20, 60)]
     out += [KnativeKpa(), KubernetesHpa()]
-    for fallback in (5, 10, 20):
-        for tail in (95.0, 99.0):
-            out.append(HybridHistogram(KeepAliveConfig(fixed_keepalive_min=fallback,
-                                                       tail_percentile=tail)))
+    # Swept over the fallback keep-alive (used while a deployment's history is thin); the
+    # histogram settings are the best found on the 1-PoP replay (head p5, tail p99, no
+    # margin, 8 samples before the histogram is trusted).
+    for fallback in (2, 5, 10, 30, 60, 120):
+        out.append(HybridHistogram(KeepAliveConfig(
+            fixed_keepalive_min=fallback, tail_percentile=99.0, head_percentile=5.0,
+            margin=0.0, min_samples=8)))
     return out
 
 

@@ -90,7 +90,7 @@ class HybridHistogram:
 
     @property
     def parameter(self) -> str:
-        return f"tail p{self.config.tail_percentile:g}, fallback {self.config.fixed_keepalive_min} min"
+        return f"fallback {self.config.fixed_keepalive_min} min"
 
     def start(self) -> object:
         return IdleHistogram.empty(self.config)
