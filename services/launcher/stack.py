@@ -15,6 +15,7 @@ from typing import Any
 import uvicorn
 from litestar import Litestar, get
 from litestar.openapi import OpenAPIConfig
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.service import AccountsService
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
@@ -152,6 +153,7 @@ class Stack:
             self.metering = MeteringService(self.pool, self.nc, subjects)
             await self.metering.start()
             route_handlers.append(self.metering.router(resolver))
+            route_handlers.append(self.metering.admin_router(self.admin_token))
         if route_handlers:
             self._serve(control_plane_app(route_handlers), c.api_host, c.api_port)
         if "router" in wanted:
@@ -206,8 +208,12 @@ def control_plane_app(route_handlers: list[Any]) -> Litestar:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @get("/metrics", operation_id="metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST)
+    async def metrics() -> bytes:
+        return generate_latest()
+
     return Litestar(
-        route_handlers=[*route_handlers, healthz],
+        route_handlers=[*route_handlers, healthz, metrics],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
     )

@@ -7,6 +7,9 @@ the `USAGE` stream; serves the tenant's usage and invoice preview.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,14 +17,22 @@ import asyncpg
 from litestar import Router, get
 from litestar.params import Parameter
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from prometheus_client import Gauge
 
 from services.metering import ledger
 from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_config_from_env
 from services.metering.rating import Price, UsageRow, rate
-from shared.http import Refusal
+from services.metering.reconcile import RunnerBalance, reconcile
+from shared.bus import decode_or_warn
+from shared.config import env_float
+from shared.events import heartbeat_decoder
+from shared.http import Refusal, admin_guard
 from shared.money import gpu_seconds
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
+
+log = logging.getLogger(__name__)
 
 
 def month_start(now: datetime) -> datetime:
@@ -50,21 +61,80 @@ def parse_period(from_: str | None, to: str | None, now: datetime) -> tuple[date
     return start, end
 
 
+UNRECONCILED = Gauge("edgeinfer_metering_unreconciled_runners",
+                     "Runners whose reported charges and the ledger have differed for longer"
+                     " than the grace period (usage lost or counted twice).")
+
+
 class MeteringService:
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
-                 consumer_config: ConsumerConfig | None = None) -> None:
+                 consumer_config: ConsumerConfig | None = None,
+                 reconcile_grace_s: float | None = None) -> None:
         self._pool = pool
+        self._nc = nc
+        self._subjects = subjects
         self.consumer = UsageConsumer(pool, nc, subjects,
                                       consumer_config or consumer_config_from_env())
-        self._task: asyncio.Task[None] | None = None
+        self._grace_s = (reconcile_grace_s if reconcile_grace_s is not None else
+                         env_float(os.environ, "EDGEINFER_RECONCILE_GRACE_S", 120.0, lo=1, hi=86400))
+        self._reported: dict[str, int] = {}
+        self._open_since: dict[str, float] = {}
+        self.balances: list[RunnerBalance] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.consumer.run(), name="usage-consumer")
+        await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
+        self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
+                       asyncio.create_task(self._reconcile_loop(), name="reconcile")]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        beat = decode_or_warn(heartbeat_decoder, msg)
+        if beat is not None:
+            self._reported[beat.runner_id] = beat.counters.charged_us
+
+    async def reconcile_now(self, now: float) -> list[RunnerBalance]:
+        reported = dict(self._reported)
+        rows = await self._pool.fetch(
+            "SELECT runner_id, sum(gpu_us)::bigint AS us FROM metering.usage_events"
+            " WHERE runner_id = ANY($1::text[]) GROUP BY runner_id", list(reported))
+        self.balances = reconcile(reported, {r["runner_id"]: r["us"] for r in rows},
+                                  self._open_since, now, self._grace_s)
+        self._open_since = {b.runner_id: b.open_since for b in self.balances
+                            if b.open_since is not None}
+        UNRECONCILED.set(sum(b.alert for b in self.balances))
+        for b in self.balances:
+            if b.alert:
+                log.error("runner %s: reported %d µs charged, ledger holds %d µs, for %.0f s",
+                          b.runner_id, b.reported_us, b.ledger_us, now - (b.open_since or now))
+        return self.balances
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                await self.reconcile_now(time.monotonic())
+            except Exception as exc:  # the database restarting: try again next round
+                log.warning("reconciliation failed: %s", exc)
+
+    def admin_router(self, admin_token: str) -> Router:
+        service = self
+
+        @get("/reconciliation", operation_id="admin_reconciliation")
+        async def reconciliation() -> dict[str, Any]:
+            balances = await service.reconcile_now(time.monotonic())
+            return {"grace_s": service._grace_s,
+                    "alerts": sum(b.alert for b in balances),
+                    "runners": [{"runner_id": b.runner_id, "reported_us": b.reported_us,
+                                 "ledger_us": b.ledger_us, "difference_us": b.difference_us,
+                                 "alert": b.alert} for b in balances]}
+
+        return Router("/admin", route_handlers=[reconciliation], guards=[admin_guard(admin_token)],
+                      tags=["admin"])
 
     async def invoice_preview(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, Any]:
         rows = [UsageRow(r["deployment_id"], r["pop"], r["region"], r["gpu_class"], r["hour"],

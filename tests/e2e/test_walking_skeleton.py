@@ -187,6 +187,13 @@ async def test_runner_counters_conserve_and_match_the_ledger(stack: Stack, stack
         await asyncio.sleep(0.1)
     assert ledger[1] == charged_total
 
+    async with httpx.AsyncClient() as http:
+        report = (await http.get(f"{stack.api}/admin/reconciliation", headers={
+            "Authorization": f"Bearer {stack.ready['admin_token']}"})).json()
+    assert report["alerts"] == 0
+    assert len(report["runners"]) == 2
+    assert all(r["difference_us"] == 0 and r["ledger_us"] > 0 for r in report["runners"])
+
 
 def _environ(p: psutil.Process) -> dict[str, str]:
     try:
