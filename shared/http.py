@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+
+log = logging.getLogger("edgeinfer.http")
 
 
 class Refusal(HTTPException):
@@ -39,7 +42,14 @@ def refusal_handler(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
                     status_code=500)
 
 
-EXCEPTION_HANDLERS = {HTTPException: refusal_handler}
+def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything unexpected: log it with its traceback, tell the client no more than that."""
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return Response(error_body(500, "internal", "internal error; it has been logged"),
+                    status_code=500)
+
+
+EXCEPTION_HANDLERS = {HTTPException: refusal_handler, Exception: internal_error_handler}
 
 
 def admin_guard(admin_token: str):

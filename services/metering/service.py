@@ -7,32 +7,45 @@ the `USAGE` stream; serves the tenant's usage and invoice preview.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 import time
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from litestar import Router, get
+import msgspec
+from litestar import Router, delete, get, put
 from litestar.params import Parameter
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
 from services.metering import ledger
+from services.metering.budgets import Budget
+from services.metering.budgets import decide as decide_budget
 from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_config_from_env
-from services.metering.rating import Price, UsageRow, rate
+from services.metering.rating import Price, Rated, UsageRow, rate
 from services.metering.reconcile import RunnerBalance, reconcile
 from shared.bus import decode_or_warn
 from shared.config import env_float
-from shared.events import heartbeat_decoder
+from shared.events import BudgetState, encode, heartbeat_decoder, new_id
 from shared.http import Refusal, admin_guard
-from shared.money import gpu_seconds
+from shared.money import gpu_seconds, parse_price
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
 
 log = logging.getLogger(__name__)
+
+
+class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    monthly_limit: str  # a decimal amount as a string: money is never a float
+    currency: str = "USD"
+    thresholds: list[int] = msgspec.field(default_factory=lambda: [50, 80, 100])
+    hard_stop: bool = False
 
 
 def month_start(now: datetime) -> datetime:
@@ -81,11 +94,13 @@ class MeteringService:
         self._open_since: dict[str, float] = {}
         self.balances: list[RunnerBalance] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._budget_wake = asyncio.Event()
 
     async def start(self) -> None:
         await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
         self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
-                       asyncio.create_task(self._reconcile_loop(), name="reconcile")]
+                       asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                       asyncio.create_task(self._budget_loop(), name="budgets")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -113,6 +128,55 @@ class MeteringService:
                           b.runner_id, b.reported_us, b.ledger_us, now - (b.open_since or now))
         return self.balances
 
+    async def _rated(self, tenant_id: str, start: datetime, end: datetime) -> Rated:
+        rows = [UsageRow(r["deployment_id"], r["pop"], r["region"], r["gpu_class"], r["hour"],
+                         r["gpu_us"], r["requests"])
+                for r in await ledger.hourly_usage(self._pool, tenant_id, start, end)]
+        prices = [Price(r["gpu_class"], r["region"], r["currency"], r["unit_price"],
+                        r["effective_from"]) for r in await ledger.price_book(self._pool)]
+        return rate(rows, prices)
+
+    async def evaluate_budgets(self, now: datetime) -> None:
+        """Alerts for crossed thresholds (each once per period) and the hard-stop state,
+        published for the routers on every round, so a restarted router learns it."""
+        period = month_start(now)
+        for row in await self._pool.fetch("SELECT * FROM metering.budgets"):
+            budget = Budget(row["tenant_id"], row["monthly_limit"], row["currency"],
+                            tuple(row["thresholds"]), row["hard_stop"])
+            rated = await self._rated(budget.tenant_id, period, next_month(period))
+            spend = sum((line.gpu_seconds * line.unit_price for line in rated.lines
+                         if line.currency == budget.currency), Decimal(0))
+            alerted = [r["threshold"] for r in await self._pool.fetch(
+                "SELECT threshold FROM metering.budget_alerts WHERE tenant_id = $1"
+                " AND period_start = $2", budget.tenant_id, period)]
+            decision = decide_budget(budget, spend, alerted)
+            for threshold in decision.new_alerts:
+                inserted = await self._pool.fetchval(
+                    "INSERT INTO metering.budget_alerts (tenant_id, period_start, threshold, spend)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING threshold",
+                    budget.tenant_id, period, threshold, spend)
+                if inserted is not None:
+                    log.warning("tenant %s crossed %d%% of its %s %s monthly budget",
+                                budget.tenant_id, threshold, budget.monthly_limit, budget.currency)
+            reason = (f"monthly limit of {budget.monthly_limit.normalize():f} {budget.currency}"
+                      f" reached ({decision.used_pct:.0f}% used)")
+            await self._publish_budget(budget.tenant_id, decision.blocked, reason)
+
+    async def _publish_budget(self, tenant_id: str, blocked: bool, reason: str) -> None:
+        await self._nc.publish(self._subjects.budget(tenant_id), encode(BudgetState(
+            id=new_id(), source="metering", time=datetime.now(UTC), tenant_id=tenant_id,
+            blocked=blocked, reason=reason if blocked else "")))
+
+    async def _budget_loop(self) -> None:
+        while True:
+            try:
+                await self.evaluate_budgets(datetime.now(UTC))
+            except Exception as exc:  # the database restarting: try again next round
+                log.warning("budget evaluation failed: %s", exc)
+            self._budget_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._budget_wake.wait(), timeout=2.0)
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(5.0)
@@ -137,12 +201,7 @@ class MeteringService:
                       tags=["admin"])
 
     async def invoice_preview(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, Any]:
-        rows = [UsageRow(r["deployment_id"], r["pop"], r["region"], r["gpu_class"], r["hour"],
-                         r["gpu_us"], r["requests"])
-                for r in await ledger.hourly_usage(self._pool, tenant_id, start, end)]
-        prices = [Price(r["gpu_class"], r["region"], r["currency"], r["unit_price"],
-                        r["effective_from"]) for r in await ledger.price_book(self._pool)]
-        rated = rate(rows, prices)
+        rated = await self._rated(tenant_id, start, end)
         return {
             "period": {"from": start.isoformat(), "to": end.isoformat()},
             "status": "preview",
@@ -186,5 +245,54 @@ class MeteringService:
             start, end = parse_period(from_, to, datetime.now(UTC))
             return await service.invoice_preview(tenant.id, start, end)
 
-        return Router("/v1", route_handlers=[usage, preview],
+        async def budget_view(tenant: Tenant) -> dict[str, Any]:
+            row = await pool.fetchrow("SELECT * FROM metering.budgets WHERE tenant_id = $1",
+                                      tenant.id)
+            if row is None:
+                raise Refusal(404, "no_budget", "no budget is set; PUT /v1/budget to set one")
+            period = month_start(datetime.now(UTC))
+            rated = await service._rated(tenant.id, period, next_month(period))
+            spend = sum((line.gpu_seconds * line.unit_price for line in rated.lines
+                         if line.currency == row["currency"]), Decimal(0))
+            alerts = await pool.fetch(
+                "SELECT threshold, crossed_at FROM metering.budget_alerts WHERE tenant_id = $1"
+                " AND period_start = $2 ORDER BY threshold", tenant.id, period)
+            return {"monthly_limit": str(row["monthly_limit"].normalize()),
+                    "currency": row["currency"], "thresholds": list(row["thresholds"]),
+                    "hard_stop": row["hard_stop"], "period_start": period.isoformat(),
+                    "spend": str(spend), "blocked": row["hard_stop"] and spend >= row["monthly_limit"],
+                    "alerts": [{"threshold": a["threshold"], "crossed_at": a["crossed_at"].isoformat()}
+                               for a in alerts]}
+
+        @get("/budget", operation_id="get_budget")
+        async def get_budget(tenant: Tenant) -> dict[str, Any]:
+            return await budget_view(tenant)
+
+        @put("/budget", operation_id="put_budget")
+        async def put_budget(tenant: Tenant, data: BudgetSpec) -> dict[str, Any]:
+            try:
+                limit = parse_price(data.monthly_limit)
+            except ValueError as exc:
+                raise Refusal(400, "invalid_limit", str(exc)) from None
+            if limit <= 0 or not re.fullmatch(r"[A-Z]{3}", data.currency) or not all(
+                    1 <= t <= 1000 for t in data.thresholds):
+                raise Refusal(400, "invalid_budget", "need monthly_limit > 0, a 3-letter "
+                              "currency code and thresholds in [1; 1000] percent")
+            await pool.execute(
+                "INSERT INTO metering.budgets (tenant_id, monthly_limit, currency, thresholds,"
+                " hard_stop) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET"
+                " monthly_limit = excluded.monthly_limit, currency = excluded.currency,"
+                " thresholds = excluded.thresholds, hard_stop = excluded.hard_stop,"
+                " updated_at = now()", tenant.id, limit, data.currency,
+                sorted(set(data.thresholds)), data.hard_stop)
+            service._budget_wake.set()
+            return await budget_view(tenant)
+
+        @delete("/budget", operation_id="delete_budget", status_code=200)
+        async def delete_budget(tenant: Tenant) -> dict[str, Any]:
+            await pool.execute("DELETE FROM metering.budgets WHERE tenant_id = $1", tenant.id)
+            await service._publish_budget(tenant.id, False, "")  # lift any hard stop at once
+            return {"deleted": True}
+
+        return Router("/v1", route_handlers=[usage, preview, get_budget, put_budget, delete_budget],
                       dependencies={"tenant": tenant_provider(resolver)}, tags=["metering"])

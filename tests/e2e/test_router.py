@@ -139,6 +139,30 @@ def test_a_budget_hard_stop_is_a_402_until_lifted(tenant: Tenant) -> None:
     assert tenant.infer("cold").status_code == 200
 
 
+def test_a_budget_with_a_hard_stop_stops_the_tenant_once_spend_reaches_it(tenant: Tenant) -> None:
+    """The whole loop: real spend in the ledger crosses a (tiny) limit → metering alerts and
+    publishes the stop → the router answers 402 → deleting the budget lifts it."""
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    assert tenant.infer("cold").status_code == 200  # some spend this month, at least
+    put = httpx.put(f"{tenant.stack.api}/v1/budget", headers=auth, json={
+        "monthly_limit": "0.0000000001", "currency": "USD", "hard_stop": True})
+    assert put.status_code == 200, put.text
+    deadline = time.monotonic() + 15
+    while (resp := tenant.infer("cold")).status_code == 200:
+        assert time.monotonic() < deadline, "the hard stop never reached the router"
+        time.sleep(0.3)
+    assert resp.status_code == 402
+    assert resp.json()["error"]["code"] == "budget_exceeded"
+    budget = httpx.get(f"{tenant.stack.api}/v1/budget", headers=auth).json()
+    assert budget["blocked"] is True
+    assert [a["threshold"] for a in budget["alerts"]] == [50, 80, 100]
+    assert httpx.put(f"{tenant.stack.api}/v1/budget", headers=auth,
+                     json={"monthly_limit": 5}).status_code == 400  # money is never a float
+    httpx.delete(f"{tenant.stack.api}/v1/budget", headers=auth)
+    time.sleep(0.3)
+    assert tenant.infer("cold").status_code == 200
+
+
 def test_an_oversized_body_is_a_413(tenant: Tenant) -> None:
     resp = httpx.post(f"{tenant.stack.router}/v1/deployments/cold/infer",
                       headers={"Authorization": f"Bearer {tenant.key}"},
