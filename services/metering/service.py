@@ -22,6 +22,7 @@ from litestar import Router, delete, get, put
 from litestar.params import Parameter
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
 from services.metering import ledger
@@ -185,6 +186,25 @@ class MeteringService:
             except Exception as exc:  # the database restarting: try again next round
                 log.warning("reconciliation failed: %s", exc)
 
+    async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        js = self._nc.jetstream()
+        info = await js.stream_info(self._subjects.usage_dead_letter_stream)
+        out: list[dict[str, Any]] = []
+        seq = max(info.state.first_seq, info.state.last_seq - limit + 1)
+        while info.state.messages and seq <= info.state.last_seq and len(out) < limit:
+            try:
+                msg = await js.get_msg(self._subjects.usage_dead_letter_stream, seq)
+            except NotFoundError:  # deleted by the stream's limits
+                seq += 1
+                continue
+            headers = msg.headers or {}
+            out.append({"seq": seq, "time": msg.time.isoformat() if msg.time else None,
+                        "reason": headers.get("Edgeinfer-Dead-Reason", ""),
+                        "subject": headers.get("Edgeinfer-Original-Subject", ""),
+                        "payload": (msg.data or b"")[:2000].decode(errors="replace")})
+            seq += 1
+        return out
+
     def admin_router(self, admin_token: str) -> Router:
         service = self
 
@@ -197,7 +217,13 @@ class MeteringService:
                                  "ledger_us": b.ledger_us, "difference_us": b.difference_us,
                                  "alert": b.alert} for b in balances]}
 
-        return Router("/admin", route_handlers=[reconciliation], guards=[admin_guard(admin_token)],
+        @get("/dead-letters", operation_id="admin_dead_letters")
+        async def dead_letters(limit: int = 100) -> dict[str, Any]:
+            """Usage messages metering refused, with why: never dropped silently."""
+            return {"messages": await service.dead_letters(min(max(limit, 1), 1000))}
+
+        return Router("/admin", route_handlers=[reconciliation, dead_letters],
+                      guards=[admin_guard(admin_token)],
                       tags=["admin"])
 
     async def invoice_preview(self, tenant_id: str, start: datetime, end: datetime) -> dict[str, Any]:
