@@ -1,8 +1,10 @@
 """How many replicas each (deployment, PoP) should run: a pure function.
 
-Walking-skeleton policy: keep `min_replicas` in every allowed PoP, and at least one
-where the router has recently signalled demand (wake from zero). The load-driven
-policy with stable/panic windows and learned keep-alive is issue #6.
+Keep `min_replicas` in every allowed PoP; a deployment allowed to scale to zero gets one
+replica per allowed PoP from the router's first demand signal (wake from zero) until it
+has seen no request for `scale_to_zero_after_s` (the router signals activity at most once
+a second while it routes). The load-driven policy with stable/panic windows and the
+learned keep-alive (keepalive.py, measured in `edgeinfer sim`) are issue #6.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ class Target:
 
 
 def targets(deployments: Iterable[Deployment], demand_at: Mapping[str, float], now: float,
-            demand_keepalive_s: float = 600.0) -> list[Target]:
+            scale_to_zero_after_s: float = 600.0) -> list[Target]:
     out = []
     for d in deployments:
-        woke = now - demand_at.get(d.id, float("-inf")) < demand_keepalive_s
+        woke = now - demand_at.get(d.id, float("-inf")) < scale_to_zero_after_s
         for pop in d.allowed_pops:
             if d.min_replicas > 0:
                 out.append(Target(d, pop, min(d.min_replicas, d.max_replicas), "min_replicas"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 
 import msgspec
@@ -14,6 +15,7 @@ from nats.aio.msg import Msg
 from services.autoscaler.local import LocalProcessExecutor
 from services.autoscaler.policy import Target, targets
 from shared.bus import decode_or_warn, request
+from shared.config import env_float
 from shared.events import Deployment, ListDeploymentsReply, demand_decoder
 from shared.subjects import Subjects
 
@@ -22,11 +24,15 @@ log = logging.getLogger(__name__)
 
 class AutoscalerService:
     def __init__(self, nc: NATS, subjects: Subjects, executor: LocalProcessExecutor,
-                 interval_s: float = 5.0) -> None:
+                 scale_to_zero_after_s: float | None = None) -> None:
         self._nc = nc
         self._subjects = subjects
         self._executor = executor
-        self._interval_s = interval_s
+        self._scale_to_zero_after_s = (
+            scale_to_zero_after_s if scale_to_zero_after_s is not None else
+            env_float(os.environ, "EDGEINFER_SCALE_TO_ZERO_AFTER_S", 600.0, lo=1, hi=7 * 86400))
+        # Re-check often enough that an idle deployment stops close to its deadline.
+        self._interval_s = min(5.0, max(0.5, self._scale_to_zero_after_s / 4))
         self._demand_at: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -67,7 +73,8 @@ class AutoscalerService:
     async def reconcile(self) -> None:
         reply = await request(self._nc, self._subjects.list_deployments, msgspec.Struct(),
                               ListDeploymentsReply, timeout=5.0)
-        for target in targets(reply.deployments, self._demand_at, time.monotonic()):
+        for target in targets(reply.deployments, self._demand_at, time.monotonic(),
+                              self._scale_to_zero_after_s):
             await self._apply(target)
 
     async def _apply(self, target: Target) -> None:

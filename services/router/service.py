@@ -106,6 +106,7 @@ class RouterService:
         self._budget_blocked: dict[str, str] = {}
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._random = random.Random()
+        self._activity_sent: dict[str, float] = {}
         self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -263,6 +264,7 @@ class RouterService:
             route = choose(ordered, self.table.by_pop(deployment.id, time.monotonic()),
                            self._random.randrange, frozenset(tried))
             if isinstance(route, Route):
+                await self._note_activity(deployment.id)
                 attempts += 1
                 try:
                     upstream = await self._forward(deployment.id, route.replica, forward)
@@ -319,10 +321,18 @@ class RouterService:
         self.metrics.cold_start_wait.labels(deployment_id).observe(waited)
         return waited
 
-    async def _signal_demand(self, deployment_id: str) -> None:
+    async def _note_activity(self, deployment_id: str) -> None:
+        """Tell the autoscaler the deployment is in use, at most once a second: without it a
+        deployment that scales to zero would be stopped while serving traffic."""
+        now = time.monotonic()
+        if now - self._activity_sent.get(deployment_id, float("-inf")) >= 1.0:
+            self._activity_sent[deployment_id] = now
+            await self._signal_demand(deployment_id, held=0)
+
+    async def _signal_demand(self, deployment_id: str, held: int | None = None) -> None:
         await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
             id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
-            held_requests=len(self._held[deployment_id]) + 1)))
+            held_requests=len(self._held[deployment_id]) + 1 if held is None else held)))
 
     async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None

@@ -20,7 +20,7 @@ from tests.e2e.conftest import Stack
 pytestmark = pytest.mark.e2e
 
 # One request at a time per runner, so a second concurrent request must spill.
-STACK_ENV = {"EDGEINFER_RUNNER_CAPACITY": "1"}
+STACK_ENV = {"EDGEINFER_RUNNER_CAPACITY": "1", "EDGEINFER_SCALE_TO_ZERO_AFTER_S": "5"}
 
 BODY = {"inputs": [sample_digit(3)]}
 
@@ -68,6 +68,30 @@ def test_a_held_request_is_served_when_the_first_replica_is_ready(tenant: Tenant
     assert first.headers["x-edgeinfer-pop"] == "eu-west"
     second = tenant.infer("cold")
     assert second.headers["x-edgeinfer-cold-start"] == "false"
+
+
+def test_a_deployment_in_use_stays_up_and_an_idle_one_scales_to_zero(tenant: Tenant) -> None:
+    """Scale-to-zero after 5 s idle (STACK_ENV): 8 s of a request a second keeps the replica;
+    then, idle, it is drained and stopped, and the next request is a cold start again."""
+    for _ in range(8):
+        resp = tenant.infer("cold")
+        assert resp.status_code == 200
+        assert resp.headers["x-edgeinfer-cold-start"] == "false"
+        time.sleep(1.0)
+    deployment_id = httpx.get(f"{tenant.stack.api}/v1/deployments/cold", headers={
+        "Authorization": f"Bearer {tenant.key}"}).json()["id"]
+    deadline = time.monotonic() + 30
+    while _runners_of(tenant.stack, deployment_id):
+        assert time.monotonic() < deadline, "the idle deployment was not scaled to zero"
+        time.sleep(0.5)
+    again = tenant.infer("cold")
+    assert again.status_code == 200
+    assert again.headers["x-edgeinfer-cold-start"] == "true"
+
+
+def _runners_of(stack: Stack, deployment_id: str) -> list[psutil.Process]:
+    return [p for p in psutil.Process(stack.process.pid).children(recursive=True)
+            if _env(p).get("EDGEINFER_DEPLOYMENT_ID") == deployment_id]
 
 
 def test_a_cold_start_that_outlasts_the_tenants_timeout_is_a_503(tenant: Tenant) -> None:
