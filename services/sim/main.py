@@ -14,11 +14,11 @@ import numpy as np
 
 from services.autoscaler.keepalive import KeepAliveConfig
 from services.sim.model import (
-    FixedKeepAlive,
+    KNATIVE_KPA,
+    KUBERNETES_HPA,
     HybridHistogram,
-    KnativeKpa,
-    KubernetesHpa,
     Policy,
+    fixed_keepalive,
     simulate,
 )
 from services.sim.trace import MINUTES_PER_DAY, Stream, load_functions, split_across_pops
@@ -40,8 +40,8 @@ class PolicyResult:
 
 
 def policies() -> list[Policy]:
-    out: list[Policy] = [FixedKeepAlive(m) for m in (1, 5, 10, 20, 60)]
-    out += [KnativeKpa(), KubernetesHpa()]
+    out: list[Policy] = [fixed_keepalive(m) for m in (1, 5, 10, 20, 60)]
+    out += [KNATIVE_KPA, KUBERNETES_HPA]
     # Swept over the fallback keep-alive (used while a deployment's history is thin); the
     # histogram settings are the best found on the 1-PoP replay (head p5, tail p99, no
     # margin, 8 samples before the histogram is trusted).

@@ -30,57 +30,33 @@ class Policy(Protocol):
 
 
 @dataclass(frozen=True)
-class FixedKeepAlive:
-    minutes: int
-    name: str = "fixed keep-alive"
+class FixedWindow:
+    """A policy that learns nothing: the same window after every invocation."""
 
-    @property
-    def parameter(self) -> str:
-        return f"{self.minutes} min"
-
-    def start(self) -> object:
-        return None
-
-    def window(self, state: object) -> Window:
-        return Window(0, self.minutes, "fixed")
-
-    def observe(self, state: object, idle_min: int) -> object:
-        return None
-
-
-@dataclass(frozen=True)
-class KnativeKpa:
-    """KPA defaults: scale to zero 60 s (stable window) + 30 s (grace) after the last
-    request; at minute granularity that keeps the next 2 slots (rounded in its favour)."""
-
-    name: str = "Knative KPA defaults"
-    parameter: str = "60 s + 30 s grace"
+    name: str
+    parameter: str
+    keepalive_min: int
 
     def start(self) -> object:
         return None
 
     def window(self, state: object) -> Window:
-        return Window(0, 2, "kpa")
+        return Window(0, self.keepalive_min, self.name)
 
     def observe(self, state: object, idle_min: int) -> object:
         return None
 
 
-@dataclass(frozen=True)
-class KubernetesHpa:
-    """HPA cannot scale to zero: once up, a replica stays (300 s stabilisation is moot)."""
+def fixed_keepalive(minutes: int) -> FixedWindow:
+    return FixedWindow("fixed keep-alive", f"{minutes} min", minutes)
 
-    name: str = "Kubernetes HPA"
-    parameter: str = "min 1"
 
-    def start(self) -> object:
-        return None
+# KPA defaults: scale to zero 60 s (stable window) + 30 s (grace) after the last request;
+# at minute granularity that keeps the next 2 slots (rounded in its favour).
+KNATIVE_KPA = FixedWindow("Knative KPA defaults", "60 s + 30 s grace", 2)
 
-    def window(self, state: object) -> Window:
-        return Window(0, ALWAYS, "hpa")
-
-    def observe(self, state: object, idle_min: int) -> object:
-        return None
+# HPA cannot scale to zero: once up, a replica stays (its 300 s stabilisation is moot).
+KUBERNETES_HPA = FixedWindow("Kubernetes HPA", "min 1", ALWAYS)
 
 
 @dataclass(frozen=True)
