@@ -110,6 +110,9 @@ class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand
     time: datetime
     deployment_id: str
     held_requests: int
+    # The PoP the router would serve from (the nearest allowed one for the client), so
+    # the autoscaler wakes that PoP; "" (older routers) means every allowed PoP.
+    pop: str = ""
 
 
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):

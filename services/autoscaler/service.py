@@ -33,7 +33,7 @@ class AutoscalerService:
             env_float(os.environ, "EDGEINFER_SCALE_TO_ZERO_AFTER_S", 600.0, lo=1, hi=7 * 86400))
         # Re-check often enough that an idle deployment stops close to its deadline.
         self._interval_s = min(5.0, max(0.5, self._scale_to_zero_after_s / 4))
-        self._demand_at: dict[str, float] = {}
+        self._demand_at: dict[tuple[str, str], float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -52,7 +52,7 @@ class AutoscalerService:
         signal = decode_or_warn(demand_decoder, msg)
         if signal is None:
             return
-        self._demand_at[signal.deployment_id] = time.monotonic()
+        self._demand_at[(signal.deployment_id, signal.pop)] = time.monotonic()
         self._wake.set()
 
     async def _on_update(self, _: Msg) -> None:

@@ -106,7 +106,7 @@ class RouterService:
         self._budget_blocked: dict[str, str] = {}
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._random = random.Random()
-        self._activity_sent: dict[str, float] = {}
+        self._activity_sent: dict[tuple[str, str], float] = {}
         self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -264,7 +264,7 @@ class RouterService:
             route = choose(ordered, self.table.by_pop(deployment.id, time.monotonic()),
                            self._random.randrange, frozenset(tried))
             if isinstance(route, Route):
-                await self._note_activity(deployment.id)
+                await self._note_activity(deployment.id, route.replica.pop)
                 attempts += 1
                 try:
                     upstream = await self._forward(deployment.id, route.replica, forward)
@@ -293,17 +293,18 @@ class RouterService:
                 deadline = now + scale_up_timeout
                 held = True
             remaining = deadline - now
+            nearest = ordered[0][0] if ordered else ""
             if remaining <= 0:
-                await self._signal_demand(deployment.id)
+                await self._signal_demand(deployment.id, nearest)
                 raise Refusal(503, "cold_start_timeout",
                               f"no replica became ready within {scale_up_timeout:g} s "
                               f"in {', '.join(deployment.allowed_pops)}; scale-up continues",
                               headers={"Retry-After": "5"})
-            waited_s += await self._hold(deployment.id, min(remaining, 2.0))
+            waited_s += await self._hold(deployment.id, nearest, min(remaining, 2.0))
 
-    async def _hold(self, deployment_id: str, timeout_s: float) -> float:
+    async def _hold(self, deployment_id: str, pop: str, timeout_s: float) -> float:
         """Signal demand, wait for a ready heartbeat (or the timeout); returns seconds waited."""
-        await self._signal_demand(deployment_id)
+        await self._signal_demand(deployment_id, pop)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._held[deployment_id].append(future)
         gauge = self.metrics.held.labels(deployment_id)
@@ -321,18 +322,20 @@ class RouterService:
         self.metrics.cold_start_wait.labels(deployment_id).observe(waited)
         return waited
 
-    async def _note_activity(self, deployment_id: str) -> None:
-        """Tell the autoscaler the deployment is in use, at most once a second: without it a
-        deployment that scales to zero would be stopped while serving traffic."""
+    async def _note_activity(self, deployment_id: str, pop: str) -> None:
+        """Tell the autoscaler the deployment is in use in this PoP, at most once a second:
+        without it a deployment that scales to zero would be stopped while serving."""
         now = time.monotonic()
-        if now - self._activity_sent.get(deployment_id, float("-inf")) >= 1.0:
-            self._activity_sent[deployment_id] = now
-            await self._signal_demand(deployment_id, held=0)
+        key = (deployment_id, pop)
+        if now - self._activity_sent.get(key, float("-inf")) >= 1.0:
+            self._activity_sent[key] = now
+            await self._signal_demand(deployment_id, pop, held=0)
 
-    async def _signal_demand(self, deployment_id: str, held: int | None = None) -> None:
+    async def _signal_demand(self, deployment_id: str, pop: str, held: int | None = None) -> None:
         await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
             id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
-            held_requests=len(self._held[deployment_id]) + 1 if held is None else held)))
+            held_requests=len(self._held[deployment_id]) + 1 if held is None else held,
+            pop=pop)))
 
     async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None
