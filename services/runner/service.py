@@ -25,7 +25,8 @@ import bentoml
 import msgspec
 from bentoml.exceptions import InvalidArgument
 
-from services.runner.accounting import Ledger, ns_to_us
+from services.runner.accounting import Ledger
+from services.runner.batcher import BatchPart, MicroBatcher
 from services.runner.config import RunnerConfig, runner_config_from_env
 from services.runner.model import InvalidInput, OnnxModel
 from services.runner.outbox import Outbox
@@ -90,6 +91,7 @@ class Runner:
         self._nc: Any = None
         self._outbox: Outbox | None = None
         self._metrics: _RunnerMetrics | None = None
+        self._batcher: MicroBatcher | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -104,7 +106,9 @@ class Runner:
         for _ in range(5):  # warm-up is never charged
             self.model.run(warm)
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id)
+        self._batcher = MicroBatcher(self.model.run, self._book)
         self._tasks = [asyncio.create_task(self._outbox.run()),
+                       asyncio.create_task(self._batcher.run()),
                        asyncio.create_task(self._heartbeats()),
                        asyncio.create_task(self._watch_supervisor())]
         self.state = "ready"
@@ -120,7 +124,7 @@ class Runner:
     async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
                     inputs: list[list[float]]) -> dict[str, Any]:
         c = self.config
-        if self.state != "ready" or self.model is None or self._outbox is None:
+        if self.state != "ready" or self.model is None or self._batcher is None:
             raise bentoml.exceptions.ServiceUnavailable(f"runner is {self.state}")
         if deployment_id != c.deployment_id:
             raise InvalidArgument(f"this runner serves {c.deployment_id}, not {deployment_id}")
@@ -130,27 +134,31 @@ class Runner:
             raise InvalidArgument(str(exc)) from None
         self.in_flight += 1
         try:
-            started_at = datetime.now(UTC)
-            t0 = time.perf_counter_ns()
-            outputs = self.model.run(array)
-            busy_us = ns_to_us(time.perf_counter_ns() - t0)
-            ended_at = datetime.now(UTC)
-            self.ledger, gpu_us = self.ledger.charge(busy_us)
-            if self._metrics is not None:
-                self._metrics.record(busy_us, gpu_us)
-            event = UsageEvent(
-                id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=ended_at,
-                tenant_id=tenant_id, request_id=request_id, deployment_id=deployment_id,
-                model_version=c.model_version, runner_id=c.runner_id, pop=c.pop, region=c.region,
-                gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=busy_us, gpu_us=gpu_us,
-                started_at=started_at, ended_at=ended_at)
-            # Spooled before the response: what a client was answered is never lost.
-            self._outbox.append(event.id, encode(event))
+            part, event = await self._batcher.submit(array, (tenant_id, request_id))
         finally:
             self.in_flight -= 1
-        return {"outputs": outputs,
-                "usage": {"event_id": event.id, "gpu_us": gpu_us, "busy_us": busy_us,
-                          "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id}}
+        return {"outputs": part.outputs,
+                "usage": {"event_id": event.id, "gpu_us": event.gpu_us, "busy_us": event.busy_us,
+                          "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id,
+                          "batch_requests": part.batch_requests}}
+
+    def _book(self, request: tuple[str, str], part: BatchPart) -> UsageEvent:
+        """Charge one request's part of a batch and spool its usage event (before the answer:
+        what a client was answered is never lost)."""
+        c = self.config
+        tenant_id, request_id = request
+        self.ledger, gpu_us = self.ledger.charge(part.busy_us)
+        if self._metrics is not None:
+            self._metrics.record(part.busy_us, gpu_us)
+        event = UsageEvent(
+            id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=part.ended_at,
+            tenant_id=tenant_id, request_id=request_id, deployment_id=c.deployment_id,
+            model_version=c.model_version, runner_id=c.runner_id, pop=c.pop, region=c.region,
+            gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=part.busy_us, gpu_us=gpu_us,
+            started_at=part.started_at, ended_at=part.ended_at)
+        assert self._outbox is not None
+        self._outbox.append(event.id, encode(event))
+        return event
 
     def counters(self) -> RunnerCounters:
         if self.ready_ns is None:
