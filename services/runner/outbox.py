@@ -84,13 +84,15 @@ def _writer_alive(events_path: Path) -> bool:
 
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
-                 id_of: Callable[[bytes], str], batch_size: int = 64) -> None:
+                 id_of: Callable[[bytes], str], batch_size: int = 64,
+                 linger_s: float = 0.05) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._js = js
         self._subject = subject
         self._id_of = id_of
         self._batch_size = batch_size
+        self._linger_s = linger_s
         generation = f"{time.time_ns():020d}-{os.getpid()}"
         self._spool = Spool(directory, generation)
         self._wake = asyncio.Event()
@@ -123,6 +125,10 @@ class Outbox:
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
             except TimeoutError:
                 raise_if_cancelled()
+            else:
+                # Linger: the events are already safe in the spool, so gathering a few more
+                # first costs no durability and saves a publish and an offset write per request.
+                await asyncio.sleep(self._linger_s)
 
     async def drain_once(self) -> None:
         for events_path in sorted(self._dir.glob("*.jsonl")):

@@ -23,6 +23,7 @@ def slow_model(seconds: float):
 async def test_requests_arriving_during_a_call_form_the_next_batch() -> None:
     booked: list[tuple[str, BatchPart]] = []
     batcher = MicroBatcher(slow_model(0.05), lambda req, part: booked.append((req, part)) or req)
+    batcher.inline_below_ns = 0  # a long device call: always in a worker thread
     task = asyncio.create_task(batcher.run())
     try:
         first = asyncio.create_task(batcher.submit(np.array([[1.0]]), "a"))
@@ -51,6 +52,7 @@ async def test_a_client_that_leaves_is_still_booked() -> None:
         return {"labels": array[:, 0].tolist()}
 
     batcher = MicroBatcher(run, lambda req, part: booked.append(req))
+    batcher.inline_below_ns = 0
     task = asyncio.create_task(batcher.run())
     try:
         leaving = asyncio.create_task(batcher.submit(np.array([[1.0]]), "gone"))
