@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import msgspec
-import psutil
+from common import PeakRss
 
 from shared.bus import connect, ensure_streams
 from shared.db import migrate
@@ -87,22 +86,6 @@ async def wait_for(conn: asyncpg.Connection, tenant: str, n: int, timeout_s: flo
         # Polling a count over a growing table costs PostgreSQL CPU: not too often.
         await asyncio.sleep(0.5)
     return time.perf_counter()
-
-
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.process = psutil.Process(pid)
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                self.peak = max(self.peak, self.process.memory_info().rss)
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.05)
 
 
 async def main(n: int, rate: int) -> None:

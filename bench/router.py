@@ -32,6 +32,7 @@ from typing import Any
 import aiohttp
 import httpx
 import msgspec
+from common import pct
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from services.router.policy import ReplicaView, choose, order_pops
@@ -61,10 +62,6 @@ http {{
 }}
 """
 
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def fixed_rate(url: str, body: bytes, headers: dict[str, str], rate: int,

@@ -17,13 +17,13 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import psutil
+from common import PeakRss
 
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
 from services.registry.demo_model import digits_onnx, sample_digit
@@ -50,23 +50,6 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path) -> tu
     if "Non-2xx" in out:
         print("    " + next(line for line in out.splitlines() if "Non-2xx" in line).strip())
     return rate, pcts.get("50%", "?"), pcts.get("99%", "?")
-
-
-class PeakRss(threading.Thread):
-    def __init__(self, pid: int) -> None:
-        super().__init__(daemon=True)
-        self.root = psutil.Process(pid)
-        self.peak = 0
-        self.running = True
-
-    def run(self) -> None:
-        while self.running:
-            try:
-                tree = [self.root, *self.root.children(recursive=True)]
-                self.peak = max(self.peak, sum(p.memory_info().rss for p in tree))
-            except psutil.NoSuchProcess:
-                return
-            time.sleep(0.1)
 
 
 async def main(seconds: float) -> None:

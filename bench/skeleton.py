@@ -21,15 +21,12 @@ from pathlib import Path
 import httpx
 import msgspec
 import psutil
+from common import pct
 
 from shared.embedded import free_port
 
 N = 100
 
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
-# Applied first: the schemas' order matters only where one refers to another; none does yet.
+# Advisory-lock key: one migrator at a time, however many processes start together.
 _LOCK_KEY = 0x6564_6765  # "edge"
 
 

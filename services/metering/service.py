@@ -137,6 +137,12 @@ class MeteringService:
                         r["effective_from"]) for r in await ledger.price_book(self._pool)]
         return rate(rows, prices)
 
+    async def accrued_spend(self, tenant_id: str, currency: str, period: datetime) -> Decimal:
+        """The period's spend in `currency`, exact (budgets react before rounding shows)."""
+        rated = await self._rated(tenant_id, period, next_month(period))
+        return sum((line.gpu_seconds * line.unit_price for line in rated.lines
+                    if line.currency == currency), Decimal(0))
+
     async def evaluate_budgets(self, now: datetime) -> None:
         """Alerts for crossed thresholds (each once per period) and the hard-stop state,
         published for the routers on every round, so a restarted router learns it."""
@@ -144,9 +150,7 @@ class MeteringService:
         for row in await self._pool.fetch("SELECT * FROM metering.budgets"):
             budget = Budget(row["tenant_id"], row["monthly_limit"], row["currency"],
                             tuple(row["thresholds"]), row["hard_stop"])
-            rated = await self._rated(budget.tenant_id, period, next_month(period))
-            spend = sum((line.gpu_seconds * line.unit_price for line in rated.lines
-                         if line.currency == budget.currency), Decimal(0))
+            spend = await self.accrued_spend(budget.tenant_id, budget.currency, period)
             alerted = [r["threshold"] for r in await self._pool.fetch(
                 "SELECT threshold FROM metering.budget_alerts WHERE tenant_id = $1"
                 " AND period_start = $2", budget.tenant_id, period)]
@@ -277,9 +281,7 @@ class MeteringService:
             if row is None:
                 raise Refusal(404, "no_budget", "no budget is set; PUT /v1/budget to set one")
             period = month_start(datetime.now(UTC))
-            rated = await service._rated(tenant.id, period, next_month(period))
-            spend = sum((line.gpu_seconds * line.unit_price for line in rated.lines
-                         if line.currency == row["currency"]), Decimal(0))
+            spend = await service.accrued_spend(tenant.id, row["currency"], period)
             alerts = await pool.fetch(
                 "SELECT threshold, crossed_at FROM metering.budget_alerts WHERE tenant_id = $1"
                 " AND period_start = $2 ORDER BY threshold", tenant.id, period)
