@@ -16,7 +16,8 @@ from pathlib import Path
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from services.runner.accounting import Ledger, ns_to_us
-from services.runner.model import OnnxModel
+from services.runner.models.base import run_alone
+from services.runner.models.onnx import OnnxModel
 from services.runner.outbox import Spool
 from shared.events import UsageEvent, encode, new_id
 
@@ -25,12 +26,12 @@ N = 20_000
 
 def main() -> None:
     model = OnnxModel.load(digits_onnx())
-    array = model.validate([sample_digit(0)])
+    work = model.validate([sample_digit(0)])
     for _ in range(200):
-        model.run(array)
+        run_alone(model, work)
     t0 = time.perf_counter_ns()
     for _ in range(N):
-        model.run(array)
+        run_alone(model, work)
     model_us = (time.perf_counter_ns() - t0) / N / 1000
 
     spool = Spool(Path(tempfile.mkdtemp()), "bench")

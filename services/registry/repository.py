@@ -29,10 +29,14 @@ def _deployment(row: asyncpg.Record) -> Deployment:
 
 async def upsert_model(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
                        framework: str) -> str:
+    """The model's id; a model keeps the framework of its first version."""
     row = await conn.fetchrow(
         "INSERT INTO registry.models (id, tenant_id, name, framework) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (tenant_id, name) DO UPDATE SET framework = registry.models.framework"
-        " RETURNING id", "mdl_" + secrets.token_hex(8), tenant_id, name, framework)
+        " RETURNING id, framework", "mdl_" + secrets.token_hex(8), tenant_id, name, framework)
+    if row["framework"] != framework:
+        raise ValueError(f"model {name!r} is a {row['framework']} model; its versions cannot be "
+                         f"{framework}")
     return str(row["id"])
 
 

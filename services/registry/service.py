@@ -29,6 +29,7 @@ from shared.events import (
     new_id,
 )
 from shared.http import Refusal
+from shared.model_formats import FRAMEWORKS, InvalidArtifact, read_embedding_artifact
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
 from shared.topology import Pop
@@ -54,14 +55,23 @@ def deployment_view(d: Deployment) -> dict[str, Any]:
             "max_replicas": d.max_replicas}
 
 
-def validate_onnx(data: bytes) -> None:
-    """Parse and check an ONNX graph; tenant artifacts are never unpickled."""
-    import onnx
+def validate_artifact(framework: str, data: bytes) -> None:
+    """Parse and check an artifact without running it; tenant artifacts are never unpickled."""
+    if framework == "onnx":
+        import onnx
 
-    try:
-        onnx.checker.check_model(onnx.load_from_string(data))
-    except Exception as exc:
-        raise Refusal(400, "invalid_artifact", f"not a valid ONNX model: {exc}") from None
+        try:
+            onnx.checker.check_model(onnx.load_from_string(data))
+        except Exception as exc:
+            raise Refusal(400, "invalid_artifact", f"not a valid ONNX model: {exc}") from None
+    elif framework == "sentence-embedding":
+        try:
+            read_embedding_artifact(data)
+        except InvalidArtifact as exc:
+            raise Refusal(400, "invalid_artifact",
+                          f"not a valid sentence-embedding model: {exc}") from None
+    else:
+        raise Refusal(400, "unknown_framework", f"framework must be one of {list(FRAMEWORKS)}")
 
 
 class RegistryService:
@@ -100,17 +110,21 @@ class RegistryService:
 
     # --- operations (used by the routes and by `edgeinfer up`'s demo seed) ----------------
 
-    async def register_version(self, tenant_id: str, model: str, version: str,
-                               data: bytes) -> dict[str, Any]:
-        validate_onnx(data)
+    async def register_version(self, tenant_id: str, model: str, version: str, data: bytes,
+                               framework: str = "onnx") -> dict[str, Any]:
+        validate_artifact(framework, data)
         digest = await put_artifact(self._js, self._subjects.artifact_bucket, data)
         async with self._pool.acquire() as conn, conn.transaction():
-            model_id = await repository.upsert_model(conn, tenant_id, model, "onnx")
+            try:
+                model_id = await repository.upsert_model(conn, tenant_id, model, framework)
+            except ValueError as exc:
+                raise Refusal(409, "framework_mismatch", str(exc)) from None
             try:
                 await repository.add_version(conn, tenant_id, model_id, version, digest, len(data))
             except ValueError as exc:
                 raise Refusal(409, "version_exists", str(exc)) from None
-        return {"model": model, "version": version, "artifact_digest": digest, "bytes": len(data)}
+        return {"model": model, "version": version, "framework": framework,
+                "artifact_digest": digest, "bytes": len(data)}
 
     async def deploy(self, tenant_id: str, name: str, spec: DeploymentSpec) -> Deployment:
         unknown = sorted(set(spec.pops) - set(self._pops))
@@ -160,11 +174,14 @@ class RegistryService:
         @put("/models/{model:str}/versions/{version:str}", operation_id="put_model_version",
              request_max_body_size=MAX_ARTIFACT_BYTES)
         async def put_version(tenant: Tenant, model: str, version: str,
-                              request: Request) -> dict[str, Any]:  # type: ignore[type-arg]
+                              request: Request,  # type: ignore[type-arg]
+                              framework: str = "onnx") -> dict[str, Any]:
+            """The artifact is the body: an ONNX file, or for `?framework=sentence-embedding`
+            a tar of a sentence-transformers model directory (docs/models.md)."""
             data = await request.body()
             if not data:
-                raise Refusal(400, "empty_artifact", "send the ONNX file as the request body")
-            return await service.register_version(tenant.id, model, version, data)
+                raise Refusal(400, "empty_artifact", "send the model artifact as the request body")
+            return await service.register_version(tenant.id, model, version, data, framework)
 
         return Router("/v1", route_handlers=[list_deployments, get_deployment, put_deployment,
                                              put_version],

@@ -1,30 +1,31 @@
 """Adaptive batching: requests that arrive while the device is busy form the next batch.
 
 No timer: an idle runner runs a lone request at once (no added latency), a busy one
-batches exactly what queued up behind the running call — the batch grows with the load.
-A long device call runs in a worker thread (onnxruntime, like CUDA, releases the GIL), so
-the event loop keeps accepting requests while it runs; a call shorter than the hand-off
-to a thread costs (last batch under 1 ms) runs inline. A batch's measured busy time is split
-across its requests by rows (accounting.split_batch): the parts add up to the whole.
+batches exactly what queued up behind the running call — the batch grows with the load,
+up to the model's `max_batch_units`. A long device call runs in a worker thread
+(onnxruntime and torch release the GIL), so the event loop keeps accepting requests while
+it runs; a call shorter than the hand-off to a thread costs (last batch under 1 ms) runs
+inline. Only the model's `forward` is timed, by the device's timer; the batch's busy time
+is split across its requests by their units (rows, tokens) with accounting.split_batch, so
+the parts add up to the whole.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-
 from services.runner.accounting import ns_to_us, split_batch
+from services.runner.device import DeviceTimer
+from services.runner.models.base import ServedModel, Work
 
 
 @dataclass(frozen=True)
 class BatchPart:
-    outputs: dict[str, list[Any]]
+    outputs: dict[str, Any]
     busy_us: int
     started_at: datetime
     ended_at: datetime
@@ -33,9 +34,17 @@ class BatchPart:
 
 @dataclass
 class _Pending:
-    array: np.ndarray
+    work: Work
     request: Any
     future: asyncio.Future[tuple[BatchPart, Any]]
+
+
+@dataclass(frozen=True)
+class _Ran:
+    outputs: list[dict[str, Any]]
+    busy_ns: int
+    started_at: datetime
+    ended_at: datetime
 
 
 class MicroBatcher:
@@ -43,57 +52,57 @@ class MicroBatcher:
     called for every part, even when the client has gone away: the device did the work,
     and conservation (charged == busy × share) must hold."""
 
-    def __init__(self, run: Callable[[np.ndarray], dict[str, list[Any]]],
-                 book: Callable[[Any, BatchPart], Any], max_rows: int = 1024) -> None:
-        self._run = run
+    def __init__(self, model: ServedModel, timer: DeviceTimer,
+                 book: Callable[[Any, BatchPart], Any]) -> None:
+        self._model = model
+        self._timer = timer
         self._book = book
-        self._max_rows = max_rows
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.batches = 0
         self._last_busy_ns = 0
         self.inline_below_ns = 1_000_000
 
-    async def submit(self, array: np.ndarray, request: Any) -> tuple[BatchPart, Any]:
+    async def submit(self, work: Work, request: Any) -> tuple[BatchPart, Any]:
         """(the request's part of its batch, what `book` returned for it)."""
         future: asyncio.Future[tuple[BatchPart, Any]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(array, request, future))
+        await self._queue.put(_Pending(work, request, future))
         return await future
+
+    def _next_batch(self, first: _Pending) -> list[_Pending]:
+        batch, units = [first], first.work.units
+        waiting = self._queue._queue  # type: ignore[attr-defined]  # peek: asyncio.Queue has no API
+        while waiting and units + waiting[0].work.units <= self._model.max_batch_units:
+            item = self._queue.get_nowait()
+            batch.append(item)
+            units += item.work.units
+        return batch
 
     async def run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
-            rows = len(batch[0].array)
-            while not self._queue.empty() and rows + len(self._queue._queue[0].array) <= self._max_rows:  # type: ignore[attr-defined]
-                item = self._queue.get_nowait()
-                batch.append(item)
-                rows += len(item.array)
-            array = batch[0].array if len(batch) == 1 else np.concatenate([p.array for p in batch])
+            batch = self._next_batch(await self._queue.get())
+            works = [p.work for p in batch]
             try:
                 if self._last_busy_ns < self.inline_below_ns:
-                    outputs, busy_ns, started, ended = self._timed(array)
+                    ran = self._run_batch(works)
                 else:
-                    outputs, busy_ns, started, ended = await asyncio.to_thread(self._timed, array)
+                    ran = await asyncio.to_thread(self._run_batch, works)
             except Exception as exc:  # the model failed: every request in the batch hears it
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(exc)
                 continue
             self.batches += 1
-            self._last_busy_ns = busy_ns
-            parts = split_batch(ns_to_us(busy_ns), [len(p.array) for p in batch])
-            offset = 0
-            for pending, busy_us in zip(batch, parts, strict=True):
-                n = len(pending.array)
-                sliced = {k: v[offset:offset + n] for k, v in outputs.items()}
-                offset += n
-                part = BatchPart(sliced, busy_us, started, ended, len(batch))
+            self._last_busy_ns = ran.busy_ns
+            parts = split_batch(ns_to_us(ran.busy_ns), [w.units for w in works])
+            for pending, outputs, busy_us in zip(batch, ran.outputs, parts, strict=True):
+                part = BatchPart(outputs, busy_us, ran.started_at, ran.ended_at, len(batch))
                 booked = self._book(pending.request, part)
                 if not pending.future.done():
                     pending.future.set_result((part, booked))
 
-    def _timed(self, array: np.ndarray) -> tuple[dict[str, list[Any]], int, datetime, datetime]:
+    def _run_batch(self, works: list[Work]) -> _Ran:
+        collated = self._model.collate(works)
         started = datetime.now(UTC)
-        t0 = time.perf_counter_ns()
-        outputs = self._run(array)
-        busy_ns = time.perf_counter_ns() - t0
-        return outputs, busy_ns, started, datetime.now(UTC)
+        output, busy_ns = self._timer.measure(self._model.forward, collated)
+        ended = datetime.now(UTC)
+        return _Ran(self._model.split(output, works), busy_ns, started, ended)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from shared.config import ConfigError, env_float, env_int, env_str
+from shared.config import ConfigError, env_choice, env_float, env_int, env_str
+from shared.model_formats import FRAMEWORKS
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class RunnerConfig:
     model_version: str
     artifact_digest: str
     nats_url: str
+    framework: str = "onnx"
     namespace: str = "edgeinfer"
     gpu_class: str = "cpu"
     gpu_share: Decimal = Decimal(1)
@@ -57,6 +59,7 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         model_version=required["EDGEINFER_MODEL_VERSION"],
         artifact_digest=required["EDGEINFER_ARTIFACT_DIGEST"],
         nats_url=required["NATS_URL"],
+        framework=env_choice(env, "EDGEINFER_MODEL_FRAMEWORK", RunnerConfig.framework, FRAMEWORKS),
         namespace=env_str(env, "EDGEINFER_NAMESPACE", RunnerConfig.namespace),
         gpu_class=env_str(env, "EDGEINFER_GPU_CLASS", RunnerConfig.gpu_class),
         gpu_share=share,

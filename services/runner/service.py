@@ -6,8 +6,9 @@ before the device, measures the device-busy time of the model call, charges
 busy × share (runner/accounting.py), spools the usage event to the outbox before it
 answers, and lets the outbox publish it to JetStream.
 
-On this machine there is no GPU: the device is a CPU slot (one onnxruntime thread)
-and busy time is the monotonic time around the model call.
+The device is what the executor assigned (runner/device.py): a GPU named by
+CUDA_VISIBLE_DEVICES, timed with CUDA events, or for the `cpu` class a CPU slot (one
+thread), timed with the monotonic clock around the model call.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from bentoml.exceptions import InvalidArgument
 from services.runner.accounting import Ledger
 from services.runner.batcher import BatchPart, MicroBatcher
 from services.runner.config import RunnerConfig, runner_config_from_env
-from services.runner.model import InvalidInput, OnnxModel
+from services.runner.device import Device, select_device, timer_for
+from services.runner.models import InvalidInput, ServedModel, load_model
+from services.runner.models.base import run_alone
 from services.runner.outbox import Outbox
 from shared.artifacts import get_artifact
 from shared.bus import connect
@@ -84,7 +87,8 @@ class Runner:
         self.state: RunnerState = "starting"
         self.ledger = Ledger(share=self.config.gpu_share)
         self.in_flight = 0
-        self.model: OnnxModel | None = None
+        self.model: ServedModel | None = None
+        self.device: Device | None = None
         self.started_ns = time.monotonic_ns()
         self.ready_ns: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,12 +105,13 @@ class Runner:
         js = self._nc.jetstream()
         data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
                                   c.cache_dir)
-        self.model = OnnxModel.load(data)
-        warm = self.model.validate([[0.0] * self.model.features])
+        self.device = select_device(c.gpu_class)
+        self.model = load_model(c.framework, data, self.device)
+        warm = self.model.warm_input()
         for _ in range(5):  # warm-up is never charged
-            self.model.run(warm)
+            run_alone(self.model, warm)
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id)
-        self._batcher = MicroBatcher(self.model.run, self._book)
+        self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book)
         self._tasks = [asyncio.create_task(self._outbox.run()),
                        asyncio.create_task(self._batcher.run()),
                        asyncio.create_task(self._heartbeats()),
@@ -114,33 +119,34 @@ class Runner:
         self.state = "ready"
         self.ready_ns = time.monotonic_ns()
         await self._beat()  # announce readiness at once, not a tick later
-        log.info("runner %s ready in %s serving %s (%s)", c.runner_id, c.pop, c.deployment_id,
-                 c.artifact_digest[:19])
+        log.info("runner %s ready in %s serving %s (%s %s) on %s", c.runner_id, c.pop,
+                 c.deployment_id, c.framework, c.artifact_digest[:19], self.device.name)
 
     def __is_ready__(self) -> bool:
         return self.state == "ready"
 
     @bentoml.api(route="/infer")
     async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
-                    inputs: list[list[float]]) -> dict[str, Any]:
+                    inputs: list[Any]) -> dict[str, Any]:
+        """`inputs`: rows of numbers for ONNX models, texts for sentence-embedding models."""
         c = self.config
         if self.state != "ready" or self.model is None or self._batcher is None:
             raise bentoml.exceptions.ServiceUnavailable(f"runner is {self.state}")
         if deployment_id != c.deployment_id:
             raise InvalidArgument(f"this runner serves {c.deployment_id}, not {deployment_id}")
         try:
-            array = self.model.validate(inputs)
+            work = self.model.validate(inputs)
         except InvalidInput as exc:
             raise InvalidArgument(str(exc)) from None
         self.in_flight += 1
         try:
-            part, event = await self._batcher.submit(array, (tenant_id, request_id))
+            part, event = await self._batcher.submit(work, (tenant_id, request_id))
         finally:
             self.in_flight -= 1
         return {"outputs": part.outputs,
                 "usage": {"event_id": event.id, "gpu_us": event.gpu_us, "busy_us": event.busy_us,
                           "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id,
-                          "batch_requests": part.batch_requests}}
+                          "batch_requests": part.batch_requests, self.model.unit: work.units}}
 
     def _book(self, request: tuple[str, str], part: BatchPart) -> UsageEvent:
         """Charge one request's part of a batch and spool its usage event (before the answer:
@@ -178,7 +184,7 @@ class Runner:
             id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=datetime.now(UTC),
             runner_id=c.runner_id, pop=c.pop, region=c.region, url=c.url, state=self.state,
             gpu_class=c.gpu_class, gpu_share=c.gpu_share,
-            device=os.environ.get("CUDA_VISIBLE_DEVICES", "cpu"), capacity=c.capacity,
+            device=self.device.name if self.device else "unassigned", capacity=c.capacity,
             in_flight=self.in_flight, deployment_id=c.deployment_id, model_version=c.model_version,
             counters=self.counters())
         await self._nc.publish(self.subjects.heartbeat(c.pop, c.runner_id), encode(beat))

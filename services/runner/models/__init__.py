@@ -1,0 +1,21 @@
+"""Model families a runner serves, behind one interface (base.ServedModel)."""
+
+from __future__ import annotations
+
+from services.runner.device import Device
+from services.runner.models.base import InvalidInput, ServedModel, Work
+
+__all__ = ["InvalidInput", "ServedModel", "Work", "load_model"]
+
+
+def load_model(framework: str, artifact: bytes, device: Device) -> ServedModel:
+    """Imports lazily: a runner of one family never pays another's import time."""
+    if framework == "onnx":
+        from services.runner.models.onnx import OnnxModel
+
+        return OnnxModel.load(artifact, device)
+    if framework == "sentence-embedding":
+        from services.runner.models.embedding import EmbeddingModel
+
+        return EmbeddingModel.load(artifact, device)
+    raise ValueError(f"this runner cannot serve framework {framework!r}")
