@@ -59,11 +59,20 @@ from shared.tenancy import KeyResolver, Tenant
 log = logging.getLogger(__name__)
 
 
-class InferRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class RowsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     inputs: list[list[float]]
 
 
-_infer_decoder = msgspec.json.Decoder(InferRequest)
+class TextsRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    inputs: list[str]
+
+
+# The body's shape by the deployment's framework, checked before a runner is chosen (the
+# runner still checks the model's own schema: feature count, lengths).
+_infer_decoders: dict[str, tuple[msgspec.json.Decoder[Any], str]] = {
+    "onnx": (msgspec.json.Decoder(RowsRequest), '{"inputs": [[number, ...], ...]}'),
+    "sentence-embedding": (msgspec.json.Decoder(TextsRequest), '{"inputs": ["text", ...]}'),
+}
 
 
 class _Usage(msgspec.Struct):
@@ -242,11 +251,11 @@ class RouterService:
     async def _serve(self, request: Request[Any, Any, Any], tenant: Tenant,
                      deployment: Deployment) -> tuple[Response[Any], str, float]:
         body = await request.body()
+        decoder, shape = _infer_decoders.get(deployment.framework, _infer_decoders["onnx"])
         try:
-            payload = _infer_decoder.decode(body)
+            payload = decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise Refusal(400, "invalid_body",
-                          f"expected JSON {{\"inputs\": [[number, ...], ...]}}: {exc}") from None
+            raise Refusal(400, "invalid_body", f"expected JSON {shape}: {exc}") from None
         scale_up_timeout = self._scale_up_timeout(request)
         region = client_region(request.headers.get(self._config.client_region_header),
                                request.client.host if request.client else None,
