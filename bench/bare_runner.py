@@ -1,14 +1,19 @@
-"""The reference for bench/runner.py: the same BentoML service shape and model, without
-edgeinfer's accounting, usage events or outbox.  bentoml serve bench.bare_runner:BareRunner"""
+"""The reference for bench/runner.py: the same BentoML service shape, model and adaptive
+batcher, without edgeinfer's accounting, usage events, outbox, metrics or heartbeats.
+
+    bentoml serve bench.bare_runner:BareRunner   (BARE_MODEL_PATH, BARE_FRAMEWORK)
+"""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
 import bentoml
 
-from services.runner.device import Device
+from services.runner.batcher import MicroBatcher
+from services.runner.device import Device, MonotonicTimer
 from services.runner.models import load_model
 from services.runner.models.base import run_alone
 
@@ -19,9 +24,17 @@ class BareRunner:
         with open(os.environ["BARE_MODEL_PATH"], "rb") as f:
             self.model = load_model(os.environ.get("BARE_FRAMEWORK", "onnx"), f.read(),
                                     Device("cpu", "cpu", "cpu"))
-        run_alone(self.model, self.model.warm_input())
+        for _ in range(5):
+            run_alone(self.model, self.model.warm_input())
+        self.batcher = MicroBatcher(self.model, MonotonicTimer(), lambda request, part: None)
+        self._task: asyncio.Task[None] | None = None
+
+    @bentoml.on_startup
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.batcher.run())
 
     @bentoml.api(route="/infer")
     async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
                     inputs: list[Any]) -> dict[str, Any]:
-        return {"outputs": run_alone(self.model, self.model.validate(inputs))}
+        part, _ = await self.batcher.submit(self.model.validate(inputs), request_id)
+        return {"outputs": part.outputs}

@@ -16,12 +16,8 @@ Worked example, share 0.5, busy 3, 3, 3 µs: cumulative 1.5 → 1, 3 → 3, 4.5 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from decimal import ROUND_FLOOR, Decimal
-
-
-def scaled_floor(share: Decimal, busy_us: int) -> int:
-    return int((share * busy_us).to_integral_value(rounding=ROUND_FLOOR))
+from dataclasses import dataclass, field
+from decimal import Decimal
 
 
 @dataclass(frozen=True)
@@ -32,16 +28,22 @@ class Ledger:
     busy_us: int = 0
     charged_us: int = 0
     requests: int = 0
+    # The share as an exact integer ratio, computed once: charge() runs for every request.
+    _ratio: tuple[int, int] = field(default=(0, 1), repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self._ratio == (0, 1):
+            object.__setattr__(self, "_ratio", self.share.as_integer_ratio())
 
     def charge(self, busy_us: int) -> tuple[Ledger, int]:
         """Book one request's busy time; returns the new ledger and what that request is charged."""
         if busy_us < 0:
             raise ValueError("busy time cannot be negative")
         total_busy = self.busy_us + busy_us
-        total_charged = scaled_floor(self.share, total_busy)
-        charged = total_charged - self.charged_us
-        return replace(self, busy_us=total_busy, charged_us=total_charged,
-                       requests=self.requests + 1), charged
+        numerator, denominator = self._ratio
+        total_charged = total_busy * numerator // denominator
+        return (Ledger(self.share, total_busy, total_charged, self.requests + 1, self._ratio),
+                total_charged - self.charged_us)
 
 
 def split_batch(total_us: int, weights: list[int]) -> list[int]:

@@ -39,11 +39,12 @@ class Spool:
     def __init__(self, directory: Path, generation: str) -> None:
         self.events_path = directory / f"{generation}.jsonl"
         self.offset_path = directory / f"{generation}.offset"
-        self._file = open(self.events_path, "ab")
+        # Unbuffered: each append is one write(2) to the kernel, so it survives the process
+        # being killed the moment it returns.
+        self._file = open(self.events_path, "ab", buffering=0)
 
     def append(self, line: bytes) -> None:
         self._file.write(line + b"\n")
-        self._file.flush()  # to the kernel: survives the process being killed
 
     def close(self) -> None:
         self._file.close()
@@ -85,7 +86,7 @@ def _writer_alive(events_path: Path) -> bool:
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
                  id_of: Callable[[bytes], str], batch_size: int = 64,
-                 linger_s: float = 0.05) -> None:
+                 linger_s: float = 0.2) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._js = js

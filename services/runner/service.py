@@ -20,6 +20,7 @@ import os
 import signal
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import bentoml
@@ -72,11 +73,15 @@ class _RunnerMetrics:
                                    multiprocess_mode="livesum")
         self.in_flight = Gauge("edgeinfer_runner_in_flight_requests", "Requests in the model now.",
                                multiprocess_mode="livesum")
+        self._synced = Ledger(share=Decimal(1))
 
-    def record(self, busy_us: int, charged_us: int) -> None:
-        self.busy_us.inc(busy_us)
-        self.charged_us.inc(charged_us)
-        self.requests.inc()
+    def sync(self, ledger: Ledger) -> None:
+        """Bring the counters up to the ledger's totals. Called once per heartbeat, not per
+        request: each multiprocess counter update is a file-backed write."""
+        self.busy_us.inc(ledger.busy_us - self._synced.busy_us)
+        self.charged_us.inc(ledger.charged_us - self._synced.charged_us)
+        self.requests.inc(ledger.requests - self._synced.requests)
+        self._synced = ledger
 
 
 @bentoml.service(name="edgeinfer_runner", workers=1, traffic={"timeout": 60})
@@ -154,8 +159,6 @@ class Runner:
         c = self.config
         tenant_id, request_id = request
         self.ledger, gpu_us = self.ledger.charge(part.busy_us)
-        if self._metrics is not None:
-            self._metrics.record(part.busy_us, gpu_us)
         event = UsageEvent(
             id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=part.ended_at,
             tenant_id=tenant_id, request_id=request_id, deployment_id=c.deployment_id,
@@ -178,6 +181,7 @@ class Runner:
     async def _beat(self) -> None:
         c = self.config
         if self._metrics is not None:
+            self._metrics.sync(self.ledger)
             self._metrics.wall_share_us.set(self.counters().wall_share_us)
             self._metrics.in_flight.set(self.in_flight)
         beat = RunnerHeartbeat(
