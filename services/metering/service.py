@@ -25,11 +25,12 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
-from services.metering import ledger
+from services.metering import billing_routes, invoicing, ledger
 from services.metering.budgets import Budget
 from services.metering.budgets import decide as decide_budget
 from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_config_from_env
-from services.metering.rating import Price, Rated, UsageRow, rate
+from services.metering.invoicing import month_start, next_month, rated_usage
+from services.metering.rating import Rated
 from services.metering.reconcile import RunnerBalance, reconcile
 from shared.bus import decode_or_warn
 from shared.config import env_float
@@ -47,14 +48,6 @@ class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     currency: str = "USD"
     thresholds: list[int] = msgspec.field(default_factory=lambda: [50, 80, 100])
     hard_stop: bool = False
-
-
-def month_start(now: datetime) -> datetime:
-    return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-
-
-def next_month(start: datetime) -> datetime:
-    return (start + timedelta(days=32)).replace(day=1)
 
 
 def parse_period(from_: str | None, to: str | None, now: datetime) -> tuple[datetime, datetime]:
@@ -96,12 +89,15 @@ class MeteringService:
         self.balances: list[RunnerBalance] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._budget_wake = asyncio.Event()
+        self._close_grace_s = env_float(os.environ, "EDGEINFER_INVOICE_CLOSE_GRACE_S", 3600.0,
+                                        lo=0, hi=31 * 86400)
 
     async def start(self) -> None:
         await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
         self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
                        asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-                       asyncio.create_task(self._budget_loop(), name="budgets")]
+                       asyncio.create_task(self._budget_loop(), name="budgets"),
+                       asyncio.create_task(self._invoice_loop(), name="invoices")]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -130,12 +126,7 @@ class MeteringService:
         return self.balances
 
     async def _rated(self, tenant_id: str, start: datetime, end: datetime) -> Rated:
-        rows = [UsageRow(r["deployment_id"], r["pop"], r["region"], r["gpu_class"], r["hour"],
-                         r["gpu_us"], r["requests"])
-                for r in await ledger.hourly_usage(self._pool, tenant_id, start, end)]
-        prices = [Price(r["gpu_class"], r["region"], r["currency"], r["unit_price"],
-                        r["effective_from"]) for r in await ledger.price_book(self._pool)]
-        return rate(rows, prices)
+        return await rated_usage(self._pool, tenant_id, start, end)
 
     async def accrued_spend(self, tenant_id: str, currency: str, period: datetime) -> Decimal:
         """The period's spend in `currency`, exact (budgets react before rounding shows)."""
@@ -182,6 +173,23 @@ class MeteringService:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._budget_wake.wait(), timeout=2.0)
 
+    async def _invoice_loop(self) -> None:
+        """Close last month once it is over and late events had the grace period to land
+        (a runner's outbox retrying within JetStream's duplicate window); idempotent."""
+        while True:
+            now = datetime.now(UTC)
+            this_month = month_start(now)
+            if (now - this_month).total_seconds() >= self._close_grace_s:
+                last_month = month_start(this_month - timedelta(days=1))
+                try:
+                    report = await invoicing.close_month(self._pool, last_month)
+                    if report.invoices or report.blocked:
+                        log.info("closed %s: %d invoices; not closed: %s", report.period,
+                                 len(report.invoices), report.blocked or "none")
+                except Exception as exc:  # the database restarting: try again next round
+                    log.warning("closing invoices failed: %s", exc)
+            await asyncio.sleep(600)
+
     async def _reconcile_loop(self) -> None:
         while True:
             await asyncio.sleep(5.0)
@@ -226,7 +234,8 @@ class MeteringService:
             """Usage messages metering refused, with why: never dropped silently."""
             return {"messages": await service.dead_letters(min(max(limit, 1), 1000))}
 
-        return Router("/admin", route_handlers=[reconciliation, dead_letters],
+        return Router("/admin", route_handlers=[reconciliation, dead_letters,
+                                                *billing_routes.admin_routes(service._pool)],
                       guards=[admin_guard(admin_token)],
                       tags=["admin"])
 
@@ -322,5 +331,6 @@ class MeteringService:
             await service._publish_budget(tenant.id, False, "")  # lift any hard stop at once
             return {"deleted": True}
 
-        return Router("/v1", route_handlers=[usage, preview, get_budget, put_budget, delete_budget],
+        return Router("/v1", route_handlers=[usage, preview, get_budget, put_budget, delete_budget,
+                                             *billing_routes.tenant_routes(pool)],
                       dependencies={"tenant": tenant_provider(resolver)}, tags=["metering"])
