@@ -7,6 +7,8 @@ CREATE TABLE metering.billing_accounts (
     free_tier_monthly   numeric(20, 2) NOT NULL DEFAULT 0 CHECK (free_tier_monthly >= 0),
     currency            text NOT NULL DEFAULT 'USD' CHECK (currency ~ '^[A-Z]{3}$'),
     stripe_customer_id  text UNIQUE,
+    -- A $0 monthly subscription that carries the invoices our usage items go on.
+    stripe_subscription_id  text UNIQUE,
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 
@@ -32,6 +34,8 @@ CREATE TABLE metering.invoices (
     total              numeric(20, 2) NOT NULL,
     closed_at          timestamptz NOT NULL DEFAULT now(),
     stripe_invoice_id  text UNIQUE,
+    -- Set once the invoice is in Stripe (or had nothing to charge: no Stripe invoice).
+    stripe_pushed_at   timestamptz,
     UNIQUE (tenant_id, period_start, currency)
 );
 

@@ -32,6 +32,7 @@ from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_c
 from services.metering.invoicing import month_start, next_month, rated_usage
 from services.metering.rating import Rated
 from services.metering.reconcile import RunnerBalance, reconcile
+from services.metering.stripe_push import StripePusher, client_for, stripe_config_from_env
 from shared.bus import decode_or_warn
 from shared.config import env_float
 from shared.events import BudgetState, encode, heartbeat_decoder, new_id
@@ -98,6 +99,10 @@ class MeteringService:
                        asyncio.create_task(self._reconcile_loop(), name="reconcile"),
                        asyncio.create_task(self._budget_loop(), name="budgets"),
                        asyncio.create_task(self._invoice_loop(), name="invoices")]
+        stripe_config = stripe_config_from_env(os.environ)
+        if stripe_config is not None:
+            pusher = StripePusher(self._pool, client_for(stripe_config))
+            self._tasks.append(asyncio.create_task(self._stripe_loop(pusher), name="stripe"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -189,6 +194,16 @@ class MeteringService:
                 except Exception as exc:  # the database restarting: try again next round
                     log.warning("closing invoices failed: %s", exc)
             await asyncio.sleep(600)
+
+    async def _stripe_loop(self, pusher: StripePusher) -> None:
+        while True:
+            try:
+                pushed = await pusher.push_pending()
+                if pushed:
+                    log.info("pushed %d invoice(s) to Stripe", len(pushed))
+            except Exception as exc:  # Stripe or the database unreachable: retry, same ids
+                log.warning("pushing invoices to Stripe failed: %s", exc)
+            await asyncio.sleep(60)
 
     async def _reconcile_loop(self) -> None:
         while True:
