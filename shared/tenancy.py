@@ -36,7 +36,10 @@ class KeyResolver:
         self._cache: dict[str, tuple[float, ResolveKeyReply]] = {}
 
     async def resolve(self, key: str) -> ResolveKeyReply:
-        key_hash = hash_api_key(key)
+        return await self.resolve_hash(hash_api_key(key))
+
+    async def resolve_hash(self, key_hash: str) -> ResolveKeyReply:
+        """By the key's hash: what a portal session keeps instead of the key itself."""
         now = self._clock()
         cached = self._cache.get(key_hash)
         if cached is not None and now - cached[0] < self._ttl_s:

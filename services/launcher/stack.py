@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import secrets
@@ -14,12 +15,16 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar, get
+from litestar.contrib.jinja import JinjaTemplateEngine
 from litestar.openapi import OpenAPIConfig
+from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.service import AccountsService
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
 from services.autoscaler.service import AutoscalerService
+from services.metering.portal import TEMPLATES as PORTAL_TEMPLATES
+from services.metering.portal import portal_router
 from services.metering.service import MeteringService
 from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
@@ -154,6 +159,11 @@ class Stack:
             await self.metering.start()
             route_handlers.append(self.metering.router(resolver))
             route_handlers.append(self.metering.admin_router(self.admin_token))
+            # Persisted, so portal sessions survive a restart; any string, hashed to a key.
+            portal_secret = os.environ.get("EDGEINFER_PORTAL_SECRET") or load_or_create_secret(
+                p.state_dir / "portal-secret")
+            route_handlers.append(portal_router(self.metering, resolver,
+                                                hashlib.sha256(portal_secret.encode()).digest()))
         if route_handlers:
             self._serve(control_plane_app(route_handlers), c.api_host, c.api_port)
         if "router" in wanted:
@@ -216,5 +226,6 @@ def control_plane_app(route_handlers: list[Any]) -> Litestar:
     return Litestar(
         route_handlers=[*route_handlers, healthz, metrics],
         exception_handlers=EXCEPTION_HANDLERS,
+        template_config=TemplateConfig(directory=PORTAL_TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
     )

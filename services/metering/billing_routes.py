@@ -83,16 +83,7 @@ def tenant_routes(pool: asyncpg.Pool) -> list[HTTPRouteHandler]:
 
     @get("/credits", operation_id="list_credits")
     async def list_credits(tenant: Tenant) -> dict[str, Any]:
-        grants = await invoicing.credit_grants(pool, tenant.id)
-        account = await pool.fetchrow("SELECT free_tier_monthly, currency FROM"
-                                      " metering.billing_accounts WHERE tenant_id = $1", tenant.id)
-        return {"free_tier_monthly": str(account["free_tier_monthly"]) if account else "0.00",
-                "currency": account["currency"] if account else "USD",
-                "grants": [{"id": g["id"], "amount": str(g["amount"]), "currency": g["currency"],
-                            "remaining": str(g["remaining"]), "reason": g["reason"],
-                            "granted_at": g["granted_at"].isoformat(),
-                            "expires_at": g["expires_at"].isoformat() if g["expires_at"] else None}
-                           for g in grants]}
+        return await invoicing.credits_view(pool, tenant.id)
 
     return [list_invoices, get_invoice, list_credits]
 

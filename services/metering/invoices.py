@@ -9,7 +9,8 @@ Rules (docs/billing.md):
   invoice and earlier adjustments); the difference goes on this invoice, labelled with the
   month it belongs to. So an earlier month's billed lines always sum to its current rating.
 - Free tier: covers up to `free_tier` of the closing month's own usage lines.
-- Credits: prepaid grants valid in the month pay what is left, soonest-expiring first.
+- Credits: prepaid grants that had not expired before the month began pay what is left,
+  soonest-expiring first.
 """
 
 from __future__ import annotations
@@ -120,8 +121,10 @@ def adjustments(period: datetime, rated_now: Rated, billed: Iterable[BilledLine]
 
 def apply_credits(due: Decimal, grants: Sequence[CreditGrant], period_start: datetime,
                   period_end: datetime, period: datetime) -> list[DraftLine]:
-    """Credit lines paying `due` from the grants valid in the period, soonest expiry first."""
-    usable = [g for g in grants if g.remaining > 0 and g.granted_at < period_end
+    """Credit lines paying `due` from the grants that exist when the invoice closes and had
+    not expired before its month began, soonest expiry first."""
+    del period_end  # a grant made after the month ended still pays its (later) invoice
+    usable = [g for g in grants if g.remaining > 0
               and (g.expires_at is None or g.expires_at > period_start)]
     usable.sort(key=lambda g: (g.expires_at is None, g.expires_at or g.granted_at, g.granted_at, g.id))
     lines = []

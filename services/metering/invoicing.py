@@ -176,3 +176,16 @@ async def get_invoice(pool: asyncpg.Pool, tenant_id: str,
     lines = await pool.fetch("SELECT * FROM metering.invoice_lines WHERE invoice_id = $1"
                              " ORDER BY line_no", invoice_id)
     return row, lines
+
+
+async def credits_view(pool: asyncpg.Pool, tenant_id: str) -> dict[str, Any]:
+    grants = await credit_grants(pool, tenant_id)
+    account = await pool.fetchrow("SELECT free_tier_monthly, currency FROM"
+                                  " metering.billing_accounts WHERE tenant_id = $1", tenant_id)
+    return {"free_tier_monthly": str(account["free_tier_monthly"]) if account else "0.00",
+            "currency": account["currency"] if account else "USD",
+            "grants": [{"id": g["id"], "amount": str(g["amount"]), "currency": g["currency"],
+                        "remaining": str(g["remaining"]), "reason": g["reason"],
+                        "granted_at": g["granted_at"].isoformat(),
+                        "expires_at": g["expires_at"].isoformat() if g["expires_at"] else None}
+                       for g in grants]}

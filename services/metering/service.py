@@ -33,9 +33,9 @@ from services.metering.invoicing import month_start, next_month, rated_usage
 from services.metering.rating import Rated
 from services.metering.reconcile import RunnerBalance, reconcile
 from services.metering.stripe_push import StripePusher, client_for, stripe_config_from_env
-from shared.bus import decode_or_warn
+from shared.bus import decode_or_warn, request
 from shared.config import env_float
-from shared.events import BudgetState, encode, heartbeat_decoder, new_id
+from shared.events import BudgetState, ListDeploymentsReply, encode, heartbeat_decoder, new_id
 from shared.http import Refusal, admin_guard
 from shared.money import gpu_seconds, parse_price
 from shared.subjects import Subjects
@@ -271,6 +271,60 @@ class MeteringService:
             "rounding": "each line rounded once to the cent, half-even",
         }
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
+    async def deployment_names(self, tenant_id: str) -> dict[str, str]:
+        """Deployment id → name, from the registry (names are what tenants know)."""
+        try:
+            reply = await request(self._nc, self._subjects.list_deployments, msgspec.Struct(),
+                                  ListDeploymentsReply, timeout=2.0)
+        except Exception as exc:  # the registry is down: show ids rather than fail the page
+            log.warning("deployment names unavailable: %s", exc)
+            return {}
+        return {d.id: d.name for d in reply.deployments if d.tenant_id == tenant_id}
+
+    async def budget_view(self, tenant_id: str) -> dict[str, Any]:
+        pool = self._pool
+        row = await pool.fetchrow("SELECT * FROM metering.budgets WHERE tenant_id = $1",
+                                  tenant_id)
+        if row is None:
+            raise Refusal(404, "no_budget", "no budget is set; PUT /v1/budget to set one")
+        period = month_start(datetime.now(UTC))
+        spend = await self.accrued_spend(tenant_id, row["currency"], period)
+        alerts = await pool.fetch(
+            "SELECT threshold, crossed_at FROM metering.budget_alerts WHERE tenant_id = $1"
+            " AND period_start = $2 ORDER BY threshold", tenant_id, period)
+        return {"monthly_limit": str(row["monthly_limit"].normalize()),
+                "currency": row["currency"], "thresholds": list(row["thresholds"]),
+                "hard_stop": row["hard_stop"], "period_start": period.isoformat(),
+                "spend": str(spend), "blocked": row["hard_stop"] and spend >= row["monthly_limit"],
+                "alerts": [{"threshold": a["threshold"], "crossed_at": a["crossed_at"].isoformat()}
+                           for a in alerts]}
+
+    async def save_budget(self, tenant_id: str, data: BudgetSpec) -> None:
+        try:
+            limit = parse_price(data.monthly_limit)
+        except ValueError as exc:
+            raise Refusal(400, "invalid_limit", str(exc)) from None
+        if limit <= 0 or not re.fullmatch(r"[A-Z]{3}", data.currency) or not all(
+                1 <= t <= 1000 for t in data.thresholds):
+            raise Refusal(400, "invalid_budget", "need monthly_limit > 0, a 3-letter "
+                          "currency code and thresholds in [1; 1000] percent")
+        await self._pool.execute(
+            "INSERT INTO metering.budgets (tenant_id, monthly_limit, currency, thresholds,"
+            " hard_stop) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET"
+            " monthly_limit = excluded.monthly_limit, currency = excluded.currency,"
+            " thresholds = excluded.thresholds, hard_stop = excluded.hard_stop,"
+            " updated_at = now()", tenant_id, limit, data.currency,
+            sorted(set(data.thresholds)), data.hard_stop)
+        self._budget_wake.set()
+
+    async def delete_budget(self, tenant_id: str) -> None:
+        await self._pool.execute("DELETE FROM metering.budgets WHERE tenant_id = $1", tenant_id)
+        await self._publish_budget(tenant_id, False, "")  # lift any hard stop at once
+
     def router(self, resolver: KeyResolver) -> Router:
         service = self
         pool = self._pool
@@ -299,51 +353,18 @@ class MeteringService:
             start, end = parse_period(from_, to, datetime.now(UTC))
             return await service.invoice_preview(tenant.id, start, end)
 
-        async def budget_view(tenant: Tenant) -> dict[str, Any]:
-            row = await pool.fetchrow("SELECT * FROM metering.budgets WHERE tenant_id = $1",
-                                      tenant.id)
-            if row is None:
-                raise Refusal(404, "no_budget", "no budget is set; PUT /v1/budget to set one")
-            period = month_start(datetime.now(UTC))
-            spend = await service.accrued_spend(tenant.id, row["currency"], period)
-            alerts = await pool.fetch(
-                "SELECT threshold, crossed_at FROM metering.budget_alerts WHERE tenant_id = $1"
-                " AND period_start = $2 ORDER BY threshold", tenant.id, period)
-            return {"monthly_limit": str(row["monthly_limit"].normalize()),
-                    "currency": row["currency"], "thresholds": list(row["thresholds"]),
-                    "hard_stop": row["hard_stop"], "period_start": period.isoformat(),
-                    "spend": str(spend), "blocked": row["hard_stop"] and spend >= row["monthly_limit"],
-                    "alerts": [{"threshold": a["threshold"], "crossed_at": a["crossed_at"].isoformat()}
-                               for a in alerts]}
-
         @get("/budget", operation_id="get_budget")
         async def get_budget(tenant: Tenant) -> dict[str, Any]:
-            return await budget_view(tenant)
+            return await service.budget_view(tenant.id)
 
         @put("/budget", operation_id="put_budget")
         async def put_budget(tenant: Tenant, data: BudgetSpec) -> dict[str, Any]:
-            try:
-                limit = parse_price(data.monthly_limit)
-            except ValueError as exc:
-                raise Refusal(400, "invalid_limit", str(exc)) from None
-            if limit <= 0 or not re.fullmatch(r"[A-Z]{3}", data.currency) or not all(
-                    1 <= t <= 1000 for t in data.thresholds):
-                raise Refusal(400, "invalid_budget", "need monthly_limit > 0, a 3-letter "
-                              "currency code and thresholds in [1; 1000] percent")
-            await pool.execute(
-                "INSERT INTO metering.budgets (tenant_id, monthly_limit, currency, thresholds,"
-                " hard_stop) VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant_id) DO UPDATE SET"
-                " monthly_limit = excluded.monthly_limit, currency = excluded.currency,"
-                " thresholds = excluded.thresholds, hard_stop = excluded.hard_stop,"
-                " updated_at = now()", tenant.id, limit, data.currency,
-                sorted(set(data.thresholds)), data.hard_stop)
-            service._budget_wake.set()
-            return await budget_view(tenant)
+            await service.save_budget(tenant.id, data)
+            return await service.budget_view(tenant.id)
 
         @delete("/budget", operation_id="delete_budget", status_code=200)
         async def delete_budget(tenant: Tenant) -> dict[str, Any]:
-            await pool.execute("DELETE FROM metering.budgets WHERE tenant_id = $1", tenant.id)
-            await service._publish_budget(tenant.id, False, "")  # lift any hard stop at once
+            await service.delete_budget(tenant.id)
             return {"deleted": True}
 
         return Router("/v1", route_handlers=[usage, preview, get_budget, put_budget, delete_budget,

@@ -41,12 +41,14 @@ def test_free_tier_covers_only_the_months_own_usage() -> None:
     assert draft.total == D("0.18")
 
 
-def test_credits_pay_soonest_expiring_first_and_skip_expired_or_future_grants() -> None:
+def test_credits_pay_soonest_expiring_first_and_skip_expired_grants() -> None:
     grants = [CreditGrant("never", D("5"), SEP, None),
               CreditGrant("soon", D("1"), SEP, datetime(2026, 10, 20, tzinfo=UTC)),
               CreditGrant("expired", D("9"), SEP, datetime(2026, 9, 30, tzinfo=UTC)),
-              CreditGrant("future", D("9"), datetime(2026, 11, 5, tzinfo=UTC), None)]
+              CreditGrant("later", D("9"), datetime(2026, 11, 5, tzinfo=UTC), None)]
     lines = apply_credits(D("3.50"), grants, OCT, NOV, OCT)
+    # "later" (granted after October ended, before the invoice closed) is usable too; the
+    # never-expiring grants go by grant date.
     assert [(ln.credit_grant_id, ln.amount) for ln in lines] == [("soon", D("-1")),
                                                                 ("never", D("-2.50"))]
     assert apply_credits(D("0"), grants, OCT, NOV, OCT) == []

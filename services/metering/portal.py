@@ -1,0 +1,192 @@
+"""The billing portal: server-rendered pages for tenants (no script needed).
+
+Sign-in takes an API key; the session cookie (encrypted and signed by Litestar, SameSite
+strict, HttpOnly) keeps only the key's hash, and every page resolves it again, so a revoked
+key or a suspended tenant is signed out at once. Pages read the same functions as the
+REST API, so what a tenant sees here is what `/v1/...` answers.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+from litestar import Request, Response, Router, get, post
+from litestar.enums import RequestEncodingType
+from litestar.middleware.session.base import SessionMiddleware
+from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
+from litestar.types import ASGIApp
+from litestar.params import Body
+from litestar.response import Redirect, Template
+
+from services.metering import invoicing
+from services.metering.chart import daily_chart
+from shared.auth import hash_api_key
+from shared.http import Refusal
+from shared.money import gpu_seconds
+from shared.tenancy import KeyResolver
+
+if TYPE_CHECKING:
+    from services.metering.service import MeteringService
+
+TEMPLATES = Path(__file__).parent / "templates"
+Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+
+
+class SignedOut(Exception):
+    pass
+
+
+def portal_router(service: MeteringService, resolver: KeyResolver,
+                  secret: bytes | None = None) -> Router:
+    pool = service.pool
+    # A fresh key per process unless one is configured: sessions end when metering restarts.
+    sessions = CookieBackendConfig(secret=secret or os.urandom(32), key="edgeinfer_portal",
+                                   samesite="strict", httponly=True, max_age=8 * 3600)
+    backend = ClientSideSessionBackend(config=sessions)
+
+    def session_middleware(app: ASGIApp) -> ASGIApp:
+        # A plain factory: Litestar deep-copies route layers, and a DefineMiddleware would
+        # take the backend's cipher (not copyable) along.
+        return SessionMiddleware(app=app, backend=backend)
+
+    async def tenant_of(request: Request[Any, Any, Any]) -> str:
+        key_hash = request.session.get("key_hash") if request.session else None
+        if not key_hash:
+            raise SignedOut
+        reply = await resolver.resolve_hash(key_hash)
+        if reply.status != "active" or reply.tenant_id is None:
+            request.clear_session()
+            raise SignedOut
+        return reply.tenant_id
+
+    def page(name: str, tenant_id: str | None, **context: Any) -> Template:
+        return Template(template_name=name, context={"tenant_id": tenant_id, **context})
+
+    @get("/login", include_in_schema=False)
+    async def login_form() -> Template:
+        return page("login.html", None)
+
+    @post("/login", include_in_schema=False, status_code=200)
+    async def login(request: Request[Any, Any, Any], data: Form) -> Response[Any]:
+        key = data.get("api_key", "").strip()
+        reply = await resolver.resolve(key) if key else None
+        if reply is None or reply.status != "active":
+            why = "that key is suspended" if reply and reply.status == "suspended" else \
+                "that API key is unknown or revoked"
+            return page("login.html", None, error=f"Could not sign in: {why}.")
+        request.set_session({"key_hash": hash_api_key(key)})
+        return Redirect("/portal", status_code=303)
+
+    @post("/logout", include_in_schema=False, status_code=200)
+    async def logout(request: Request[Any, Any, Any]) -> Redirect:
+        request.clear_session()
+        return Redirect("/portal/login", status_code=303)
+
+    @get("/", include_in_schema=False)
+    async def overview(request: Request[Any, Any, Any]) -> Template:
+        tenant_id = await tenant_of(request)
+        now = datetime.now(UTC)
+        start = invoicing.month_start(now)
+        end = invoicing.next_month(start)
+        preview = await service.invoice_preview(tenant_id, start, end)
+        rows = await pool.fetch(
+            "SELECT (hour AT TIME ZONE 'UTC')::date AS day, deployment_id, pop,"
+            " sum(gpu_us)::bigint AS gpu_us, sum(requests)::bigint AS requests"
+            " FROM metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
+            " GROUP BY 1, 2, 3 ORDER BY 1", tenant_id, start, end)
+        names = await service.deployment_names(tenant_id)
+        days = [start.date() + timedelta(days=i) for i in range((end - start).days)]
+        chart = daily_chart([(r["day"], f"{names.get(r['deployment_id'], r['deployment_id'])}"
+                                        f" @ {r['pop']}", gpu_seconds(r["gpu_us"])) for r in rows], days)
+        total_us = sum(r["gpu_us"] for r in rows)
+        spend = " + ".join(f"{amount} {currency}" for currency, amount in preview["totals"].items())
+        return page("overview.html", tenant_id, page="overview", preview=preview, chart=chart,
+                    period_label=f"{start:%B %Y}", spend=spend or "0.00 USD",
+                    gpu_seconds=str(gpu_seconds(total_us)), names=names,
+                    requests=sum(r["requests"] for r in rows))
+
+    @get("/invoices", include_in_schema=False)
+    async def invoices(request: Request[Any, Any, Any]) -> Template:
+        tenant_id = await tenant_of(request)
+        rows = await invoicing.list_invoices(pool, tenant_id)
+        return page("invoices.html", tenant_id, page="invoices",
+                    invoices=[invoicing.invoice_view(r) for r in rows])
+
+    @get("/invoices/{invoice_id:str}", include_in_schema=False)
+    async def invoice(request: Request[Any, Any, Any], invoice_id: str) -> Template:
+        tenant_id = await tenant_of(request)
+        found = await invoicing.get_invoice(pool, tenant_id, invoice_id)
+        if found is None:
+            raise Refusal(404, "invoice_not_found", f"no invoice {invoice_id!r}")
+        return page("invoice.html", tenant_id, page="invoices",
+                    invoice=invoicing.invoice_view(*found))
+
+    @get("/credits", include_in_schema=False)
+    async def credits(request: Request[Any, Any, Any]) -> Template:
+        tenant_id = await tenant_of(request)
+        return page("credits.html", tenant_id, page="credits",
+                    credits=await invoicing.credits_view(pool, tenant_id))
+
+    async def budget_page(tenant_id: str, **context: Any) -> Template:
+        try:
+            budget = await service.budget_view(tenant_id)
+        except Refusal:
+            budget = None
+        return page("budget.html", tenant_id, page="budget", budget=budget, **context)
+
+    @get("/budget", include_in_schema=False)
+    async def budget(request: Request[Any, Any, Any]) -> Template:
+        return await budget_page(await tenant_of(request))
+
+    @post("/budget", include_in_schema=False, status_code=200)
+    async def save_budget(request: Request[Any, Any, Any], data: Form) -> Template:
+        from services.metering.service import BudgetSpec
+
+        tenant_id = await tenant_of(request)
+        try:
+            thresholds = [int(t) for t in data.get("thresholds", "").replace(" ", "").split(",") if t]
+            spec = BudgetSpec(monthly_limit=data.get("monthly_limit", "").strip(),
+                              thresholds=thresholds or [50, 80, 100],
+                              hard_stop=data.get("hard_stop") == "on")
+            await service.save_budget(tenant_id, spec)
+        except ValueError:
+            return await budget_page(tenant_id, error="Thresholds must be whole percentages, "
+                                     "e.g. 50, 80, 100.")
+        except Refusal as refusal:
+            return await budget_page(tenant_id, error=refusal.detail)
+        return await budget_page(tenant_id, saved=True)
+
+    @get("/usage.csv", include_in_schema=False)
+    async def usage_csv(request: Request[Any, Any, Any], month: str | None = None) -> Response[str]:
+        """Hourly usage of a month (default: this one), as the ledger holds it."""
+        tenant_id = await tenant_of(request)
+        try:
+            start = invoicing.parse_month(month) if month else invoicing.month_start(datetime.now(UTC))
+        except ValueError as exc:
+            raise Refusal(400, "invalid_month", str(exc)) from None
+        rows = await pool.fetch(
+            "SELECT hour, deployment_id, pop, region, gpu_class, gpu_us, requests FROM"
+            " metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
+            " ORDER BY hour, deployment_id, pop", tenant_id, start, invoicing.next_month(start))
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["hour_utc", "deployment_id", "pop", "region", "gpu_class", "gpu_us",
+                         "gpu_seconds", "requests"])
+        for r in rows:
+            writer.writerow([r["hour"].isoformat(), r["deployment_id"], r["pop"], r["region"],
+                             r["gpu_class"], r["gpu_us"], gpu_seconds(r["gpu_us"]), r["requests"]])
+        return Response(out.getvalue(), media_type="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="usage-{start:%Y-%m}.csv"'})
+
+    def signed_out(request: Request[Any, Any, Any], exc: SignedOut) -> Response[Any]:
+        return Redirect("/portal/login", status_code=303)
+
+    return Router("/portal", route_handlers=[login_form, login, logout, overview, invoices,
+                                             invoice, credits, budget, save_budget, usage_csv],
+                  middleware=[session_middleware], exception_handlers={SignedOut: signed_out},
+                  include_in_schema=False)
