@@ -19,9 +19,9 @@ from litestar import Request, Response, Router, get, post
 from litestar.enums import RequestEncodingType
 from litestar.middleware.session.base import SessionMiddleware
 from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
-from litestar.types import ASGIApp
 from litestar.params import Body
 from litestar.response import Redirect, Template
+from litestar.types import ASGIApp
 
 from services.metering import invoicing
 from services.metering.chart import daily_chart
