@@ -194,6 +194,22 @@ class BudgetState(msgspec.Struct, frozen=True, kw_only=True, tag="billing.budget
     reason: str = ""
 
 
+class BudgetAlert(msgspec.Struct, frozen=True, kw_only=True, tag="billing.budget.alert.v1",
+                  tag_field="type"):
+    """A tenant's spend crossed one of its budget thresholds (sent once per threshold and
+    month; `metering.budget_alerts` is the durable record)."""
+
+    id: str
+    source: str
+    time: datetime
+    tenant_id: str
+    period_start: datetime
+    threshold_pct: int
+    spend: Decimal
+    monthly_limit: Decimal
+    currency: str
+
+
 class ResolveDeploymentRequest(msgspec.Struct, frozen=True, kw_only=True):
     tenant_id: str
     name: str

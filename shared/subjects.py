@@ -83,6 +83,9 @@ class Subjects:
     def accounts_wildcard(self) -> str:
         return f"{self.namespace}.accounts.*.*"
 
+    def budget_alert(self, tenant_id: str) -> str:
+        return f"{self.namespace}.billing.alert.{token(tenant_id)}"
+
     def budget(self, tenant_id: str) -> str:
         return f"{self.namespace}.billing.budget.{token(tenant_id)}"
 

@@ -35,7 +35,7 @@ from services.metering.reconcile import RunnerBalance, reconcile
 from services.metering.stripe_push import StripePusher, client_for, stripe_config_from_env
 from shared.bus import decode_or_warn, request
 from shared.config import env_float
-from shared.events import BudgetState, ListDeploymentsReply, encode, heartbeat_decoder, new_id
+from shared.events import BudgetAlert, BudgetState, ListDeploymentsReply, encode, heartbeat_decoder, new_id
 from shared.http import Refusal, admin_guard
 from shared.money import gpu_seconds, parse_price
 from shared.subjects import Subjects
@@ -156,9 +156,14 @@ class MeteringService:
                     "INSERT INTO metering.budget_alerts (tenant_id, period_start, threshold, spend)"
                     " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING threshold",
                     budget.tenant_id, period, threshold, spend)
-                if inserted is not None:
+                if inserted is not None:  # first time this month: tell whoever listens
                     log.warning("tenant %s crossed %d%% of its %s %s monthly budget",
                                 budget.tenant_id, threshold, budget.monthly_limit, budget.currency)
+                    await self._nc.publish(self._subjects.budget_alert(budget.tenant_id), encode(
+                        BudgetAlert(id=new_id(), source="metering", time=datetime.now(UTC),
+                                    tenant_id=budget.tenant_id, period_start=period,
+                                    threshold_pct=threshold, spend=spend,
+                                    monthly_limit=budget.monthly_limit, currency=budget.currency)))
             reason = (f"monthly limit of {budget.monthly_limit.normalize():f} {budget.currency}"
                       f" reached ({decision.used_pct:.0f}% used)")
             await self._publish_budget(budget.tenant_id, decision.blocked, reason)

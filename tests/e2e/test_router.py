@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+import msgspec
 import psutil
 import pytest
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from shared.bus import connect
-from shared.events import BudgetState, encode, new_id
+from shared.events import BudgetAlert, BudgetState, encode, new_id
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack
 
@@ -168,6 +171,29 @@ def test_a_budget_with_a_hard_stop_stops_the_tenant_once_spend_reaches_it(tenant
     publishes the stop → the router answers 402 → deleting the budget lifts it."""
     auth = {"Authorization": f"Bearer {tenant.key}"}
     assert tenant.infer("cold").status_code == 200  # some spend this month, at least
+    alerts: list[BudgetAlert] = []
+    subscribed = threading.Event()
+
+    async def listen() -> None:  # the alert events, as a notifier would receive them
+        nc = await connect(tenant.stack.ready["nats_url"], "test-alerts")
+        got_all = asyncio.Event()
+
+        async def on_alert(msg: Any) -> None:
+            alerts.append(msgspec.json.decode(msg.data, type=BudgetAlert))
+            if len(alerts) == 3:
+                got_all.set()
+
+        await nc.subscribe(Subjects(tenant.stack.ready["namespace"]).budget_alert(tenant.id),
+                           cb=on_alert)
+        await nc.flush()
+        subscribed.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(got_all.wait(), 20)
+        await nc.close()
+
+    listener = threading.Thread(target=lambda: asyncio.run(listen()))
+    listener.start()
+    assert subscribed.wait(10)
     put = httpx.put(f"{tenant.stack.api}/v1/budget", headers=auth, json={
         "monthly_limit": "0.0000000001", "currency": "USD", "hard_stop": True})
     assert put.status_code == 200, put.text
@@ -180,6 +206,9 @@ def test_a_budget_with_a_hard_stop_stops_the_tenant_once_spend_reaches_it(tenant
     budget = httpx.get(f"{tenant.stack.api}/v1/budget", headers=auth).json()
     assert budget["blocked"] is True
     assert [a["threshold"] for a in budget["alerts"]] == [50, 80, 100]
+    listener.join()
+    assert sorted(a.threshold_pct for a in alerts) == [50, 80, 100]
+    assert {a.tenant_id for a in alerts} == {tenant.id}
     assert httpx.put(f"{tenant.stack.api}/v1/budget", headers=auth,
                      json={"monthly_limit": 5}).status_code == 400  # money is never a float
     httpx.delete(f"{tenant.stack.api}/v1/budget", headers=auth)

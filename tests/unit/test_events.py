@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from shared.events import (
+    BudgetAlert,
     BudgetState,
     DemandSignal,
     DeploymentUpdated,
@@ -26,7 +27,8 @@ GOLDEN = Path(__file__).resolve().parent.parent / "golden"
 TYPES = {"usage.gpu.v1": UsageEvent, "runner.heartbeat.v1": RunnerHeartbeat,
          "router.demand.v1": DemandSignal, "registry.deployment.updated.v1": DeploymentUpdated,
          "accounts.key.revoked.v1": KeyRevoked, "accounts.tenant.changed.v1": TenantChanged,
-         "billing.budget.v1": BudgetState, "usage.gpu.batch.v1": UsageBatch}
+         "billing.budget.v1": BudgetState, "usage.gpu.batch.v1": UsageBatch,
+         "billing.budget.alert.v1": BudgetAlert}
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))
