@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class ConsumerConfig:
     batch_size: int = 250  # messages; a runner batch carries up to 64 events
+    writers: int = 2  # batches written at once, each on its own connection
     fetch_timeout_s: float = 1.0
     ack_wait_s: float = 60.0
 
@@ -45,6 +46,7 @@ def consumer_config_from_env(env: Mapping[str, str] | None = None) -> ConsumerCo
     env = os.environ if env is None else env
     return ConsumerConfig(
         batch_size=env_int(env, "EDGEINFER_USAGE_BATCH", ConsumerConfig.batch_size, lo=1, hi=50_000),
+        writers=env_int(env, "EDGEINFER_USAGE_WRITERS", ConsumerConfig.writers, lo=1, hi=16),
         # How long JetStream waits for an ack before redelivering (after a consumer crash).
         ack_wait_s=env_float(env, "EDGEINFER_USAGE_ACK_WAIT_S", ConsumerConfig.ack_wait_s,
                              lo=1, hi=3600),
@@ -91,26 +93,33 @@ class UsageConsumer:
                 await sub.unsubscribe()
 
     async def _consume(self, sub: Any) -> None:
-        # Fetch the next batch while the previous one is being written: NATS and PostgreSQL
-        # work at the same time. At most two batches are in hand, both unacked until commit.
+        # Fetch the next batch while others are being written, and write several at once
+        # (one connection each): NATS, this process and PostgreSQL's backends work at the
+        # same time. Every batch in hand is unacked until its own commit.
         batches: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
-        fetcher = asyncio.create_task(self._fetch_into(sub, batches), name="usage-fetch")
+        tasks = [asyncio.create_task(self._fetch_into(sub, batches), name="usage-fetch")]
+        tasks += [asyncio.create_task(self._write_from(batches), name=f"usage-writer-{i}")
+                  for i in range(self._config.writers)]
         try:
-            while True:
-                msgs = await batches.get()
-                try:
-                    await self.handle_batch(msgs)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Nothing acked: JetStream redelivers the batch after ack_wait.
-                    log.warning("usage batch of %d not recorded (%s); it will be redelivered",
-                                len(msgs), exc)
-                    await asyncio.sleep(0.5)
+            await asyncio.gather(*tasks)
         finally:
-            fetcher.cancel()
-            # Bounded: what the fetcher holds is unacked and will be redelivered anyway.
-            await asyncio.wait([fetcher], timeout=5)
+            for task in tasks:
+                task.cancel()
+            # Bounded: batches in hand are unacked and will be redelivered anyway.
+            await asyncio.wait(tasks, timeout=5)
+
+    async def _write_from(self, batches: asyncio.Queue[list[Msg]]) -> None:
+        while True:
+            msgs = await batches.get()
+            try:
+                await self.handle_batch(msgs)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Nothing acked: JetStream redelivers the batch after ack_wait.
+                log.warning("usage batch of %d not recorded (%s); it will be redelivered",
+                            len(msgs), exc)
+                await asyncio.sleep(0.5)
 
     async def _fetch_into(self, sub: Any, batches: asyncio.Queue[list[Msg]]) -> None:
         while True:
