@@ -1,0 +1,142 @@
+"""How many replicas one (deployment, PoP) should run now: a pure function, time passed in.
+
+Load-driven in the manner of Knative's KPA:
+- Concurrency (requests in flight at the runners plus requests the router holds) is
+  averaged over a stable window (60 s) and a panic window (6 s); a replica should carry
+  `capacity × target_utilisation` of it, so desired = ceil(average / that).
+- Panic: when the panic window asks for `panic_threshold`× the ready replicas, the
+  decision follows the panic window and does not go down until a whole stable window has
+  passed without panic — a burst is met in seconds, a dip does not undo it.
+- Startup-aware: a starting replica is not capacity (a burst against ready replicas still
+  panics) but it is on its way (no second start for the same load), and it is never
+  stopped for idleness. Scale-down stops only idle ready replicas, which then drain.
+- Scale to zero: with no load, one replica stays until the keep-alive after the last
+  request has passed — learned per deployment (keepalive.py) or the fixed fallback — and
+  the router's demand signal wakes a deployment at once.
+- Floors and ceiling: `min_replicas`, the tenant's active schedules, `max_replicas`.
+
+Worked example (capacity 8, utilisation 0.7 → 5.6 per replica): 2 ready, stable average
+4 → 1; panic average 20 → ceil(20 / 5.6) = 4 ≥ 2 × 2 ready → panic, desired 4, start 2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    runner_id: str
+    state: str  # starting | ready | draining
+    in_flight: int = 0
+
+
+@dataclass(frozen=True)
+class Observation:
+    at: float
+    concurrency: float
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    target_utilisation: float = 0.7
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0
+    fallback_keepalive_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class Inputs:
+    now: float
+    capacity: int  # requests one replica takes at once
+    min_replicas: int
+    max_replicas: int
+    replicas: Sequence[ReplicaView] = ()
+    observations: Sequence[Observation] = ()
+    last_request_at: float | None = None
+    demand_at: float | None = None
+    schedule_min: int = 0
+    keepalive_s: float | None = None  # learned; None while history is thin
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    panic_until: float | None = None
+    panic_desired: int = 0  # the most asked for during the current panic
+
+
+@dataclass(frozen=True)
+class Decision:
+    desired: int
+    start: int
+    stop: tuple[str, ...]
+    reason: str
+    state: PolicyState
+    stable_concurrency: float = 0.0
+    panic_concurrency: float = 0.0
+    holds: tuple[str, ...] = field(default=())  # why some excess could not be stopped yet
+
+
+def average(observations: Sequence[Observation], now: float, window_s: float) -> float:
+    values = [o.concurrency for o in observations if now - window_s < o.at <= now]
+    return sum(values) / len(values) if values else 0.0
+
+
+def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
+    now = inputs.now
+    per_replica = max(inputs.capacity * config.target_utilisation, 1e-9)
+    stable = average(inputs.observations, now, config.stable_window_s)
+    panic = average(inputs.observations, now, config.panic_window_s)
+    want_stable = math.ceil(stable / per_replica - 1e-9)
+    want_panic = math.ceil(panic / per_replica - 1e-9)
+    ready = sum(r.state == "ready" for r in inputs.replicas)
+    starting = sum(r.state == "starting" for r in inputs.replicas)
+
+    panicking = state.panic_until is not None and now < state.panic_until
+    if want_panic > ready and want_panic >= config.panic_threshold * max(ready, 1):
+        state = PolicyState(now + config.stable_window_s, max(state.panic_desired, want_panic))
+        panicking = True
+    if panicking:
+        desired = max(want_panic, want_stable, state.panic_desired)
+        state = PolicyState(state.panic_until, desired)
+        reason = (f"panic: {panic:.1f} in flight over {config.panic_window_s:g} s vs "
+                  f"{ready} ready replica(s)")
+    else:
+        state = PolicyState()
+        desired = want_stable
+        reason = f"stable: {stable:.1f} in flight over {config.stable_window_s:g} s"
+
+    if desired == 0:
+        keepalive = inputs.keepalive_s if inputs.keepalive_s is not None else config.fallback_keepalive_s
+        demand = inputs.demand_at is not None and now - inputs.demand_at < config.stable_window_s
+        idle_for = None if inputs.last_request_at is None else now - inputs.last_request_at
+        if demand:
+            desired, reason = 1, "woken by the router's demand signal"
+        elif idle_for is not None and idle_for < keepalive:
+            learned = "learned" if inputs.keepalive_s is not None else "fallback"
+            desired, reason = 1, f"keep-alive ({learned} {keepalive:.0f} s, idle {idle_for:.0f} s)"
+        else:
+            reason = "no load and past the keep-alive: scale to zero"
+    floor = max(inputs.min_replicas, inputs.schedule_min)
+    if desired < floor:
+        desired = floor
+        reason = ("schedule keeps " if inputs.schedule_min >= inputs.min_replicas else
+                  "min_replicas keeps ") + f"{floor} warm"
+    if desired > inputs.max_replicas:
+        desired = inputs.max_replicas
+        reason += f" (capped at max_replicas {inputs.max_replicas})"
+
+    live = ready + starting
+    start = max(0, desired - live)
+    stop: list[str] = []
+    holds: list[str] = []
+    excess = live - desired
+    if excess > 0:
+        idle = [r for r in inputs.replicas if r.state == "ready" and r.in_flight == 0]
+        stop = [r.runner_id for r in sorted(idle, key=lambda r: r.runner_id, reverse=True)][:excess]
+        if len(stop) < excess:
+            holds.append(f"{excess - len(stop)} more to stop once idle (busy or starting)")
+    return Decision(desired, start, tuple(stop), reason, state, stable, panic, tuple(holds))
