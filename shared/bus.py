@@ -59,6 +59,18 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
             retention=js_api.RetentionPolicy.LIMITS,
         ),
     )
+    # The autoscaler's decisions with their reasons and inputs, kept a week for admins.
+    await _ensure_stream(
+        js,
+        js_api.StreamConfig(
+            name=subjects.decision_stream,
+            subjects=[subjects.decision_wildcard],
+            storage=js_api.StorageType.FILE,
+            retention=js_api.RetentionPolicy.LIMITS,
+            max_age=7 * 24 * 3600,
+            max_msgs_per_subject=1000,
+        ),
+    )
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:

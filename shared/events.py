@@ -115,6 +115,40 @@ class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand
     pop: str = ""
 
 
+class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True,
+                      tag="autoscaler.decision.v1", tag_field="type"):
+    """What the autoscaler decided for one deployment in one PoP, why, and from what."""
+
+    id: str
+    source: str
+    time: datetime
+    deployment_id: str
+    pop: str
+    desired: int
+    start: int
+    stop: list[str]
+    reason: str
+    ready: int
+    starting: int
+    stable_concurrency: float
+    panic_concurrency: float
+    schedule_min: int = 0
+    keepalive_s: float | None = None
+    metrics_ok: bool = True
+    placed_in: str = ""  # where the replicas go, when not the PoP itself (capacity spill)
+
+
+class Schedule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Keep `min_replicas` warm in `pop` for `duration_s` from each time `cron` fires in
+    `timezone` (shared/schedules.py)."""
+
+    cron: str
+    timezone: str
+    duration_s: int
+    pop: str
+    min_replicas: int
+
+
 class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     """What other services need to know of a deployment (registry owns the rest)."""
 
@@ -129,6 +163,7 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     allowed_pops: list[str]
     min_replicas: int
     max_replicas: int
+    schedules: list[Schedule] = msgspec.field(default_factory=list)
 
 
 class DeploymentUpdated(

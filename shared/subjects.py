@@ -60,6 +60,17 @@ class Subjects:
     def heartbeat_wildcard(self) -> str:
         return f"{self.namespace}.runner.heartbeat.>"
 
+    def decision(self, deployment_id: str, pop: str) -> str:
+        return f"{self.namespace}.autoscaler.decision.{token(deployment_id)}.{token(pop)}"
+
+    @property
+    def decision_wildcard(self) -> str:
+        return f"{self.namespace}.autoscaler.decision.>"
+
+    @property
+    def decision_stream(self) -> str:
+        return f"{self.namespace.upper()}_DECISIONS"
+
     def demand(self, deployment_id: str) -> str:
         return f"{self.namespace}.router.demand.{token(deployment_id)}"
 

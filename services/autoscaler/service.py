@@ -1,4 +1,12 @@
-"""The autoscaler: gathers deployments and demand, asks the policy, applies it with an executor."""
+"""The autoscaler: every tick, reads load, asks the pure policy (decide.py) per deployment ×
+PoP, places the result within PoP capacity (placement.py), applies it with an executor,
+and publishes each changed decision with its reason and inputs on
+`<ns>.autoscaler.decision.<deployment>.<pop>` (kept a week in the `<NS>_DECISIONS` stream).
+
+The router's demand signal wakes the loop at once, so a held request's deployment gets
+its first replica within a tick; the router serves held requests on the first ready
+heartbeat by itself.
+"""
 
 from __future__ import annotations
 
@@ -7,39 +15,144 @@ import contextlib
 import logging
 import os
 import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from prometheus_client import Gauge
 
-from services.autoscaler.local import LocalProcessExecutor
-from services.autoscaler.policy import Target, targets
+from services.autoscaler.decide import (
+    Decision,
+    Inputs,
+    Observation,
+    PolicyState,
+    ReplicaView,
+    ScaleConfig,
+    decide,
+)
+from services.autoscaler.executor import Replica, ReplicaExecutor
+from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, window
+from services.autoscaler.metrics import (
+    ConcurrencySource,
+    HeartbeatConcurrency,
+    MetricsUnavailable,
+    PrometheusConcurrency,
+)
+from services.autoscaler.placement import place
 from shared.bus import decode_or_warn, request
-from shared.config import env_float
-from shared.events import Deployment, ListDeploymentsReply, demand_decoder
+from shared.config import ConfigError, env_float, env_int, env_optional
+from shared.events import (
+    Deployment,
+    ListDeploymentsReply,
+    ScalingDecision,
+    demand_decoder,
+    encode,
+    heartbeat_decoder,
+    new_id,
+)
+from shared.schedules import scheduled_min
 from shared.subjects import Subjects
+from shared.topology import Pop
 
 log = logging.getLogger(__name__)
 
+METRICS_DOWN = Gauge("edgeinfer_autoscaler_metrics_unavailable",
+                     "1 while the load metrics cannot be read: decisions are held.")
+DESIRED = Gauge("edgeinfer_autoscaler_desired_replicas", "Replicas the policy asks for.",
+                ["deployment", "pop"])
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    tick_s: float = 1.0
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    keepalive: KeepAliveConfig = field(default_factory=KeepAliveConfig)
+    prometheus_url: str | None = None
+    runner_capacity: int = 8
+    pop_capacity: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (pop, class)
+    deployments_refresh_s: float = 30.0
+
+
+def parse_pop_capacity(raw: str) -> dict[tuple[str, str], int]:
+    """`EDGEINFER_POP_CAPACITY`, e.g. "eu-west:cpu=4,us-east:l40s=2" → GPU slots per PoP and class."""
+    out: dict[tuple[str, str], int] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        where, _, count = item.partition("=")
+        pop, _, gpu_class = where.partition(":")
+        if not pop or not gpu_class or not count.isdigit():
+            raise ConfigError(f"EDGEINFER_POP_CAPACITY: {item!r} must be <pop>:<class>=<slots>")
+        out[(pop, gpu_class)] = int(count)
+    return out
+
+
+def autoscaler_config_from_env(env: Mapping[str, str] | None = None) -> AutoscalerConfig:
+    env = os.environ if env is None else env
+    fallback_s = env_float(env, "EDGEINFER_SCALE_TO_ZERO_AFTER_S", 600.0, lo=1, hi=7 * 86400)
+    return AutoscalerConfig(
+        tick_s=env_float(env, "EDGEINFER_AUTOSCALER_TICK_S", 1.0, lo=0.1, hi=60),
+        scale=ScaleConfig(
+            target_utilisation=env_float(env, "EDGEINFER_TARGET_UTILISATION", 0.7, lo=0.05, hi=1),
+            stable_window_s=env_float(env, "EDGEINFER_STABLE_WINDOW_S", 60.0, lo=2, hi=3600),
+            panic_window_s=env_float(env, "EDGEINFER_PANIC_WINDOW_S", 6.0, lo=1, hi=600),
+            fallback_keepalive_s=fallback_s),
+        keepalive=KeepAliveConfig(fixed_keepalive_min=max(1, round(fallback_s / 60))),
+        prometheus_url=env_optional(env, "EDGEINFER_PROMETHEUS_URL"),
+        runner_capacity=env_int(env, "EDGEINFER_RUNNER_CAPACITY", 8, lo=1, hi=4096),
+        pop_capacity=parse_pop_capacity(env.get("EDGEINFER_POP_CAPACITY", "")),
+    )
+
+
+def nearest_pops(pops: Mapping[str, Pop]) -> dict[str, list[str]]:
+    """Other PoPs by nearness: same region, then same jurisdiction, then the rest."""
+    return {name: sorted((o for o in pops if o != name), key=lambda o: (
+        pops[o].region != pop.region, pops[o].jurisdiction != pop.jurisdiction, o))
+        for name, pop in pops.items()}
+
 
 class AutoscalerService:
-    def __init__(self, nc: NATS, subjects: Subjects, executor: LocalProcessExecutor,
-                 scale_to_zero_after_s: float | None = None) -> None:
+    def __init__(self, nc: NATS, subjects: Subjects, executor: ReplicaExecutor,
+                 pops: Mapping[str, Pop], config: AutoscalerConfig | None = None,
+                 source: ConcurrencySource | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._nc = nc
         self._subjects = subjects
         self._executor = executor
-        self._scale_to_zero_after_s = (
-            scale_to_zero_after_s if scale_to_zero_after_s is not None else
-            env_float(os.environ, "EDGEINFER_SCALE_TO_ZERO_AFTER_S", 600.0, lo=1, hi=7 * 86400))
-        # Re-check often enough that an idle deployment stops close to its deadline.
-        self._interval_s = min(5.0, max(0.5, self._scale_to_zero_after_s / 4))
+        self._pops = dict(pops)
+        self._nearest = nearest_pops(self._pops)
+        self.config = config or autoscaler_config_from_env()
+        self._clock = clock
+        self.heartbeats = HeartbeatConcurrency(clock)
+        if source is not None:
+            self._source: ConcurrencySource = source
+        elif self.config.prometheus_url:
+            self._source = PrometheusConcurrency(self.config.prometheus_url)
+        else:
+            self._source = self.heartbeats
+        window_s = self.config.scale.stable_window_s
+        self._observations: dict[tuple[str, str], deque[Observation]] = defaultdict(
+            lambda: deque(maxlen=int(window_s / self.config.tick_s) + 4))
+        self._states: dict[tuple[str, str], PolicyState] = {}
         self._demand_at: dict[tuple[str, str], float] = {}
+        self._last_request_at: dict[tuple[str, str], float] = {}
+        self._idle: dict[tuple[str, str], IdleHistogram] = {}
+        self._published: dict[tuple[str, str], tuple[object, ...]] = {}
+        self._started_at: dict[str, float] = {}
+        self._deployments: list[Deployment] = []
+        self._deployments_at = float("-inf")
+        self.metrics_ok = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.decisions: deque[ScalingDecision] = deque(maxlen=1000)
 
     async def start(self) -> None:
-        await self._nc.subscribe(self._subjects.demand_wildcard, cb=self._on_demand)
-        await self._nc.subscribe(self._subjects.deployment_updated, cb=self._on_update)
+        s = self._subjects
+        await self._nc.subscribe(s.demand_wildcard, cb=self._on_demand)
+        await self._nc.subscribe(s.heartbeat_wildcard, cb=self._on_heartbeat)
+        await self._nc.subscribe(s.deployment_updated, cb=self._on_update)
         self._task = asyncio.create_task(self._loop(), name="autoscaler")
 
     async def stop(self) -> None:
@@ -48,48 +161,189 @@ class AutoscalerService:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._executor.stop_all()
 
+    # --- inputs ----------------------------------------------------------------------
+
     async def _on_demand(self, msg: Msg) -> None:
         signal = decode_or_warn(demand_decoder, msg)
         if signal is None:
             return
-        self._demand_at[(signal.deployment_id, signal.pop)] = time.monotonic()
-        self._wake.set()
+        now = self._clock()
+        self.heartbeats.observe_demand(signal)
+        pops = [signal.pop] if signal.pop else [p for (d, p) in self._known_keys(signal.deployment_id)]
+        for pop in pops or [""]:
+            key = (signal.deployment_id, pop)
+            if signal.held_requests > 0:
+                self._demand_at[key] = now
+                self._wake.set()  # a held request: act now, not at the next tick
+            self._note_request(key, now)
+
+    def _note_request(self, key: tuple[str, str], now: float) -> None:
+        """Activity arrives at most once a second; a gap of a minute or more is an idle
+        period, which teaches the deployment's keep-alive (keepalive.py)."""
+        last = self._last_request_at.get(key)
+        if last is not None and now - last >= 60:
+            histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
+            self._idle[key] = histogram.observe(int((now - last) // 60))
+        self._last_request_at[key] = now
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        beat = decode_or_warn(heartbeat_decoder, msg)
+        if beat is not None:
+            self.heartbeats.observe_heartbeat(beat)
 
     async def _on_update(self, _: Msg) -> None:
+        self._deployments_at = float("-inf")
         self._wake.set()
+
+    def _known_keys(self, deployment_id: str) -> list[tuple[str, str]]:
+        return [(d.id, p) for d in self._deployments if d.id == deployment_id for p in d.allowed_pops]
+
+    # --- the loop ----------------------------------------------------------------------
 
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
             try:
-                await self.reconcile()
+                await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # registry briefly unreachable: hold, try next tick
-                log.warning("autoscaler reconcile failed: %s", exc)
+                log.warning("autoscaler tick failed: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval_s)
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.tick_s)
 
-    async def reconcile(self) -> None:
-        reply = await request(self._nc, self._subjects.list_deployments, msgspec.Struct(),
-                              ListDeploymentsReply, timeout=5.0)
-        for target in targets(reply.deployments, self._demand_at, time.monotonic(),
-                              self._scale_to_zero_after_s):
-            await self._apply(target)
-
-    async def _apply(self, target: Target) -> None:
-        for replica in self._executor.exited():
+    async def tick(self) -> list[ScalingDecision]:
+        now = self._clock()
+        if now - self._deployments_at > self.config.deployments_refresh_s:
+            reply = await request(self._nc, self._subjects.list_deployments, msgspec.Struct(),
+                                  ListDeploymentsReply, timeout=5.0)
+            self._deployments, self._deployments_at = reply.deployments, now
+        try:
+            load = await self._source.concurrency()
+            if not self.metrics_ok:
+                log.warning("load metrics are back")
+            self.metrics_ok = True
+        except MetricsUnavailable as exc:
+            if self.metrics_ok:
+                log.error("load metrics unavailable, holding decisions: %s", exc)
+            self.metrics_ok, load = False, {}
+        METRICS_DOWN.set(0 if self.metrics_ok else 1)
+        for replica in self._executor_exited():
             log.warning("runner %s exited; replacing it", replica.runner_id)
             await self._executor.stop(replica)
-        running = [r for r in self._executor.running()
-                   if r.deployment_id == target.deployment.id and r.pop == target.pop]
-        deployment: Deployment = target.deployment
-        used_slots = {r.slot for r in running}
-        for _ in range(target.replicas - len(running)):
-            slot = min(set(range(len(running) + target.replicas + 1)) - used_slots)
-            used_slots.add(slot)
-            await self._executor.start(deployment, target.pop, slot)
-            log.info("scale up %s in %s: %s", deployment.id, target.pop, target.reason)
-        for replica in sorted(running, key=lambda r: -r.slot)[: max(0, len(running) - target.replicas)]:
-            log.info("scale down %s in %s: %s", deployment.id, target.pop, target.reason)
-            await self._executor.stop(replica)
+        published = []
+        for deployment in self._deployments:
+            published += await self._scale(deployment, load, now)
+        return published
+
+    def _executor_exited(self) -> list[Replica]:
+        exited = getattr(self._executor, "exited", None)
+        return exited() if exited else []
+
+    def _replicas(self, deployment_id: str, pop: str) -> list[tuple[Replica, ReplicaView]]:
+        out = []
+        for r in self._executor.running():
+            if r.deployment_id != deployment_id or r.pop != pop:
+                continue
+            beat = self.heartbeats.runner(r.runner_id)
+            state = beat.state if beat is not None else "starting"
+            out.append((r, ReplicaView(r.runner_id, state, beat.in_flight if beat else 0)))
+        return out
+
+    async def _scale(self, d: Deployment, load: dict[tuple[str, str], float],
+                     now: float) -> list[ScalingDecision]:
+        wall = datetime.now(UTC)
+        decisions: dict[str, tuple[Decision, Inputs]] = {}
+        for pop in d.allowed_pops:
+            key = (d.id, pop)
+            if self.metrics_ok:
+                self._observations[key].append(Observation(now, load.get(key, 0.0)))
+            replicas = [view for _, view in self._replicas(d.id, pop)]
+            histogram = self._idle.get(key)
+            learned = window(histogram, self.config.keepalive) if histogram else None
+            inputs = Inputs(
+                now=now, capacity=self.config.runner_capacity, min_replicas=d.min_replicas,
+                max_replicas=d.max_replicas, replicas=replicas,
+                observations=tuple(self._observations[key]),
+                last_request_at=self._last_request_at.get(key, self._last_request_at.get((d.id, ""))),
+                demand_at=max(self._demand_at.get(key, float("-inf")),
+                              self._demand_at.get((d.id, ""), float("-inf"))),
+                schedule_min=scheduled_min(d.schedules, pop, wall),
+                keepalive_s=(learned.prewarm_min + learned.keepalive_min) * 60.0
+                if learned and learned.reason == "histogram" else None)
+            decision = decide(inputs, self._states.get(key, PolicyState()), self.config.scale)
+            if not self.metrics_ok:
+                # Hold: never scale down blind; only a held request may still wake a PoP.
+                live = sum(v.state != "draining" for v in replicas)
+                wake = 1 if "demand" in decision.reason else 0
+                decision = Decision(max(live, wake), max(0, wake - live), (),
+                                    "load metrics unavailable: holding", decision.state)
+            else:
+                self._states[key] = decision.state
+            decisions[pop] = (decision, inputs)
+        return await self._apply(d, decisions)
+
+    async def _apply(self, d: Deployment, decisions: dict[str, tuple[Decision, Inputs]]
+                     ) -> list[ScalingDecision]:
+        running = {pop: len(self._replicas(d.id, pop)) for pop in d.allowed_pops}
+        free: dict[str, int | None] = {}
+        for pop in d.allowed_pops:
+            slots = self.config.pop_capacity.get((pop, d.gpu_class))
+            if slots is None:
+                free[pop] = None
+                continue
+            used = sum(1 for r in self._executor.running() if r.pop == pop
+                       and self._gpu_class(r.deployment_id) == d.gpu_class and r.deployment_id != d.id)
+            free[pop] = max(0, slots - used)
+        allowed = set(d.allowed_pops)
+        placement = place({pop: dec.desired for pop, (dec, _) in decisions.items()}, running, free,
+                          {pop: [o for o in self._nearest.get(pop, []) if o in allowed]
+                           for pop in d.allowed_pops})
+        published = []
+        for pop, (decision, inputs) in decisions.items():
+            target = placement.replicas[pop]
+            DESIRED.labels(d.id, pop).set(decision.desired)
+            pairs = self._replicas(d.id, pop)
+            live = [r for r, v in pairs if v.state != "draining"]
+            used_slots = {r.slot for r, _ in pairs}
+            for _ in range(max(0, target - len(live))):
+                slot = min(set(range(len(pairs) + target + 1)) - used_slots)
+                used_slots.add(slot)
+                replica = await self._executor.start(d, pop, slot)
+                self._started_at[replica.runner_id] = self._clock()
+            excess = len(live) - target
+            idle_ready = [r for r, v in pairs if r.runner_id in decision.stop or
+                          (v.state == "ready" and v.in_flight == 0)]
+            for replica in idle_ready[:max(0, excess)]:
+                log.info("scale down %s in %s: %s", d.id, pop, decision.reason)
+                await self._executor.stop(replica)  # drains in-flight requests first
+            spilled = placement.spilled.get(pop, {})
+            published.append(await self._publish(d, pop, decision, inputs, target, spilled))
+        return [p for p in published if p is not None]
+
+    def _gpu_class(self, deployment_id: str) -> str:
+        return next((d.gpu_class for d in self._deployments if d.id == deployment_id), "")
+
+    async def _publish(self, d: Deployment, pop: str, decision: Decision, inputs: Inputs,
+                       target: int, spilled: dict[str, int]) -> ScalingDecision | None:
+        reason = decision.reason.split(":")[0]
+        fingerprint = (decision.desired, target, reason, self.metrics_ok, tuple(spilled.items()))
+        if self._published.get((d.id, pop)) == fingerprint:
+            return None
+        self._published[(d.id, pop)] = fingerprint
+        ready = sum(r.state == "ready" for r in inputs.replicas)
+        event = ScalingDecision(
+            id=new_id(), source="autoscaler", time=datetime.now(UTC), deployment_id=d.id,
+            pop=pop, desired=decision.desired, start=max(0, target - ready), stop=list(decision.stop),
+            reason=decision.reason + (f"; {sum(spilled.values())} placed in "
+                                      f"{', '.join(spilled)} (PoP full)" if spilled else ""),
+            ready=ready, starting=sum(r.state == "starting" for r in inputs.replicas),
+            stable_concurrency=round(decision.stable_concurrency, 3),
+            panic_concurrency=round(decision.panic_concurrency, 3),
+            schedule_min=inputs.schedule_min, keepalive_s=inputs.keepalive_s,
+            metrics_ok=self.metrics_ok, placed_in=",".join(spilled))
+        self.decisions.append(event)
+        log.info("%s in %s: %d replica(s) — %s", d.id, pop, decision.desired, event.reason)
+        with contextlib.suppress(Exception):  # NATS down: the next change publishes again
+            await self._nc.jetstream().publish(self._subjects.decision(d.id, pop), encode(event))
+        return event

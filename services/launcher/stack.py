@@ -174,7 +174,7 @@ class Stack:
             executor = LocalProcessExecutor(LocalExecutorConfig(
                 nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
                 gpus=parse_local_gpus(os.environ.get("EDGEINFER_LOCAL_GPUS", ""))))
-            self.autoscaler = AutoscalerService(self.nc, subjects, executor)
+            self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops)
             await self.autoscaler.start()
         for server in self.servers:
             while not server.started:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import secrets
 
 import asyncpg
+import msgspec
 
-from shared.events import Deployment
+from shared.events import Deployment, Schedule
 
 _DEPLOYMENT_SELECT = """
     SELECT d.id, d.tenant_id, d.name, m.name AS model_name, v.version AS model_version,
            m.framework, v.artifact_digest, d.gpu_class, d.allowed_pops,
-           d.min_replicas, d.max_replicas
+           d.min_replicas, d.max_replicas, d.schedules
       FROM registry.deployments d
       JOIN registry.model_versions v ON v.id = d.model_version_id
       JOIN registry.models m ON m.id = v.model_id
@@ -24,7 +25,8 @@ def _deployment(row: asyncpg.Record) -> Deployment:
         model_version=row["model_version"], framework=row["framework"],
         artifact_digest=row["artifact_digest"], gpu_class=row["gpu_class"],
         allowed_pops=list(row["allowed_pops"]), min_replicas=row["min_replicas"],
-        max_replicas=row["max_replicas"])
+        max_replicas=row["max_replicas"],
+        schedules=msgspec.json.decode(row["schedules"], type=list[Schedule]))
 
 
 async def upsert_model(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
@@ -60,16 +62,18 @@ async def add_version(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, m
 
 async def upsert_deployment(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
                             model_version_id: str, gpu_class: str, allowed_pops: list[str],
-                            min_replicas: int, max_replicas: int) -> Deployment:
+                            min_replicas: int, max_replicas: int,
+                            schedules: list[Schedule] | None = None) -> Deployment:
     await conn.execute(
         "INSERT INTO registry.deployments (id, tenant_id, name, model_version_id, gpu_class,"
-        " allowed_pops, min_replicas, max_replicas) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        " allowed_pops, min_replicas, max_replicas, schedules)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)"
         " ON CONFLICT (tenant_id, name) DO UPDATE SET model_version_id = excluded.model_version_id,"
         " gpu_class = excluded.gpu_class, allowed_pops = excluded.allowed_pops,"
         " min_replicas = excluded.min_replicas, max_replicas = excluded.max_replicas,"
-        " updated_at = now()",
+        " schedules = excluded.schedules, updated_at = now()",
         "dep_" + secrets.token_hex(8), tenant_id, name, model_version_id, gpu_class, allowed_pops,
-        min_replicas, max_replicas)
+        min_replicas, max_replicas, msgspec.json.encode(schedules or []).decode())
     found = await get_deployment(conn, tenant_id, name)
     assert found is not None
     return found

@@ -25,11 +25,14 @@ from shared.events import (
     ListDeploymentsReply,
     ResolveDeploymentReply,
     ResolveDeploymentRequest,
+    Schedule,
     encode,
     new_id,
 )
 from shared.http import Refusal
 from shared.model_formats import FRAMEWORKS, InvalidArtifact, read_embedding_artifact
+from shared.schedules import InvalidSchedule
+from shared.schedules import validate as validate_schedule
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
 from shared.topology import Pop
@@ -47,12 +50,15 @@ class DeploymentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     gpu_class: str = "cpu"
     min_replicas: int = 0
     max_replicas: int = 1
+    # e.g. {"cron": "0 8 * * 1-5", "timezone": "Europe/Berlin", "duration_s": 36000,
+    #       "pop": "eu-west", "min_replicas": 2}: keep 2 warm on weekdays 08:00–18:00.
+    schedules: list[Schedule] = msgspec.field(default_factory=list)
 
 
 def deployment_view(d: Deployment) -> dict[str, Any]:
     return {"id": d.id, "name": d.name, "model": d.model_name, "version": d.model_version,
             "gpu_class": d.gpu_class, "pops": d.allowed_pops, "min_replicas": d.min_replicas,
-            "max_replicas": d.max_replicas}
+            "max_replicas": d.max_replicas, "schedules": [msgspec.structs.asdict(s) for s in d.schedules]}
 
 
 def validate_artifact(framework: str, data: bytes) -> None:
@@ -135,6 +141,14 @@ class RegistryService:
             raise Refusal(400, "unknown_gpu_class", f"gpu_class must be one of {list(GPU_CLASSES)}")
         if not 0 <= spec.min_replicas <= spec.max_replicas or spec.max_replicas < 1:
             raise Refusal(400, "invalid_replicas", "need 0 <= min_replicas <= max_replicas, max >= 1")
+        for i, schedule in enumerate(spec.schedules):
+            try:
+                validate_schedule(schedule, spec.pops)
+            except InvalidSchedule as exc:
+                raise Refusal(400, "invalid_schedule", f"schedules[{i}]: {exc}") from None
+            if schedule.min_replicas > spec.max_replicas:
+                raise Refusal(400, "invalid_schedule",
+                              f"schedules[{i}]: min_replicas exceeds max_replicas")
         async with self._pool.acquire() as conn, conn.transaction():
             version_id = await conn.fetchval(
                 "SELECT v.id FROM registry.model_versions v JOIN registry.models m"
@@ -145,7 +159,7 @@ class RegistryService:
                               f"no version {spec.version!r} of model {spec.model!r}")
             deployment = await repository.upsert_deployment(
                 conn, tenant_id, name, version_id, spec.gpu_class, sorted(set(spec.pops)),
-                spec.min_replicas, spec.max_replicas)
+                spec.min_replicas, spec.max_replicas, spec.schedules)
         # Core NATS: subscribers also re-list on start, so a missed update heals itself.
         await self._nc.publish(self._subjects.deployment_updated, encode(DeploymentUpdated(
             id=new_id(), source="registry", time=datetime.now(UTC), tenant_id=tenant_id,

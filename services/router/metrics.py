@@ -28,8 +28,9 @@ class RouterMetrics:
             "edgeinfer_router_in_flight_requests", "Requests forwarded and not yet answered.",
             ["deployment", "pop"], registry=self.registry)
         self.held = Gauge(
-            "edgeinfer_router_held_requests", "Requests held while their deployment scales up.",
-            ["deployment"], registry=self.registry)
+            "edgeinfer_router_held_requests", "Requests held while their deployment scales up,"
+            " by the PoP they wait for (the nearest allowed one).", ["deployment", "pop"],
+            registry=self.registry)
         self.cold_start_wait = Histogram(
             "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
             ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)

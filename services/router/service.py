@@ -316,7 +316,7 @@ class RouterService:
         await self._signal_demand(deployment_id, pop)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._held[deployment_id].append(future)
-        gauge = self.metrics.held.labels(deployment_id)
+        gauge = self.metrics.held.labels(deployment_id, pop)
         gauge.inc()
         t0 = time.monotonic()
         try:

@@ -23,7 +23,9 @@ from tests.e2e.conftest import Stack
 pytestmark = pytest.mark.e2e
 
 # One request at a time per runner, so a second concurrent request must spill.
-STACK_ENV = {"EDGEINFER_RUNNER_CAPACITY": "1", "EDGEINFER_SCALE_TO_ZERO_AFTER_S": "5"}
+# Short windows so scale to zero shows within the test: 5 s keep-alive after 3 s of no load.
+STACK_ENV = {"EDGEINFER_RUNNER_CAPACITY": "1", "EDGEINFER_SCALE_TO_ZERO_AFTER_S": "5",
+             "EDGEINFER_STABLE_WINDOW_S": "3", "EDGEINFER_PANIC_WINDOW_S": "1"}
 
 BODY = {"inputs": [sample_digit(3)]}
 

@@ -16,7 +16,7 @@ from services.autoscaler.decide import (
     decide,
 )
 from services.autoscaler.placement import place
-from services.autoscaler.schedules import InvalidSchedule, Schedule, scheduled_min, validate
+from shared.schedules import InvalidSchedule, Schedule, scheduled_min, validate
 
 CONFIG = ScaleConfig()  # 60 s stable, 6 s panic, ×2 threshold, utilisation 0.7
 CALM = PolicyState()
@@ -93,7 +93,8 @@ def test_floors_and_ceiling() -> None:
     assert capped.desired == 4 and "max_replicas" in capped.reason
 
 
-BERLIN_OFFICE = Schedule("0 8 * * 1-5", "Europe/Berlin", 10 * 3600, "eu-west", 2)
+BERLIN_OFFICE = Schedule(cron="0 8 * * 1-5", timezone="Europe/Berlin", duration_s=10 * 3600,
+                         pop="eu-west", min_replicas=2)
 
 
 @pytest.mark.parametrize("utc, expected", [
@@ -110,11 +111,16 @@ def test_schedules_follow_their_time_zone(utc: str, expected: int) -> None:
     assert scheduled_min([BERLIN_OFFICE], "us-east", now) == 0
 
 
+def sched(cron: str = "0 8 * * 1-5", timezone: str = "UTC", duration_s: int = 3600,
+          pop: str = "eu-west") -> Schedule:
+    return Schedule(cron=cron, timezone=timezone, duration_s=duration_s, pop=pop, min_replicas=1)
+
+
 @pytest.mark.parametrize("schedule, reason", [
-    (Schedule("0 8 * *", "Europe/Berlin", 3600, "eu-west", 1), "5-field"),
-    (Schedule("0 8 * * 1-5", "Mars/Olympus", 3600, "eu-west", 1), "time zone"),
-    (Schedule("0 8 * * 1-5", "UTC", 10, "eu-west", 1), "duration_s"),
-    (Schedule("0 8 * * 1-5", "UTC", 3600, "ap-south", 1), "not one of"),
+    (sched(cron="0 8 * *"), "5-field"),
+    (sched(timezone="Mars/Olympus"), "time zone"),
+    (sched(duration_s=10), "duration_s"),
+    (sched(pop="ap-south"), "not one of"),
 ])
 def test_bad_schedules_are_refused_with_a_reason(schedule: Schedule, reason: str) -> None:
     with pytest.raises(InvalidSchedule, match=reason):

@@ -15,6 +15,7 @@ from shared.events import (
     DeploymentUpdated,
     KeyRevoked,
     RunnerHeartbeat,
+    ScalingDecision,
     TenantChanged,
     UsageBatch,
     UsageEvent,
@@ -28,7 +29,7 @@ TYPES = {"usage.gpu.v1": UsageEvent, "runner.heartbeat.v1": RunnerHeartbeat,
          "router.demand.v1": DemandSignal, "registry.deployment.updated.v1": DeploymentUpdated,
          "accounts.key.revoked.v1": KeyRevoked, "accounts.tenant.changed.v1": TenantChanged,
          "billing.budget.v1": BudgetState, "usage.gpu.batch.v1": UsageBatch,
-         "billing.budget.alert.v1": BudgetAlert}
+         "billing.budget.alert.v1": BudgetAlert, "autoscaler.decision.v1": ScalingDecision}
 
 
 @pytest.mark.parametrize("name", sorted(TYPES))

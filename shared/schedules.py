@@ -1,5 +1,7 @@
 """Tenant schedules: cron expressions in a time zone → minimum replicas per PoP — pure.
 
+Shared: the registry validates them when a deployment is put, the autoscaler applies them.
+
 A schedule is active from each time its cron expression fires (in its own time zone, so
 08:00 Europe/Berlin stays 08:00 across daylight-saving changes) for `duration_s`. E.g.
 weekdays 08:00–18:00 in Berlin, 2 warm in eu-west:
@@ -10,24 +12,18 @@ weekdays 08:00–18:00 in Berlin, 2 warm in eu-west:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from shared.events import Schedule
+
+__all__ = ["InvalidSchedule", "Schedule", "is_active", "scheduled_min", "validate"]
+
 
 class InvalidSchedule(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class Schedule:
-    cron: str
-    timezone: str
-    duration_s: int
-    pop: str
-    min_replicas: int
 
 
 def validate(schedule: Schedule, allowed_pops: Iterable[str]) -> None:

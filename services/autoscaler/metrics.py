@@ -1,0 +1,97 @@
+"""Where the autoscaler reads load: concurrency per (deployment, PoP).
+
+Concurrency = requests in flight at the runners (as the router forwards them) plus the
+requests the router holds while a deployment scales up. Two sources behind one method:
+- `PrometheusConcurrency` (set `EDGEINFER_PROMETHEUS_URL`): PromQL over the routers'
+  metrics through prometheus-api-client.
+- `HeartbeatConcurrency` (the embedded default, no Prometheus needed): runners' in-flight
+  counts from their heartbeats plus the held counts in the routers' demand signals.
+A failed or empty read raises `MetricsUnavailable`: the autoscaler then holds its last
+decisions and raises an alert — it never scales down because metrics vanished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+from shared.events import DemandSignal, RunnerHeartbeat
+
+Key = tuple[str, str]  # (deployment id, PoP)
+
+IN_FLIGHT_QUERY = "sum by (deployment, pop) (edgeinfer_router_in_flight_requests)"
+HELD_QUERY = "sum by (deployment, pop) (edgeinfer_router_held_requests)"
+
+
+class MetricsUnavailable(RuntimeError):
+    pass
+
+
+class ConcurrencySource(Protocol):
+    async def concurrency(self) -> dict[Key, float]: ...
+
+
+class PrometheusConcurrency:
+    def __init__(self, url: str, timeout_s: float = 2.0,
+                 connect: Callable[[str], object] | None = None) -> None:
+        from prometheus_api_client import PrometheusConnect
+
+        self._prom = (connect or (lambda u: PrometheusConnect(url=u, disable_ssl=True)))(url)
+        self._timeout_s = timeout_s
+        self.url = url
+
+    async def concurrency(self) -> dict[Key, float]:
+        try:
+            in_flight, held = await asyncio.wait_for(asyncio.gather(
+                asyncio.to_thread(self._prom.custom_query, IN_FLIGHT_QUERY),  # type: ignore[attr-defined]
+                asyncio.to_thread(self._prom.custom_query, HELD_QUERY)),  # type: ignore[attr-defined]
+                self._timeout_s)
+        except Exception as exc:
+            raise MetricsUnavailable(f"Prometheus at {self.url}: {exc or type(exc).__name__}") from None
+        if not in_flight:
+            # Routers export the series from their first request on; none at all means
+            # Prometheus is not scraping them, which is not the same as no load.
+            raise MetricsUnavailable(f"Prometheus at {self.url} has no router in-flight series "
+                                     "(is it scraping the routers?)")
+        out: dict[Key, float] = {}
+        for sample in (*in_flight, *held):
+            labels = sample.get("metric", {})
+            key = (labels.get("deployment", ""), labels.get("pop", ""))
+            out[key] = out.get(key, 0.0) + float(sample["value"][1])
+        return out
+
+
+class HeartbeatConcurrency:
+    """Fed by the autoscaler's NATS subscriptions; a runner silent for `stale_s` is gone."""
+
+    def __init__(self, clock: Callable[[], float], stale_s: float = 3.0) -> None:
+        self._clock = clock
+        self._stale_s = stale_s
+        self._runners: dict[str, tuple[float, RunnerHeartbeat]] = {}
+        self._held: dict[Key, tuple[float, int]] = {}
+
+    def observe_heartbeat(self, beat: RunnerHeartbeat) -> None:
+        self._runners[beat.runner_id] = (self._clock(), beat)
+
+    def observe_demand(self, signal: DemandSignal) -> None:
+        if signal.held_requests > 0:
+            self._held[(signal.deployment_id, signal.pop)] = (self._clock(), signal.held_requests)
+
+    def runner(self, runner_id: str) -> RunnerHeartbeat | None:
+        seen = self._runners.get(runner_id)
+        if seen is None or self._clock() - seen[0] > self._stale_s:
+            return None
+        return seen[1]
+
+    async def concurrency(self) -> dict[Key, float]:
+        now = self._clock()
+        out: dict[Key, float] = {}
+        for at, beat in self._runners.values():
+            if now - at <= self._stale_s and beat.state == "ready":
+                key = (beat.deployment_id, beat.pop)
+                out[key] = out.get(key, 0.0) + beat.in_flight
+        for key, (at, held) in self._held.items():
+            if now - at <= 2.0:  # the router repeats the signal while it holds
+                out[key] = out.get(key, 0.0) + held
+        return out
