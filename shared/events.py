@@ -103,7 +103,9 @@ class RunnerHeartbeat(
 
 
 class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand.v1", tag_field="type"):
-    """The router has requests for a deployment with no ready replica: wake it from zero."""
+    """The router wants capacity for a deployment: `held_requests` > 0 — none is ready, wake
+    it from zero; 0 — it is in use in `pop` (activity, at most once a second); and
+    `excess_concurrency` — what it had to refuse at capacity."""
 
     id: str
     source: str
@@ -113,6 +115,9 @@ class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand
     # The PoP the router would serve from (the nearest allowed one for the client), so
     # the autoscaler wakes that PoP; "" (older routers) means every allowed PoP.
     pop: str = ""
+    # Requests refused because every replica was full, as concurrency (refused per second
+    # × mean request time): load that in-flight counts cannot show.
+    excess_concurrency: float = 0.0
 
 
 class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True,

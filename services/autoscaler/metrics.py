@@ -1,7 +1,9 @@
 """Where the autoscaler reads load: concurrency per (deployment, PoP).
 
-Concurrency = requests in flight at the runners (as the router forwards them) plus the
-requests the router holds while a deployment scales up. Two sources behind one method:
+Concurrency = requests in flight at the runners (as the router forwards them), plus the
+requests the router holds while a deployment scales up, plus what it refused because every
+replica was full (refused per second × mean request time: load in-flight counts cannot
+show, since a full replica takes no more). Two sources behind one method:
 - `PrometheusConcurrency` (set `EDGEINFER_PROMETHEUS_URL`): PromQL over the routers'
   metrics through prometheus-api-client.
 - `HeartbeatConcurrency` (the embedded default, no Prometheus needed): runners' in-flight
@@ -22,6 +24,9 @@ Key = tuple[str, str]  # (deployment id, PoP)
 
 IN_FLIGHT_QUERY = "sum by (deployment, pop) (edgeinfer_router_in_flight_requests)"
 HELD_QUERY = "sum by (deployment, pop) (edgeinfer_router_held_requests)"
+# Refused at capacity, as concurrency (request-seconds refused per second). The window must
+# span a few scrapes: scrape the routers every 1–2 s for responsive scaling.
+EXCESS_QUERY = "sum by (deployment, pop) (rate(edgeinfer_router_refused_request_seconds_total[10s]))"
 
 
 class MetricsUnavailable(RuntimeError):
@@ -43,10 +48,9 @@ class PrometheusConcurrency:
 
     async def concurrency(self) -> dict[Key, float]:
         try:
-            in_flight, held = await asyncio.wait_for(asyncio.gather(
-                asyncio.to_thread(self._prom.custom_query, IN_FLIGHT_QUERY),  # type: ignore[attr-defined]
-                asyncio.to_thread(self._prom.custom_query, HELD_QUERY)),  # type: ignore[attr-defined]
-                self._timeout_s)
+            in_flight, held, excess = await asyncio.wait_for(asyncio.gather(
+                *(asyncio.to_thread(self._prom.custom_query, q)  # type: ignore[attr-defined]
+                  for q in (IN_FLIGHT_QUERY, HELD_QUERY, EXCESS_QUERY))), self._timeout_s)
         except Exception as exc:
             raise MetricsUnavailable(f"Prometheus at {self.url}: {exc or type(exc).__name__}") from None
         if not in_flight:
@@ -55,7 +59,7 @@ class PrometheusConcurrency:
             raise MetricsUnavailable(f"Prometheus at {self.url} has no router in-flight series "
                                      "(is it scraping the routers?)")
         out: dict[Key, float] = {}
-        for sample in (*in_flight, *held):
+        for sample in (*in_flight, *held, *excess):
             labels = sample.get("metric", {})
             key = (labels.get("deployment", ""), labels.get("pop", ""))
             out[key] = out.get(key, 0.0) + float(sample["value"][1])
@@ -70,13 +74,17 @@ class HeartbeatConcurrency:
         self._stale_s = stale_s
         self._runners: dict[str, tuple[float, RunnerHeartbeat]] = {}
         self._held: dict[Key, tuple[float, int]] = {}
+        self._excess: dict[Key, tuple[float, float]] = {}
 
     def observe_heartbeat(self, beat: RunnerHeartbeat) -> None:
         self._runners[beat.runner_id] = (self._clock(), beat)
 
     def observe_demand(self, signal: DemandSignal) -> None:
+        key = (signal.deployment_id, signal.pop)
         if signal.held_requests > 0:
-            self._held[(signal.deployment_id, signal.pop)] = (self._clock(), signal.held_requests)
+            self._held[key] = (self._clock(), signal.held_requests)
+        if signal.excess_concurrency > 0:
+            self._excess[key] = (self._clock(), signal.excess_concurrency)
 
     def runner(self, runner_id: str) -> RunnerHeartbeat | None:
         seen = self._runners.get(runner_id)
@@ -91,7 +99,7 @@ class HeartbeatConcurrency:
             if now - at <= self._stale_s and beat.state == "ready":
                 key = (beat.deployment_id, beat.pop)
                 out[key] = out.get(key, 0.0) + beat.in_flight
-        for key, (at, held) in self._held.items():
-            if now - at <= 2.0:  # the router repeats the signal while it holds
-                out[key] = out.get(key, 0.0) + held
+        for key, (at, extra) in (*self._held.items(), *self._excess.items()):
+            if now - at <= 2.0:  # the router repeats these each second while they last
+                out[key] = out.get(key, 0.0) + extra
         return out

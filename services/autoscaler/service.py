@@ -174,7 +174,8 @@ class AutoscalerService:
             key = (signal.deployment_id, pop)
             if signal.held_requests > 0:
                 self._demand_at[key] = now
-                self._wake.set()  # a held request: act now, not at the next tick
+            if signal.held_requests > 0 or signal.excess_concurrency > 0:
+                self._wake.set()  # held or refused requests: act now, not at the next tick
             self._note_request(key, now)
 
     def _note_request(self, key: tuple[str, str], now: float) -> None:

@@ -31,6 +31,11 @@ class RouterMetrics:
             "edgeinfer_router_held_requests", "Requests held while their deployment scales up,"
             " by the PoP they wait for (the nearest allowed one).", ["deployment", "pop"],
             registry=self.registry)
+        self.refused_seconds = Counter(
+            "edgeinfer_router_refused_request_seconds",
+            "Requests refused because every replica was full, each counted as the mean request"
+            " time: its rate is the concurrency the replicas could not take.",
+            ["deployment", "pop"], registry=self.registry)
         self.cold_start_wait = Histogram(
             "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
             ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)

@@ -116,6 +116,10 @@ class RouterService:
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._random = random.Random()
         self._activity_sent: dict[tuple[str, str], float] = {}
+        # Demand the replicas could not take: refusals at capacity since the last report,
+        # and each deployment's mean time per request (EWMA), to turn them into concurrency.
+        self._refused: dict[tuple[str, str], tuple[float, int]] = {}
+        self._service_s: dict[str, float] = {}
         self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
         self._http: aiohttp.ClientSession | None = None
 
@@ -285,6 +289,8 @@ class RouterService:
                                       "the replicas tried did not accept the request; retry"
                                       " shortly", headers={"Retry-After": "1"}) from None
                     continue
+                mean = self._service_s.get(deployment.id, upstream.seconds)
+                self._service_s[deployment.id] = 0.8 * mean + 0.2 * upstream.seconds
                 response = self._answer(upstream, request_id, route.replica, held, waited_s)
                 return response, route.replica.pop, upstream.seconds + waited_s
             if tried:
@@ -292,6 +298,7 @@ class RouterService:
                               "the replica tried did not accept the request and no other is"
                               " ready; retry shortly", headers={"Retry-After": "1"})
             if route.reason == "saturated":
+                await self._note_saturation(deployment.id, ordered[0][0] if ordered else "")
                 raise Refusal(503, "saturated",
                               "every replica in the deployment's allowed PoPs "
                               f"({', '.join(deployment.allowed_pops)}) is at capacity",
@@ -340,11 +347,29 @@ class RouterService:
             self._activity_sent[key] = now
             await self._signal_demand(deployment_id, pop, held=0)
 
-    async def _signal_demand(self, deployment_id: str, pop: str, held: int | None = None) -> None:
+    async def _note_saturation(self, deployment_id: str, pop: str) -> None:
+        """Requests refused because every replica was full are load the autoscaler cannot
+        see in in-flight counts (they never got a slot). Report them at most once a second
+        as the concurrency they would have added: refused per second × mean request time."""
+        now = time.monotonic()
+        key = (deployment_id, pop)
+        self.metrics.refused_seconds.labels(deployment_id, pop).inc(
+            self._service_s.get(deployment_id, 0.1))
+        since, refused = self._refused.get(key, (now, 0))
+        refused += 1
+        if now - since < 1.0:
+            self._refused[key] = (since, refused)
+            return
+        self._refused[key] = (now, 0)
+        excess = refused / max(now - since, 1.0) * self._service_s.get(deployment_id, 0.1)
+        await self._signal_demand(deployment_id, pop, held=0, excess=excess)
+
+    async def _signal_demand(self, deployment_id: str, pop: str, held: int | None = None,
+                             excess: float = 0.0) -> None:
         await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
             id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
             held_requests=len(self._held[deployment_id]) + 1 if held is None else held,
-            pop=pop)))
+            pop=pop, excess_concurrency=round(excess, 3))))
 
     async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None

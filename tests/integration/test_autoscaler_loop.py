@@ -1,0 +1,158 @@
+"""The autoscaler's live loop on real NATS: a load step in the runners' heartbeats becomes a
+scale-up decision within 2 s, published with its reason; a held request's demand signal
+wakes a deployment from zero at once; unreadable metrics hold every decision.
+
+The executor here records what it is asked to do (the local-process executor is exercised
+by the e2e tests); heartbeats are published the way runners publish them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import msgspec
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.autoscaler.decide import ScaleConfig
+from services.autoscaler.executor import Replica
+from services.autoscaler.metrics import MetricsUnavailable
+from services.autoscaler.service import AutoscalerConfig, AutoscalerService
+from shared.bus import connect, ensure_streams
+from shared.events import (
+    DemandSignal,
+    Deployment,
+    ListDeploymentsReply,
+    RunnerHeartbeat,
+    ScalingDecision,
+    encode,
+    new_id,
+)
+from shared.subjects import Subjects
+from shared.topology import Pop
+
+POPS = {"eu-west": Pop("eu-west", "eu-west", "eu"), "us-east": Pop("us-east", "us-east", "us")}
+
+
+class RecordingExecutor:
+    def __init__(self) -> None:
+        self.replicas: dict[str, Replica] = {}
+        self.started: list[tuple[str, str, float]] = []
+
+    async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
+        replica = Replica(f"r{len(self.started)}", deployment.id, pop, slot, "http://x")
+        self.replicas[replica.runner_id] = replica
+        self.started.append((replica.runner_id, pop, time.monotonic()))
+        return replica
+
+    async def stop(self, replica: Replica) -> None:
+        self.replicas.pop(replica.runner_id, None)
+
+    def running(self) -> list[Replica]:
+        return list(self.replicas.values())
+
+    async def stop_all(self) -> None:
+        self.replicas.clear()
+
+
+def deployment(min_replicas: int) -> Deployment:
+    return Deployment(id="dep_loop", tenant_id="ten_loop", name="loop", model_name="m",
+                      model_version="1", framework="onnx", artifact_digest="sha256:" + "0" * 64,
+                      gpu_class="cpu", allowed_pops=["eu-west"], min_replicas=min_replicas,
+                      max_replicas=8)
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await connect(nats_url, "test-autoscaler")
+    yield client
+    await client.close()
+
+
+async def serve_deployments(nc: NATS, subjects: Subjects, d: Deployment) -> None:
+    async def reply(msg) -> None:  # type: ignore[no-untyped-def]
+        await msg.respond(encode(ListDeploymentsReply(deployments=[d])))
+
+    await nc.subscribe(subjects.list_deployments, cb=reply)
+
+
+def beat(subjects: Subjects, runner_id: str, in_flight: int) -> tuple[str, bytes]:
+    return subjects.heartbeat("eu-west", runner_id), encode(RunnerHeartbeat(
+        id=new_id(), source="test", time=datetime.now(UTC), runner_id=runner_id, pop="eu-west",
+        region="eu-west", url="http://x", state="ready", gpu_class="cpu", gpu_share=Decimal(1),
+        device="cpu", capacity=8, in_flight=in_flight, deployment_id="dep_loop", model_version="1"))
+
+
+async def test_a_load_step_is_a_scale_up_decision_within_two_seconds(nc: NATS, namespace: str) -> None:
+    subjects = Subjects(namespace)
+    await ensure_streams(nc.jetstream(), subjects)
+    await serve_deployments(nc, subjects, deployment(min_replicas=1))
+    decisions: list[tuple[float, ScalingDecision]] = []
+
+    async def on_decision(msg) -> None:  # type: ignore[no-untyped-def]
+        decisions.append((time.monotonic(), msgspec.json.decode(msg.data, type=ScalingDecision)))
+
+    await nc.subscribe(subjects.decision_wildcard, cb=on_decision)
+    executor = RecordingExecutor()
+    service = AutoscalerService(nc, subjects, executor, POPS, AutoscalerConfig(tick_s=0.5))
+    await service.start()
+    try:
+        while not executor.started:  # min_replicas: 1 → the first replica
+            await asyncio.sleep(0.05)
+        runner_id = executor.started[0][0]
+        for _ in range(6):  # calm: the replica is ready and idle
+            await nc.publish(*beat(subjects, runner_id, 0))
+            await asyncio.sleep(0.25)
+        # The load step: the replica is full (8 in flight) and the router refuses what does
+        # not fit, reporting it as excess concurrency once a second, as routers do.
+        step_at = time.monotonic()
+        while not any(d.desired > 1 for _, d in decisions):
+            assert time.monotonic() - step_at < 5, "no scale-up decision"
+            await nc.publish(*beat(subjects, runner_id, 8))
+            await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
+                id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
+                held_requests=0, pop="eu-west", excess_concurrency=24.0)))
+            await asyncio.sleep(1.0)
+        at, decision = next((at, d) for at, d in decisions if d.desired > 1)
+        assert at - step_at < 2.0, f"decision {at - step_at:.2f} s after the load step"
+        assert decision.reason.startswith("panic") and decision.panic_concurrency > 0
+        assert len(executor.started) >= 2
+    finally:
+        await service.stop()
+
+
+async def test_demand_wakes_from_zero_at_once_and_missing_metrics_hold(nc: NATS, namespace: str) -> None:
+    subjects = Subjects(namespace)
+    await ensure_streams(nc.jetstream(), subjects)
+    await serve_deployments(nc, subjects, deployment(min_replicas=0))
+    executor = RecordingExecutor()
+    # A long tick: only the demand signal's wake-up can explain a quick start.
+    service = AutoscalerService(nc, subjects, executor, POPS,
+                                AutoscalerConfig(tick_s=30, scale=ScaleConfig(stable_window_s=5)))
+    await service.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert executor.started == []
+        t0 = time.monotonic()
+        await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
+            id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
+            held_requests=1, pop="eu-west")))
+        while not executor.started:
+            assert time.monotonic() - t0 < 2, "demand did not wake the deployment"
+            await asyncio.sleep(0.02)
+
+        class Broken:
+            async def concurrency(self) -> dict[tuple[str, str], float]:
+                raise MetricsUnavailable("Prometheus unreachable")
+
+        service._source = Broken()
+        decisions = await service.tick()
+        assert service.metrics_ok is False
+        assert executor.replicas, "a replica was stopped while metrics were missing"
+        assert any("holding" in d.reason for d in decisions)
+    finally:
+        await service.stop()
