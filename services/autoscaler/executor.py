@@ -1,7 +1,8 @@
 """How replicas are started and stopped: one small port, several adapters.
 
-The local-process executor (local.py) is the embedded default; a Kubernetes executor
-(scaling a Deployment's `scale` subresource) is the production adapter (issue #6).
+The local-process executor (local.py) is the embedded default; the Kubernetes executor
+(kubernetes.py: a Deployment per deployment × PoP, scaled through its `scale` subresource)
+is the production adapter.
 """
 
 from __future__ import annotations
@@ -27,3 +28,7 @@ class ReplicaExecutor(Protocol):
     async def stop(self, replica: Replica) -> None: ...
 
     def running(self) -> list[Replica]: ...
+
+    async def stop_all(self) -> None:
+        """On autoscaler shutdown: local processes stop with it; a Kubernetes fleet stays."""
+        ...

@@ -92,6 +92,11 @@ class HeartbeatConcurrency:
             return None
         return seen[1]
 
+    def fresh(self, deployment_id: str, pop: str) -> dict[str, RunnerHeartbeat]:
+        now = self._clock()
+        return {rid: beat for rid, (at, beat) in self._runners.items() if now - at <= self._stale_s
+                and beat.deployment_id == deployment_id and beat.pop == pop}
+
     async def concurrency(self) -> dict[Key, float]:
         now = self._clock()
         out: dict[Key, float] = {}

@@ -242,11 +242,16 @@ class AutoscalerService:
         return exited() if exited else []
 
     def _replicas(self, deployment_id: str, pop: str) -> list[tuple[Replica, ReplicaView]]:
+        """The executor's replicas with their state from heartbeats: by runner id where the
+        executor knows it (local processes), else paired with the PoP's other fresh beats
+        (Kubernetes pods report their pod name). No beat yet: starting."""
+        mine = [r for r in self._executor.running()
+                if r.deployment_id == deployment_id and r.pop == pop]
+        beats = self.heartbeats.fresh(deployment_id, pop)
+        spare = [b for rid, b in sorted(beats.items()) if rid not in {r.runner_id for r in mine}]
         out = []
-        for r in self._executor.running():
-            if r.deployment_id != deployment_id or r.pop != pop:
-                continue
-            beat = self.heartbeats.runner(r.runner_id)
+        for r in mine:
+            beat = beats.get(r.runner_id) or (spare.pop(0) if spare else None)
             state = beat.state if beat is not None else "starting"
             out.append((r, ReplicaView(r.runner_id, state, beat.in_flight if beat else 0)))
         return out

@@ -21,6 +21,7 @@ from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.service import AccountsService
+from services.autoscaler.executor import ReplicaExecutor
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
 from services.autoscaler.service import AutoscalerService
 from services.metering.portal import TEMPLATES as PORTAL_TEMPLATES
@@ -30,7 +31,7 @@ from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
 from services.router.service import RouterService
 from shared.bus import connect, ensure_streams
-from shared.config import ConfigError, PlatformConfig, env_int, env_str
+from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
 from shared.http import EXCEPTION_HANDLERS
@@ -171,9 +172,7 @@ class Stack:
             await self.router.start()
             self._serve(self.router.app(), c.router.host, c.router.port)
         if "autoscaler" in wanted:
-            executor = LocalProcessExecutor(LocalExecutorConfig(
-                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
-                gpus=parse_local_gpus(os.environ.get("EDGEINFER_LOCAL_GPUS", ""))))
+            executor = await self._executor(subjects)
             self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops)
             await self.autoscaler.start()
         for server in self.servers:
@@ -184,6 +183,30 @@ class Stack:
                             raise t.exception()  # type: ignore[misc]
                     raise RuntimeError("an HTTP server stopped during start-up")
                 await asyncio.sleep(0.05)
+
+    async def _executor(self, subjects: Subjects) -> ReplicaExecutor:
+        """Local processes (the default), or Kubernetes with EDGEINFER_EXECUTOR=kubernetes."""
+        c, p = self.config, self.config.platform
+        kind = env_choice(os.environ, "EDGEINFER_EXECUTOR", "local", ("local", "kubernetes"))
+        if kind == "local":
+            return LocalProcessExecutor(LocalExecutorConfig(
+                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
+                gpus=parse_local_gpus(os.environ.get("EDGEINFER_LOCAL_GPUS", ""))))
+        from kubernetes_asyncio import config as k8s_config
+        from kubernetes_asyncio.client import ApiClient
+
+        from services.autoscaler.kubernetes import KubernetesConfig, KubernetesExecutor
+
+        image = env_optional(os.environ, "EDGEINFER_K8S_IMAGE")
+        if image is None:
+            raise ConfigError("EDGEINFER_EXECUTOR=kubernetes needs EDGEINFER_K8S_IMAGE")
+        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+            k8s_config.load_incluster_config()
+        else:
+            await k8s_config.load_kube_config()
+        return KubernetesExecutor(ApiClient(), KubernetesConfig(
+            image=image, nats_url=self.nats_url, namespace=p.namespace, pops=dict(c.pops),
+            namespace_prefix=env_str(os.environ, "EDGEINFER_K8S_NAMESPACE_PREFIX", "edgeinfer-")))
 
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -1,0 +1,173 @@
+"""The Kubernetes executor: one Deployment per edgeinfer deployment × PoP, scaled through
+its `scale` subresource with kubernetes-asyncio.
+
+Each PoP is a namespace (`<prefix><pop>`); the Deployment runs the same image and command
+as the local executor's processes (`edgeinfer run runner`-style: BentoML serving
+`services.runner.service:Runner`), with its assignment in the environment and, for GPU
+classes, one `nvidia.com/gpu` and a node selector on the class. Runner pods heartbeat with
+their pod name as runner id; the autoscaler pairs them with the replicas it asked for.
+
+The autoscaler asks for one replica more or less at a time; this executor turns that into
+the Deployment's replica count. Which pod goes on scale-down is the ReplicaSet's choice;
+runners drain on SIGTERM, so no request is lost. `stop_all` leaves the fleet running: an
+autoscaler restart must not take every PoP down; `adopt` picks the counts up again.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from services.autoscaler.executor import Replica
+from shared.events import Deployment
+from shared.topology import Pop
+
+log = logging.getLogger(__name__)
+
+MANAGED = "edgeinfer.io/managed"
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    image: str
+    nats_url: str
+    namespace: str  # edgeinfer's NATS namespace
+    pops: dict[str, Pop]
+    namespace_prefix: str = "edgeinfer-"
+    runner_capacity: int = 8
+    drain_timeout_s: int = 20
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def object_name(deployment_id: str, pop: str) -> str:
+    """A DNS-1123 name for the Deployment of one edgeinfer deployment in one PoP."""
+    name = re.sub(r"[^a-z0-9-]", "-", f"ei-{deployment_id}-{pop}".lower()).strip("-")
+    return name[:63].rstrip("-")
+
+
+def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -> dict[str, Any]:
+    """The Deployment object (pure): what `kubectl get -o json` would show us creating."""
+    name = object_name(d.id, pop)
+    labels = {MANAGED: "true", "edgeinfer.io/deployment": d.id, "edgeinfer.io/pop": pop,
+              "app.kubernetes.io/name": "edgeinfer-runner"}
+    env = {"NATS_URL": config.nats_url, "EDGEINFER_NAMESPACE": config.namespace,
+           "EDGEINFER_POP": pop, "EDGEINFER_REGION": config.pops[pop].region,
+           "EDGEINFER_DEPLOYMENT_ID": d.id, "EDGEINFER_MODEL_VERSION": d.model_version,
+           "EDGEINFER_ARTIFACT_DIGEST": d.artifact_digest, "EDGEINFER_MODEL_FRAMEWORK": d.framework,
+           "EDGEINFER_GPU_CLASS": d.gpu_class, "EDGEINFER_RUNNER_CAPACITY": str(config.runner_capacity),
+           "EDGEINFER_DRAIN_TIMEOUT_S": str(config.drain_timeout_s),
+           "EDGEINFER_SPOOL_DIR": "/var/lib/edgeinfer/spool",
+           "EDGEINFER_ARTIFACT_CACHE": "/var/cache/edgeinfer/artifacts", **config.extra_env}
+    env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    env_list += [
+        {"name": "EDGEINFER_RUNNER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "EDGEINFER_RUNNER_URL", "value": "http://$(POD_IP):3000"},
+    ]
+    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
+    pod_spec: dict[str, Any] = {}
+    if d.gpu_class != "cpu":
+        resources["limits"] = {"nvidia.com/gpu": "1"}  # one runner process per GPU
+        pod_spec["nodeSelector"] = {"edgeinfer.io/gpu-class": d.gpu_class}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": config.namespace_prefix + pop, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {MANAGED: "true", "edgeinfer.io/deployment": d.id,
+                                         "edgeinfer.io/pop": pop}},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    **pod_spec,
+                    "terminationGracePeriodSeconds": config.drain_timeout_s + 10,
+                    "containers": [{
+                        "name": "runner", "image": config.image,
+                        "command": ["edgeinfer", "run", "runner"],
+                        "ports": [{"containerPort": 3000, "name": "http"}],
+                        "env": env_list, "resources": resources,
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": 3000},
+                                           "periodSeconds": 2},
+                    }],
+                },
+            },
+        },
+    }
+
+
+class KubernetesExecutor:
+    def __init__(self, api: ApiClient, config: KubernetesConfig) -> None:
+        self._apps = AppsV1Api(api)
+        self._api = api
+        self._config = config
+        self._replicas: dict[tuple[str, str], dict[int, Replica]] = {}
+
+    def running(self) -> list[Replica]:
+        return [r for slots in self._replicas.values() for r in slots.values()]
+
+    def exited(self) -> list[Replica]:
+        return []  # the ReplicaSet replaces crashed pods by itself
+
+    async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
+        slots = self._replicas.setdefault((deployment.id, pop), {})
+        replica = Replica(f"{object_name(deployment.id, pop)}#{slot}", deployment.id, pop, slot, "")
+        slots[slot] = replica
+        await self._scale(deployment, pop, len(slots))
+        return replica
+
+    async def stop(self, replica: Replica) -> None:
+        slots = self._replicas.get((replica.deployment_id, replica.pop), {})
+        if slots.pop(replica.slot, None) is None:
+            return
+        await self._patch_scale(object_name(replica.deployment_id, replica.pop),
+                                self._config.namespace_prefix + replica.pop, len(slots))
+
+    async def stop_all(self) -> None:
+        """Leave the fleet running (see the module docstring)."""
+
+    async def adopt(self, deployments: list[Deployment]) -> None:
+        """Pick up the replica counts of Deployments an earlier autoscaler created."""
+        for d in deployments:
+            for pop in d.allowed_pops:
+                try:
+                    scale = await self._apps.read_namespaced_deployment_scale(
+                        object_name(d.id, pop), self._config.namespace_prefix + pop)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        continue
+                    raise
+                count = scale.spec.replicas or 0
+                self._replicas[(d.id, pop)] = {
+                    i: Replica(f"{object_name(d.id, pop)}#{i}", d.id, pop, i, "") for i in range(count)}
+
+    async def _scale(self, d: Deployment, pop: str, replicas: int) -> None:
+        name, namespace = object_name(d.id, pop), self._config.namespace_prefix + pop
+        try:
+            await self._patch_scale(name, namespace, replicas)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            body = self._api.deserialize(_Raw(manifest(d, pop, self._config, replicas)), V1Deployment)
+            await self._apps.create_namespaced_deployment(namespace, body)
+            log.info("created Deployment %s/%s with %d replica(s)", namespace, name, replicas)
+
+    async def _patch_scale(self, name: str, namespace: str, replicas: int) -> None:
+        scale = await self._apps.patch_namespaced_deployment_scale(
+            name, namespace, {"spec": {"replicas": replicas}})
+        if scale.spec.replicas != replicas:
+            raise RuntimeError(f"{namespace}/{name}: asked for {replicas} replicas, the API "
+                               f"answered {scale.spec.replicas}")
+
+
+class _Raw:
+    """The shape ApiClient.deserialize reads (a response with `.data` as JSON text)."""
+
+    def __init__(self, obj: dict[str, Any]) -> None:
+        import json
+
+        self.data = json.dumps(obj)

@@ -1,0 +1,84 @@
+"""The Kubernetes executor through kubernetes-asyncio against a stand-in of the Deployment
+and `scale` endpoints (no API server runs here); the client's models parse every answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestServer
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from services.autoscaler.kubernetes import KubernetesConfig, KubernetesExecutor, object_name
+from shared.events import Deployment
+from shared.topology import Pop
+from tests.standins.kubernetes_api import KubernetesStandIn
+
+POPS = {"eu-west": Pop("eu-west", "eu-west", "eu"), "us-east": Pop("us-east", "us-east", "us")}
+
+
+def deployment(gpu_class: str = "l40s") -> Deployment:
+    return Deployment(id="dep_K8s_1", tenant_id="ten_k", name="k", model_name="m",
+                      model_version="3", framework="onnx", artifact_digest="sha256:" + "a" * 64,
+                      gpu_class=gpu_class, allowed_pops=["eu-west", "us-east"], min_replicas=0,
+                      max_replicas=4)
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[tuple[KubernetesStandIn, ApiClient]]:
+    fake = KubernetesStandIn()
+    server = TestServer(fake.app, host="127.0.0.1")
+    await server.start_server()
+    config = Configuration(host=str(server.make_url("")).rstrip("/"))
+    config.client_side_validation = True
+    api = ApiClient(config)
+    yield fake, api
+    await api.close()
+    await server.close()
+
+
+def executor(api: ApiClient) -> KubernetesExecutor:
+    return KubernetesExecutor(api, KubernetesConfig(
+        image="registry.example/edgeinfer:0.1.0", nats_url="nats://nats:4222",
+        namespace="edgeinfer", pops=POPS))
+
+
+async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresource(
+        standin: tuple[KubernetesStandIn, ApiClient]) -> None:
+    fake, api = standin
+    k8s = executor(api)
+    d = deployment()
+    first = await k8s.start(d, "eu-west", 0)
+    await k8s.start(d, "eu-west", 1)
+    await k8s.start(d, "us-east", 0)
+    name = object_name(d.id, "eu-west")
+    assert name == "ei-dep-k8s-1-eu-west"
+    eu = fake.deployments[("edgeinfer-eu-west", name)]
+    assert eu["spec"]["replicas"] == 2
+    pod = eu["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["EDGEINFER_ARTIFACT_DIGEST"] == d.artifact_digest and env["EDGEINFER_POP"] == "eu-west"
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # one process per GPU
+    assert pod["nodeSelector"] == {"edgeinfer.io/gpu-class": "l40s"}
+    assert fake.deployments[("edgeinfer-us-east", object_name(d.id, "us-east"))]["spec"]["replicas"] == 1
+
+    await k8s.stop(first)
+    assert eu["spec"]["replicas"] == 1
+    assert len(k8s.running()) == 2
+    # An autoscaler restart: the fleet keeps running and the counts are adopted.
+    await k8s.stop_all()
+    assert eu["spec"]["replicas"] == 1
+    again = executor(api)
+    await again.adopt([d])
+    assert sorted((r.pop, r.slot) for r in again.running()) == [("eu-west", 0), ("us-east", 0)]
+    assert ("PATCH", f"/apis/apps/v1/namespaces/edgeinfer-eu-west/deployments/{name}/scale") \
+        in fake.requests
+
+
+async def test_cpu_deployments_ask_for_no_gpu(standin: tuple[KubernetesStandIn, ApiClient]) -> None:
+    fake, api = standin
+    await executor(api).start(deployment("cpu"), "us-east", 0)
+    (obj,) = fake.deployments.values()
+    pod = obj["spec"]["template"]["spec"]
+    assert "limits" not in pod["containers"][0]["resources"] and "nodeSelector" not in pod
