@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +25,7 @@ from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import RunnerHeartbeat, heartbeat_decoder
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack
+from tests.unit.test_model_formats import tar_of
 
 pytestmark = pytest.mark.e2e
 
@@ -105,21 +104,11 @@ async def heartbeats(nats_url: str, namespace: str, seconds: float) -> dict[str,
     return seen
 
 
-def tar_with(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def test_minilm_is_registered_deployed_and_billed_by_tokens(stack: Stack, stack_database: str) -> None:
     auth = stack.auth()
     url = f"{stack.api}/v1/models/minilm/versions/1?framework=sentence-embedding"
     # The registry checks the artifact before storing it: a pickle is never accepted.
-    bad = httpx.put(url, content=tar_with({"pytorch_model.bin": b"\x80\x04pickle"}),
+    bad = httpx.put(url, content=tar_of({"pytorch_model.bin": b"\x80\x04pickle"}),
                     headers=auth, timeout=60)
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_artifact", bad.text
     up = httpx.put(url, content=minilm_artifact(), headers=auth, timeout=120)
