@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from services.autoscaler.keepalive import KeepAliveConfig
+from services.sim.llm import run_llm
 from services.sim.model import (
     KNATIVE_KPA,
     KUBERNETES_HPA,
@@ -124,6 +125,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{r.idle_gpu_hours:10.1f} {r.used_gpu_hours:10.2f} {r.cold_starts:8d} "
               f"{r.p99_wait_s:7.1f}s")
     print(f"trade-off plot: {png}")
+    llm_trace = args.trace_dir / "azure-llm-inference-2023-code.csv"
+    if llm_trace.exists():
+        started = time.perf_counter()
+        llm_results = run_llm(llm_trace)
+        print(f"\nAzure LLM code trace ({llm_results[0].requests} requests, 57 min, one PoP) "
+              f"through autoscaler.decide(), one step per second, "
+              f"{time.perf_counter() - started:.1f} s")
+        print(f"{'policy':28s} {'parameter':28s} {'waited %':>9s} {'p99 wait':>8s} "
+              f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'starts':>7s}")
+        for lr in llm_results:
+            print(f"{lr.policy:28s} {lr.parameter:28s} {100 * lr.waited / lr.requests:9.1f} "
+                  f"{lr.p99_wait_s:7.1f}s {lr.idle_gpu_s / 3600:10.2f} {lr.used_gpu_s / 3600:10.2f} "
+                  f"{lr.cold_starts:7d}")
     return 0
 
 
