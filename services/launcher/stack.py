@@ -21,6 +21,7 @@ from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.api.service import AccountsService
+from services.autoscaler.admin import admin_router as autoscaler_admin_router
 from services.autoscaler.executor import ReplicaExecutor
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
 from services.autoscaler.service import AutoscalerService
@@ -151,6 +152,7 @@ class Stack:
             self.accounts = AccountsService(self.pool, self.nc, subjects)
             await self.accounts.start()
             route_handlers.append(self.accounts.admin_router(self.admin_token))
+            route_handlers.append(autoscaler_admin_router(self.nc, subjects, self.admin_token))
         if "registry" in wanted:
             self.registry = RegistryService(self.pool, self.nc, subjects, c.pops)
             await self.registry.start()

@@ -75,6 +75,20 @@ def test_a_held_request_is_served_when_the_first_replica_is_ready(tenant: Tenant
     assert second.headers["x-edgeinfer-cold-start"] == "false"
 
 
+def test_decisions_are_kept_with_their_reasons_for_admins(tenant: Tenant) -> None:
+    resp = admin(tenant.stack, "GET", "/autoscaler/decisions?limit=200")
+    assert resp.status_code == 200, resp.text
+    decisions = resp.json()["decisions"]
+    # The held request woke the EU-pinned deployment: its held load panics the policy,
+    # capped at max_replicas 1; never a decision for us-east, outside its residency rule.
+    woken = [d for d in decisions if d["desired"] == 1 and d["pop"] == "eu-west"]
+    assert woken and all(d["reason"] for d in woken)
+    assert all({"stable_concurrency", "panic_concurrency", "ready", "starting", "metrics_ok"}
+               <= set(d) for d in decisions)
+    assert httpx.get(f"{tenant.stack.api}/admin/autoscaler/decisions",
+                     headers={"Authorization": f"Bearer {tenant.key}"}).status_code == 401
+
+
 def test_a_deployment_in_use_stays_up_and_an_idle_one_scales_to_zero(tenant: Tenant) -> None:
     """Scale-to-zero after 5 s idle (STACK_ENV): 8 s of a request a second keeps the replica;
     then, idle, it is drained and stopped, and the next request is a cold start again."""
