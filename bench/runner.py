@@ -70,7 +70,8 @@ MODELS = {  # name: (framework, artifact, one request's inputs)
 }
 
 
-async def main(seconds: float, model_name: str, rounds: int) -> None:
+async def main(seconds: float, model_name: str, rounds: int,
+               concurrencies: list[int]) -> None:
     framework, artifact, inputs = MODELS[model_name]
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-runner-"))
     nats = start_nats(work)
@@ -114,11 +115,14 @@ async def main(seconds: float, model_name: str, rounds: int) -> None:
         env = {**os.environ, "BARE_MODEL_PATH": str(work / "model.bin"), "BARE_FRAMEWORK": framework,
                "BENTOML_HOME": str(work / "bare-home"), "OMP_NUM_THREADS": "1"}
         t0 = time.monotonic()
-        bare = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                                 "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
-                                 "--port", str(bare_port)], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+        # Its log goes to a file, as the edgeinfer runner's does (BentoML writes an access
+        # log line per request; /dev/null would make the reference cheaper than it is).
+        with open(work / "bare.log", "ab") as bare_log:
+            bare = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                                     "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
+                                     "--port", str(bare_port)], cwd=ROOT, env=env,
+                                    stdout=bare_log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
         async with httpx.AsyncClient() as http:
             while True:
                 try:
@@ -145,7 +149,7 @@ async def main(seconds: float, model_name: str, rounds: int) -> None:
               "(model file on local disk)")
         # Alternating order, several rounds, medians: on 2 shared cores one run of either
         # side varies by ±10 %, more than the difference being measured.
-        for c in (1, 8, 64):
+        for c in concurrencies:
             runs: dict[str, list[tuple[float, str, str, float]]] = {"bare": [], "edgeinfer": []}
             targets = [("bare", f"http://127.0.0.1:{bare_port}/infer", bare.pid),
                        ("edgeinfer", f"{replica.url}/infer", ours_pid)]
@@ -179,5 +183,6 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--model", choices=sorted(MODELS), default="digits")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.model, args.rounds))
+    asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency))
