@@ -132,6 +132,8 @@ Then your GPU-seconds, and what they cost:
   {usage}
   curl -s {stack.api_url}/v1/invoices/preview -H 'Authorization: Bearer {demo.api_key}'
 
+or in the billing portal: {stack.api_url}/portal (sign in with the API key above).
+
 Ctrl-C stops everything.
 """, flush=True)
         (platform.state_dir / "ready.json").write_text(json.dumps({
