@@ -66,7 +66,9 @@ class HybridHistogram:
 
     @property
     def parameter(self) -> str:
-        return f"fallback {self.config.fixed_keepalive_min} min"
+        tail = "" if self.config.tail_percentile == 99.0 else f", tail p{self.config.tail_percentile:g}"
+        margin = f", margin {self.config.margin:g}" if self.config.margin else ""
+        return f"fallback {self.config.fixed_keepalive_min} min{tail}{margin}"
 
     def start(self) -> object:
         return IdleHistogram.empty(self.config)

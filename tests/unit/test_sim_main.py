@@ -38,3 +38,16 @@ def test_sim_prints_every_policy_and_draws_the_tradeoff(tmp_path: Path, capsys) 
 
 def test_pareto_front_drops_dominated_points() -> None:
     assert pareto([(1, 50), (2, 60), (3, 40), (4, 40)]) == [(1, 50), (3, 40)]
+
+
+def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> None:
+    from services.sim.main import PolicyResult, dominated
+
+    def point(name: str, cold: float, idle: float) -> PolicyResult:
+        return PolicyResult(name, "", 0.0, cold, idle, 0.0, 0, 0, 0.0)
+
+    baseline = point("fixed", 25.0, 569.0)
+    ours = [point("a", 16.3, 566.0), point("b", 10.0, 706.0), point("c", 30.0, 400.0)]
+    assert dominated(baseline, ours) == ours[0]
+    assert dominated(point("hpa", 7.3, 1578.0), ours) == ours[1]
+    assert dominated(point("cheap", 50.0, 200.0), ours) is None
