@@ -49,5 +49,6 @@ def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> No
     baseline = point("fixed", 25.0, 569.0)
     ours = [point("a", 16.3, 566.0), point("b", 10.0, 706.0), point("c", 30.0, 400.0)]
     assert dominated(baseline, ours) == ours[0]
-    assert dominated(point("hpa", 7.3, 1578.0), ours) == ours[1]
+    assert dominated(point("hpa", 12.0, 1578.0), ours) == ours[1]
+    assert dominated(point("hpa", 7.3, 1578.0), ours) is None  # fewer cold starts than any
     assert dominated(point("cheap", 50.0, 200.0), ours) is None
