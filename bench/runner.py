@@ -70,8 +70,8 @@ MODELS = {  # name: (framework, artifact, one request's inputs)
 }
 
 
-async def main(seconds: float, model_name: str, rounds: int,
-               concurrencies: list[int]) -> None:
+async def main(seconds: float, model_name: str, rounds: int, concurrencies: list[int],
+               aa: bool = False) -> None:
     framework, artifact, inputs = MODELS[model_name]
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-runner-"))
     nats = start_nats(work)
@@ -98,7 +98,7 @@ async def main(seconds: float, model_name: str, rounds: int,
     executor = LocalProcessExecutor(LocalExecutorConfig(nats.url, "edgeinfer", work,
                                                         pops_from_env(), Decimal(1)))
     bare_port = free_port()
-    bare = None
+    bare = twin = None
     try:
         t0 = time.monotonic()
         replica = await executor.start(deployment, "eu-west", 0)
@@ -134,6 +134,25 @@ async def main(seconds: float, model_name: str, rounds: int,
                 await asyncio.sleep(0.05)
         bare_cold = time.monotonic() - t0
 
+        if aa:  # a second, identical bare service: the A/A difference is the noise floor
+            twin_port = free_port()
+            with open(work / "bare-2.log", "ab") as twin_log:
+                twin = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                                         "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
+                                         "--port", str(twin_port)], cwd=ROOT,
+                                        env={**env, "BENTOML_HOME": str(work / "bare-2-home")},
+                                        stdout=twin_log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+            async with httpx.AsyncClient() as http:
+                while True:
+                    try:
+                        if (await http.get(f"http://127.0.0.1:{twin_port}/readyz", timeout=0.5)
+                                ).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    await asyncio.sleep(0.05)
+
         body = json.dumps({"tenant_id": "ten_bench", "request_id": "b",
                            "deployment_id": "dep_bench", "inputs": inputs()})
         ours_pid = next(p.pid for p in psutil.process_iter(["environ"])
@@ -150,9 +169,11 @@ async def main(seconds: float, model_name: str, rounds: int,
         # Alternating order, several rounds, medians: on 2 shared cores one run of either
         # side varies by ±10 %, more than the difference being measured.
         for c in concurrencies:
-            runs: dict[str, list[tuple[float, str, str, float]]] = {"bare": [], "edgeinfer": []}
             targets = [("bare", f"http://127.0.0.1:{bare_port}/infer", bare.pid),
                        ("edgeinfer", f"{replica.url}/infer", ours_pid)]
+            if twin is not None:
+                targets.insert(1, ("bare-2", f"http://127.0.0.1:{twin_port}/infer", twin.pid))
+            runs: dict[str, list[tuple[float, str, str, float]]] = {t[0]: [] for t in targets}
             for round_ in range(rounds):
                 for name, url, pid in targets if round_ % 2 == 0 else targets[::-1]:
                     runs[name].append(await asyncio.to_thread(wrk, url, body, c, seconds, work, pid))
@@ -166,13 +187,18 @@ async def main(seconds: float, model_name: str, rounds: int,
                 print(f"  c={c:<3d} {name:10s} median {medians[name]:7.0f} req/s  "
                       f"(runs {rates})  p50 {p50s}  p99 {p99s}  CPU {cpu:.0f} µs/request")
             print(f"  c={c:<3d} edgeinfer / bare: {medians['edgeinfer'] / medians['bare'] - 1:+.1%} req/s")
+            if twin is not None:
+                print(f"  c={c:<3d} A/A noise, bare-2 / bare: "
+                      f"{medians['bare-2'] / medians['bare'] - 1:+.1%} req/s")
         for name, watcher in rss.items():
             watcher.running = False
             print(f"peak RSS under load, {name}: {watcher.peak / 2**20:.0f} MB (arbiter + worker)")
     finally:
         await executor.stop_all()
-        if bare is not None:
-            for p in [psutil.Process(bare.pid), *psutil.Process(bare.pid).children(recursive=True)]:
+        for proc in (bare, twin):
+            if proc is None:
+                continue
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
                 p.kill()
         await nc.close()
         nats.stop()
@@ -184,5 +210,7 @@ if __name__ == "__main__":
     parser.add_argument("--model", choices=sorted(MODELS), default="digits")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--aa", action="store_true",
+                        help="also run a second bare service, to show the A/A noise")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency))
+    asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency, args.aa))
