@@ -12,7 +12,9 @@ Load-driven in the manner of Knative's KPA:
   stopped for idleness. Scale-down stops only idle ready replicas, which then drain.
 - Scale to zero: with no load, one replica stays until the keep-alive after the last
   request has passed — learned per deployment (keepalive.py) or the fixed fallback — and
-  the router's demand signal wakes a deployment at once.
+  the router's demand signal wakes a deployment at once. A learned window may also start
+  later (pre-warm): unload right after the load ends, start a replica `prewarm_lead_s`
+  before the next request is expected, keep it for the keep-alive.
 - Floors and ceiling: `min_replicas`, the tenant's active schedules, `max_replicas`.
 
 Worked example (capacity 8, utilisation 0.7 → 5.6 per replica): 2 ready, stable average
@@ -46,6 +48,7 @@ class ScaleConfig:
     panic_window_s: float = 6.0
     panic_threshold: float = 2.0
     fallback_keepalive_s: float = 600.0
+    prewarm_lead_s: float = 10.0  # start a pre-warmed replica this long before it is due
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class Inputs:
     demand_at: float | None = None
     schedule_min: int = 0
     keepalive_s: float | None = None  # learned; None while history is thin
+    # Learned too: no replica needed for this long after the last request (the head of
+    # the idle-time histogram); then one is kept for `keepalive_s`. 0: keep from the start.
+    prewarm_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,16 @@ def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
         keepalive = inputs.keepalive_s if inputs.keepalive_s is not None else config.fallback_keepalive_s
         demand = inputs.demand_at is not None and now - inputs.demand_at < config.stable_window_s
         idle_for = None if inputs.last_request_at is None else now - inputs.last_request_at
+        prewarm = inputs.prewarm_s if inputs.keepalive_s is not None else 0.0
         if demand:
             desired, reason = 1, "woken by the router's demand signal"
-        elif idle_for is not None and idle_for < keepalive:
+        elif idle_for is not None and prewarm > 0 and idle_for < prewarm - config.prewarm_lead_s:
+            reason = (f"unloaded until the expected next request (pre-warm at {prewarm:.0f} s,"
+                      f" idle {idle_for:.0f} s)")
+        elif idle_for is not None and idle_for < prewarm + keepalive:
             learned = "learned" if inputs.keepalive_s is not None else "fallback"
-            desired, reason = 1, f"keep-alive ({learned} {keepalive:.0f} s, idle {idle_for:.0f} s)"
+            what = "pre-warmed" if prewarm > 0 else "keep-alive"
+            desired, reason = 1, f"{what} ({learned} {keepalive:.0f} s, idle {idle_for:.0f} s)"
         else:
             reason = "no load and past the keep-alive: scale to zero"
     floor = max(inputs.min_replicas, inputs.schedule_min)

@@ -275,7 +275,9 @@ class AutoscalerService:
                 demand_at=max(self._demand_at.get(key, float("-inf")),
                               self._demand_at.get((d.id, ""), float("-inf"))),
                 schedule_min=scheduled_min(d.schedules, pop, wall),
-                keepalive_s=(learned.prewarm_min + learned.keepalive_min) * 60.0
+                prewarm_s=learned.prewarm_min * 60.0 if learned and learned.reason == "histogram"
+                else 0.0,
+                keepalive_s=learned.keepalive_min * 60.0
                 if learned and learned.reason == "histogram" else None)
             decision = decide(inputs, self._states.get(key, PolicyState()), self.config.scale)
             if not self.metrics_ok:

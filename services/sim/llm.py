@@ -135,7 +135,9 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
             now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
             replicas=views, observations=observations, last_request_at=last_request_at,
             demand_at=demand_at,
-            keepalive_s=(learned.prewarm_min + learned.keepalive_min) * 60.0
+            prewarm_s=learned.prewarm_min * 60.0 if learned and learned.reason == "histogram"
+            else 0.0,
+            keepalive_s=learned.keepalive_min * 60.0
             if learned and learned.reason == "histogram" else None), state, policy.scale)
         state = decision.state
         for _ in range(decision.start):

@@ -137,3 +137,21 @@ def test_placement_spills_to_the_nearest_allowed_pop_with_room() -> None:
     assert p.spilled == {"eu-west": {"eu-central": 2}} and p.unplaced == 1
     unlimited = place({"eu-west": 3}, {}, {"eu-west": None}, nearest)
     assert unlimited.replicas == {"eu-west": 3} and unlimited.unplaced == 0
+
+
+def test_a_learned_window_unloads_then_prewarms_before_the_expected_request() -> None:
+    """Requests every ~30 min (learned: pre-warm at 27 min, keep 6 min): right after the
+    load ends there is nothing to keep; a replica is started 10 s before the 27th minute
+    and kept until 33 min; after that, zero."""
+    def at(idle_s: float, replicas: list[ReplicaView]) -> Decision:
+        return run(10_000.0, [], replicas, last_request_at=10_000.0 - idle_s,
+                   keepalive_s=360.0, prewarm_s=1620.0)
+
+    assert at(120, ready(1)).desired == 0 and "unloaded" in at(120, ready(1)).reason
+    early = at(1612, [])  # 8 s before the 27th minute: within the 10 s lead
+    assert early.desired == 1 and early.start == 1 and "pre-warmed" in early.reason
+    assert at(1900, ready(1)).desired == 1  # within the learned window
+    assert at(2000, ready(1)).desired == 0  # past pre-warm + keep-alive
+    # While the history is thin (no learned keep-alive) a pre-warm is ignored.
+    thin = run(10_000.0, [], ready(1), last_request_at=10_000.0 - 120, prewarm_s=1620.0)
+    assert thin.desired == 1 and "fallback" in thin.reason
