@@ -49,6 +49,9 @@ class ScaleConfig:
     panic_threshold: float = 2.0
     fallback_keepalive_s: float = 600.0
     prewarm_lead_s: float = 10.0  # start a pre-warmed replica this long before it is due
+    # Knative's scale-down-delay: never go below the most asked for in this window (0: off).
+    # Spares a bursty deployment the stop/start churn between bursts.
+    scale_down_delay_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Inputs:
 class PolicyState:
     panic_until: float | None = None
     panic_desired: int = 0  # the most asked for during the current panic
+    recent: tuple[tuple[float, int], ...] = ()  # (time, desired) within the scale-down delay
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ def average(observations: Sequence[Observation], now: float, window_s: float) ->
 
 def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
     now = inputs.now
+    recent_desired = state.recent
     per_replica = max(inputs.capacity * config.target_utilisation, 1e-9)
     stable = average(inputs.observations, now, config.stable_window_s)
     panic = average(inputs.observations, now, config.panic_window_s)
@@ -139,6 +144,15 @@ def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
     if desired > inputs.max_replicas:
         desired = inputs.max_replicas
         reason += f" (capped at max_replicas {inputs.max_replicas})"
+    if config.scale_down_delay_s > 0:
+        # Remember what the load asked for (not the held value, or a hold would renew itself).
+        recent = (*(r for r in recent_desired if now - r[0] < config.scale_down_delay_s),
+                  (now, desired))
+        held = max(n for _, n in recent)
+        if held > desired:
+            reason += f"; held at {held} for the {config.scale_down_delay_s:g} s scale-down delay"
+            desired = held
+        state = PolicyState(state.panic_until, state.panic_desired, recent)
 
     live = ready + starting
     start = max(0, desired - live)

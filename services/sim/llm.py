@@ -172,6 +172,11 @@ def llm_policies() -> list[LlmPolicy]:
                       keepalive=KeepAliveConfig(fixed_keepalive_min=m, min_samples=4,
                                                 margin=0.0))
             for m in (1, 5, 10)]
+    ours += [LlmPolicy("edgeinfer decide()", f"learned, fallback 1 min, delay {d // 60} min",
+                       ScaleConfig(fallback_keepalive_s=60.0, scale_down_delay_s=float(d)),
+                       learn_keepalive=True,
+                       keepalive=KeepAliveConfig(fixed_keepalive_min=1, min_samples=4, margin=0.0))
+             for d in (120, 300)]
     return [*fixed, kpa, hpa, *ours]
 
 

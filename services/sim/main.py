@@ -154,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nAzure LLM code trace ({llm_results[0].requests} requests, 57 min, one PoP) "
               f"through autoscaler.decide(), one step per second, "
               f"{time.perf_counter() - started:.1f} s")
-        print(f"{'policy':28s} {'parameter':28s} {'waited %':>9s} {'p99 wait':>8s} "
+        print(f"{'policy':28s} {'parameter':36s} {'waited %':>9s} {'p99 wait':>8s} "
               f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'starts':>7s}")
         for lr in llm_results:
-            print(f"{lr.policy:28s} {lr.parameter:28s} {100 * lr.waited / lr.requests:9.1f} "
+            print(f"{lr.policy:28s} {lr.parameter:36s} {100 * lr.waited / lr.requests:9.1f} "
                   f"{lr.p99_wait_s:7.1f}s {lr.idle_gpu_s / 3600:10.2f} {lr.used_gpu_s / 3600:10.2f} "
                   f"{lr.cold_starts:7d}")
     return 0

@@ -155,3 +155,24 @@ def test_a_learned_window_unloads_then_prewarms_before_the_expected_request() ->
     # While the history is thin (no learned keep-alive) a pre-warm is ignored.
     thin = run(10_000.0, [], ready(1), last_request_at=10_000.0 - 120, prewarm_s=1620.0)
     assert thin.desired == 1 and "fallback" in thin.reason
+
+
+def test_a_scale_down_delay_keeps_the_most_asked_for_within_the_window() -> None:
+    config = ScaleConfig(scale_down_delay_s=300.0)
+    burst = decide(Inputs(now=1000.0, capacity=8, min_replicas=0, max_replicas=10,
+                          replicas=ready(1, busy=1), observations=steady(30.0, 1000.0),
+                          last_request_at=1000.0), CALM, config)
+    assert burst.desired == 6
+    calm = decide(Inputs(now=1200.0, capacity=8, min_replicas=0, max_replicas=10,
+                         replicas=ready(6), observations=steady(1.0, 1200.0),
+                         last_request_at=1200.0), PolicyState(recent=burst.state.recent), config)
+    assert calm.desired == 6 and "scale-down delay" in calm.reason and calm.stop == ()
+    # Ticks every second do not renew the hold: 300 s after the burst it ends.
+    state = calm.state
+    for now in range(1201, 1301):
+        tick = decide(Inputs(now=float(now), capacity=8, min_replicas=0, max_replicas=10,
+                             replicas=ready(6), observations=steady(1.0, float(now)),
+                             last_request_at=float(now)), state, config)
+        state = tick.state
+        assert tick.desired == (6 if now < 1300 else 1), now
+    assert len(tick.stop) == 5
