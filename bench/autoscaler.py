@@ -1,7 +1,7 @@
 """Live autoscaler latency: from a load step to the scale-up decision, and from a held
 request's demand signal to the replica start — over real NATS, repeated.
 
-    .venv/bin/python bench/autoscaler.py [--trials 20]
+    .venv/bin/python -m bench.autoscaler [--trials 20]     (from the repo root)
 
 The autoscaler runs its real loop (1 s tick) with the heartbeat metrics source; runners'
 heartbeats and the router's signals are published the way those services publish them.
@@ -20,9 +20,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from common import pct
-
-from services.autoscaler.executor import Replica
+from bench.common import pct
 from services.autoscaler.service import AutoscalerConfig, AutoscalerService
 from shared.bus import connect, ensure_streams
 from shared.embedded import start_nats
@@ -36,29 +34,9 @@ from shared.events import (
 )
 from shared.subjects import Subjects
 from shared.topology import Pop
+from tests.standins.recording_executor import RecordingExecutor
 
 POPS = {"eu-west": Pop("eu-west", "eu-west", "eu")}
-
-
-class RecordingExecutor:
-    def __init__(self) -> None:
-        self.replicas: dict[str, Replica] = {}
-        self.started_at: list[float] = []
-
-    async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
-        replica = Replica(f"r{len(self.started_at)}", deployment.id, pop, slot, "http://x")
-        self.replicas[replica.runner_id] = replica
-        self.started_at.append(time.monotonic())
-        return replica
-
-    async def stop(self, replica: Replica) -> None:
-        self.replicas.pop(replica.runner_id, None)
-
-    def running(self) -> list[Replica]:
-        return list(self.replicas.values())
-
-    async def stop_all(self) -> None:
-        self.replicas.clear()
 
 
 async def trial(nats_url: str, scenario: str) -> float:
@@ -88,10 +66,10 @@ async def trial(nats_url: str, scenario: str) -> float:
             await asyncio.sleep(1.5)
             t0 = time.monotonic()
             await nc.publish(subjects.demand(d.id), signal(1, 0.0))
-            while not executor.started_at:
+            while not executor.started:
                 await asyncio.sleep(0.005)
-            return executor.started_at[0] - t0
-        while not executor.started_at:
+            return executor.started[0][2] - t0
+        while not executor.started:
             await asyncio.sleep(0.01)
         runner = next(iter(executor.replicas))
         beat = RunnerHeartbeat(
@@ -103,11 +81,11 @@ async def trial(nats_url: str, scenario: str) -> float:
             await asyncio.sleep(0.25)
         t0 = time.monotonic()
         full = msgspec_replace(beat, in_flight=8)
-        while len(executor.started_at) < 2:
+        while len(executor.started) < 2:
             await nc.publish(subjects.heartbeat("eu-west", runner), encode(full))
             await nc.publish(subjects.demand(d.id), signal(0, 24.0))
             await asyncio.sleep(0.5)
-        return executor.started_at[1] - t0
+        return executor.started[1][2] - t0
     finally:
         await service.stop()
         await nc.close()

@@ -63,6 +63,28 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
     return rate, pcts.get("50%", "?"), pcts.get("99%", "?"), cpu_s * 1e6 / max(1, requests)
 
 
+async def start_bare(work: Path, framework: str, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+    """The bare BentoML service on a free port, once its /readyz answers. Its log goes to a
+    file, as the edgeinfer runner's does (BentoML writes an access-log line per request;
+    /dev/null would make the reference cheaper than it is)."""
+    port = free_port()
+    env = {**os.environ, "BARE_MODEL_PATH": str(work / "model.bin"), "BARE_FRAMEWORK": framework,
+           "BENTOML_HOME": str(work / f"{name}-home"), "OMP_NUM_THREADS": "1"}
+    with open(work / f"{name}.log", "ab") as log:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+                                    "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=env, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5)).status_code == 200:
+                    return port, process
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.05)
+
+
 MODELS = {  # name: (framework, artifact, one request's inputs)
     "digits": ("onnx", digits_onnx, lambda: [sample_digit(0)]),
     "minilm": ("sentence-embedding", minilm_artifact,
@@ -97,7 +119,6 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
     await nc.subscribe(subjects.heartbeat_wildcard, cb=on_beat)
     executor = LocalProcessExecutor(LocalExecutorConfig(nats.url, "edgeinfer", work,
                                                         pops_from_env(), Decimal(1)))
-    bare_port = free_port()
     bare = twin = None
     try:
         t0 = time.monotonic()
@@ -112,46 +133,11 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
         await asyncio.wait_for(ready.wait(), 300)
         ours_cold = time.monotonic() - t0  # the PoP's disk cache has it
 
-        env = {**os.environ, "BARE_MODEL_PATH": str(work / "model.bin"), "BARE_FRAMEWORK": framework,
-               "BENTOML_HOME": str(work / "bare-home"), "OMP_NUM_THREADS": "1"}
         t0 = time.monotonic()
-        # Its log goes to a file, as the edgeinfer runner's does (BentoML writes an access
-        # log line per request; /dev/null would make the reference cheaper than it is).
-        with open(work / "bare.log", "ab") as bare_log:
-            bare = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                                     "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
-                                     "--port", str(bare_port)], cwd=ROOT, env=env,
-                                    stdout=bare_log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        async with httpx.AsyncClient() as http:
-            while True:
-                try:
-                    if (await http.get(f"http://127.0.0.1:{bare_port}/readyz", timeout=0.5)
-                            ).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                await asyncio.sleep(0.05)
+        bare_port, bare = await start_bare(work, framework, "bare")
         bare_cold = time.monotonic() - t0
-
         if aa:  # a second, identical bare service: the A/A difference is the noise floor
-            twin_port = free_port()
-            with open(work / "bare-2.log", "ab") as twin_log:
-                twin = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
-                                         "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
-                                         "--port", str(twin_port)], cwd=ROOT,
-                                        env={**env, "BENTOML_HOME": str(work / "bare-2-home")},
-                                        stdout=twin_log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-            async with httpx.AsyncClient() as http:
-                while True:
-                    try:
-                        if (await http.get(f"http://127.0.0.1:{twin_port}/readyz", timeout=0.5)
-                                ).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    await asyncio.sleep(0.05)
+            twin_port, twin = await start_bare(work, framework, "bare-2")
 
         body = json.dumps({"tenant_id": "ten_bench", "request_id": "b",
                            "deployment_id": "dep_bench", "inputs": inputs()})

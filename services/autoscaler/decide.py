@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class Decision:
     state: PolicyState
     stable_concurrency: float = 0.0
     panic_concurrency: float = 0.0
-    holds: tuple[str, ...] = field(default=())  # why some excess could not be stopped yet
+    holds: tuple[str, ...] = ()  # why some excess could not be stopped yet
 
 
 def average(observations: Sequence[Observation], now: float, window_s: float) -> float:

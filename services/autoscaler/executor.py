@@ -29,6 +29,10 @@ class ReplicaExecutor(Protocol):
 
     def running(self) -> list[Replica]: ...
 
+    def exited(self) -> list[Replica]:
+        """Replicas whose process died on its own: the autoscaler replaces them."""
+        ...
+
     async def stop_all(self) -> None:
         """On autoscaler shutdown: local processes stop with it; a Kubernetes fleet stays."""
         ...

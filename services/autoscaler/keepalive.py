@@ -83,3 +83,14 @@ def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
     prewarm = math.floor(head * (1.0 - config.margin))
     end = math.ceil(tail * (1.0 + config.margin)) + 1
     return Window(prewarm, max(1, end - prewarm), "histogram")
+
+
+def learned_times(histogram: IdleHistogram | None, config: KeepAliveConfig) -> tuple[float, float | None]:
+    """(pre-warm seconds, keep-alive seconds) for the live policy: (0, None) — use the fixed
+    fallback — until the histogram can be trusted."""
+    if histogram is None:
+        return 0.0, None
+    w = window(histogram, config)
+    if w.reason != "histogram":
+        return 0.0, None
+    return w.prewarm_min * 60.0, w.keepalive_min * 60.0

@@ -15,6 +15,7 @@ autoscaler restart must not take every PoP down; `adopt` picks the counts up aga
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -168,6 +169,4 @@ class _Raw:
     """The shape ApiClient.deserialize reads (a response with `.data` as JSON text)."""
 
     def __init__(self, obj: dict[str, Any]) -> None:
-        import json
-
         self.data = json.dumps(obj)

@@ -38,11 +38,10 @@ class ConcurrencySource(Protocol):
 
 
 class PrometheusConcurrency:
-    def __init__(self, url: str, timeout_s: float = 2.0,
-                 connect: Callable[[str], object] | None = None) -> None:
+    def __init__(self, url: str, timeout_s: float = 2.0) -> None:
         from prometheus_api_client import PrometheusConnect
 
-        self._prom = (connect or (lambda u: PrometheusConnect(url=u, disable_ssl=True)))(url)
+        self._prom = PrometheusConnect(url=url, disable_ssl=True)
         self._timeout_s = timeout_s
         self.url = url
 
@@ -99,6 +98,9 @@ class HeartbeatConcurrency:
 
     async def concurrency(self) -> dict[Key, float]:
         now = self._clock()
+        # Forget runners long gone (replaced pods, stopped processes): the map stays small.
+        for runner_id in [r for r, (at, _) in self._runners.items() if now - at > 60]:
+            del self._runners[runner_id]
         out: dict[Key, float] = {}
         for at, beat in self._runners.values():
             if now - at <= self._stale_s and beat.state == "ready":

@@ -35,7 +35,7 @@ from services.autoscaler.decide import (
     decide,
 )
 from services.autoscaler.executor import Replica, ReplicaExecutor
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, window
+from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
 from services.autoscaler.metrics import (
     ConcurrencySource,
     HeartbeatConcurrency,
@@ -142,13 +142,11 @@ class AutoscalerService:
         self._last_request_at: dict[tuple[str, str], float] = {}
         self._idle: dict[tuple[str, str], IdleHistogram] = {}
         self._published: dict[tuple[str, str], tuple[object, ...]] = {}
-        self._started_at: dict[str, float] = {}
         self._deployments: list[Deployment] = []
         self._deployments_at = float("-inf")
         self.metrics_ok = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.decisions: deque[ScalingDecision] = deque(maxlen=1000)
 
     async def start(self) -> None:
         s = self._subjects
@@ -231,17 +229,13 @@ class AutoscalerService:
                 log.error("load metrics unavailable, holding decisions: %s", exc)
             self.metrics_ok, load = False, {}
         METRICS_DOWN.set(0 if self.metrics_ok else 1)
-        for replica in self._executor_exited():
+        for replica in self._executor.exited():
             log.warning("runner %s exited; replacing it", replica.runner_id)
             await self._executor.stop(replica)
         published = []
         for deployment in self._deployments:
             published += await self._scale(deployment, load, now)
         return published
-
-    def _executor_exited(self) -> list[Replica]:
-        exited = getattr(self._executor, "exited", None)
-        return exited() if exited else []
 
     def _replicas(self, deployment_id: str, pop: str) -> list[tuple[Replica, ReplicaView]]:
         """The executor's replicas with their state from heartbeats: by runner id where the
@@ -262,13 +256,14 @@ class AutoscalerService:
                      now: float) -> list[ScalingDecision]:
         wall = datetime.now(UTC)
         decisions: dict[str, tuple[Decision, Inputs]] = {}
+        pairs: dict[str, list[tuple[Replica, ReplicaView]]] = {}
         for pop in d.allowed_pops:
             key = (d.id, pop)
             if self.metrics_ok:
                 self._observations[key].append(Observation(now, load.get(key, 0.0)))
-            replicas = [view for _, view in self._replicas(d.id, pop)]
-            histogram = self._idle.get(key)
-            learned = window(histogram, self.config.keepalive) if histogram else None
+            pairs[pop] = self._replicas(d.id, pop)
+            replicas = [view for _, view in pairs[pop]]
+            prewarm_s, keepalive_s = learned_times(self._idle.get(key), self.config.keepalive)
             inputs = Inputs(
                 now=now, capacity=self.config.runner_capacity, min_replicas=d.min_replicas,
                 max_replicas=d.max_replicas, replicas=replicas,
@@ -277,25 +272,25 @@ class AutoscalerService:
                 demand_at=max(self._demand_at.get(key, float("-inf")),
                               self._demand_at.get((d.id, ""), float("-inf"))),
                 schedule_min=scheduled_min(d.schedules, pop, wall),
-                prewarm_s=learned.prewarm_min * 60.0 if learned and learned.reason == "histogram"
-                else 0.0,
-                keepalive_s=learned.keepalive_min * 60.0
-                if learned and learned.reason == "histogram" else None)
+                prewarm_s=prewarm_s, keepalive_s=keepalive_s)
             decision = decide(inputs, self._states.get(key, PolicyState()), self.config.scale)
             if not self.metrics_ok:
                 # Hold: never scale down blind; only a held request may still wake a PoP.
                 live = sum(v.state != "draining" for v in replicas)
-                wake = 1 if "demand" in decision.reason else 0
+                demand_at = inputs.demand_at or float("-inf")
+                wake = 1 if now - demand_at < self.config.scale.stable_window_s else 0
                 decision = Decision(max(live, wake), max(0, wake - live), (),
                                     "load metrics unavailable: holding", decision.state)
             else:
                 self._states[key] = decision.state
             decisions[pop] = (decision, inputs)
-        return await self._apply(d, decisions)
+        return await self._apply(d, decisions, pairs)
 
-    async def _apply(self, d: Deployment, decisions: dict[str, tuple[Decision, Inputs]]
+    async def _apply(self, d: Deployment, decisions: dict[str, tuple[Decision, Inputs]],
+                     pairs_by_pop: dict[str, list[tuple[Replica, ReplicaView]]]
                      ) -> list[ScalingDecision]:
-        running = {pop: len(self._replicas(d.id, pop)) for pop in d.allowed_pops}
+        running = {pop: len(pairs) for pop, pairs in pairs_by_pop.items()}
+        classes = {dep.id: dep.gpu_class for dep in self._deployments}
         free: dict[str, int | None] = {}
         for pop in d.allowed_pops:
             slots = self.config.pop_capacity.get((pop, d.gpu_class))
@@ -303,7 +298,7 @@ class AutoscalerService:
                 free[pop] = None
                 continue
             used = sum(1 for r in self._executor.running() if r.pop == pop
-                       and self._gpu_class(r.deployment_id) == d.gpu_class and r.deployment_id != d.id)
+                       and classes.get(r.deployment_id) == d.gpu_class and r.deployment_id != d.id)
             free[pop] = max(0, slots - used)
         allowed = set(d.allowed_pops)
         placement = place({pop: dec.desired for pop, (dec, _) in decisions.items()}, running, free,
@@ -313,14 +308,13 @@ class AutoscalerService:
         for pop, (decision, inputs) in decisions.items():
             target = placement.replicas[pop]
             DESIRED.labels(d.id, pop).set(decision.desired)
-            pairs = self._replicas(d.id, pop)
+            pairs = pairs_by_pop[pop]
             live = [r for r, v in pairs if v.state != "draining"]
             used_slots = {r.slot for r, _ in pairs}
             for _ in range(max(0, target - len(live))):
                 slot = min(set(range(len(pairs) + target + 1)) - used_slots)
                 used_slots.add(slot)
-                replica = await self._executor.start(d, pop, slot)
-                self._started_at[replica.runner_id] = self._clock()
+                await self._executor.start(d, pop, slot)
             excess = len(live) - target
             idle_ready = [r for r, v in pairs if r.runner_id in decision.stop or
                           (v.state == "ready" and v.in_flight == 0)]
@@ -330,9 +324,6 @@ class AutoscalerService:
             spilled = placement.spilled.get(pop, {})
             published.append(await self._publish(d, pop, decision, inputs, target, spilled))
         return [p for p in published if p is not None]
-
-    def _gpu_class(self, deployment_id: str) -> str:
-        return next((d.gpu_class for d in self._deployments if d.id == deployment_id), "")
 
     async def _publish(self, d: Deployment, pop: str, decision: Decision, inputs: Inputs,
                        target: int, spilled: dict[str, int]) -> ScalingDecision | None:
@@ -352,7 +343,6 @@ class AutoscalerService:
             panic_concurrency=round(decision.panic_concurrency, 3),
             schedule_min=inputs.schedule_min, keepalive_s=inputs.keepalive_s,
             metrics_ok=self.metrics_ok, placed_in=",".join(spilled))
-        self.decisions.append(event)
         log.info("%s in %s: %d replica(s) — %s", d.id, pop, decision.desired, event.reason)
         with contextlib.suppress(Exception):  # NATS down: the next change publishes again
             await self._nc.jetstream().publish(self._subjects.decision(d.id, pop), encode(event))

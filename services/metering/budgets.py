@@ -10,6 +10,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
+import msgspec
+
+
+class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    monthly_limit: str  # a decimal amount as a string: money is never a float
+    currency: str = "USD"
+    thresholds: list[int] = msgspec.field(default_factory=lambda: [50, 80, 100])
+    hard_stop: bool = False
+
 
 @dataclass(frozen=True)
 class Budget:

@@ -24,6 +24,7 @@ from litestar.response import Redirect, Template
 from litestar.types import ASGIApp
 
 from services.metering import invoicing
+from services.metering.budgets import BudgetSpec
 from services.metering.chart import daily_chart
 from shared.auth import hash_api_key
 from shared.http import Refusal
@@ -145,8 +146,6 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
 
     @post("/budget", include_in_schema=False, status_code=200)
     async def save_budget(request: Request[Any, Any, Any], data: Form) -> Template:
-        from services.metering.service import BudgetSpec
-
         tenant_id = await tenant_of(request)
         try:
             thresholds = [int(t) for t in data.get("thresholds", "").replace(" ", "").split(",") if t]

@@ -26,7 +26,7 @@ from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
 from services.metering import billing_routes, invoicing, ledger
-from services.metering.budgets import Budget
+from services.metering.budgets import Budget, BudgetSpec
 from services.metering.budgets import decide as decide_budget
 from services.metering.consumer import ConsumerConfig, UsageConsumer, consumer_config_from_env
 from services.metering.invoicing import month_start, next_month, rated_usage
@@ -42,13 +42,6 @@ from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
 
 log = logging.getLogger(__name__)
-
-
-class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    monthly_limit: str  # a decimal amount as a string: money is never a float
-    currency: str = "USD"
-    thresholds: list[int] = msgspec.field(default_factory=lambda: [50, 80, 100])
-    hard_stop: bool = False
 
 
 def parse_period(from_: str | None, to: str | None, now: datetime) -> tuple[datetime, datetime]:

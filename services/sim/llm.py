@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 
 from services.autoscaler.decide import Inputs, Observation, PolicyState, ReplicaView, ScaleConfig, decide
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, window
+from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
 
 
 @dataclass(frozen=True)
@@ -128,17 +128,15 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
         observations.append(Observation(now, float(concurrency)))
         if len(observations) > 400:
             del observations[:100]
-        learned = window(histogram, policy.keepalive) if policy.learn_keepalive else None
+        prewarm_s, keepalive_s = (learned_times(histogram, policy.keepalive)
+                                   if policy.learn_keepalive else (0.0, None))
         views = [ReplicaView(r.id, "ready" if r.ready_at <= now else "starting", len(r.busy_until))
                  for r in replicas if not r.stopped]
         decision = decide(Inputs(
             now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
             replicas=views, observations=observations, last_request_at=last_request_at,
             demand_at=demand_at,
-            prewarm_s=learned.prewarm_min * 60.0 if learned and learned.reason == "histogram"
-            else 0.0,
-            keepalive_s=learned.keepalive_min * 60.0
-            if learned and learned.reason == "histogram" else None), state, policy.scale)
+            prewarm_s=prewarm_s, keepalive_s=keepalive_s), state, policy.scale)
         state = decision.state
         for _ in range(decision.start):
             rep = _Replica(f"r{next_id}", now + cold_start_s)

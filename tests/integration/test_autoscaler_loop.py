@@ -19,7 +19,6 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.autoscaler.decide import ScaleConfig
-from services.autoscaler.executor import Replica
 from services.autoscaler.metrics import MetricsUnavailable
 from services.autoscaler.service import AutoscalerConfig, AutoscalerService
 from shared.bus import connect, ensure_streams
@@ -34,29 +33,9 @@ from shared.events import (
 )
 from shared.subjects import Subjects
 from shared.topology import Pop
+from tests.standins.recording_executor import RecordingExecutor
 
 POPS = {"eu-west": Pop("eu-west", "eu-west", "eu"), "us-east": Pop("us-east", "us-east", "us")}
-
-
-class RecordingExecutor:
-    def __init__(self) -> None:
-        self.replicas: dict[str, Replica] = {}
-        self.started: list[tuple[str, str, float]] = []
-
-    async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
-        replica = Replica(f"r{len(self.started)}", deployment.id, pop, slot, "http://x")
-        self.replicas[replica.runner_id] = replica
-        self.started.append((replica.runner_id, pop, time.monotonic()))
-        return replica
-
-    async def stop(self, replica: Replica) -> None:
-        self.replicas.pop(replica.runner_id, None)
-
-    def running(self) -> list[Replica]:
-        return list(self.replicas.values())
-
-    async def stop_all(self) -> None:
-        self.replicas.clear()
 
 
 def deployment(min_replicas: int) -> Deployment:
