@@ -118,6 +118,10 @@ class DemandSignal(msgspec.Struct, frozen=True, kw_only=True, tag="router.demand
     # Requests refused because every replica was full, as concurrency (refused per second
     # × mean request time): load that in-flight counts cannot show.
     excess_concurrency: float = 0.0
+    # Requests served in `pop` since the router's previous signal for it (activity
+    # signals only): the autoscaler's learned keep-alive weighs a cold start by the
+    # deployment's mean time between requests.
+    requests: int = 0
 
 
 class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True,

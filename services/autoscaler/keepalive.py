@@ -2,15 +2,30 @@
 
 In the spirit of the hybrid histogram policy of "Serverless in the Wild" (Shahrad et al.,
 ATC 2020): keep a histogram of the idle times between a deployment's invocations (1-minute
-bins, up to 4 hours). When it holds enough samples, the head of the distribution says how
-long after an invocation the next one is very unlikely (pre-warm: release at once, load
-again just before), the tail says when it has become unlikely (keep-alive ends). While
-history is thin, or mostly beyond the histogram's range, fall back to a fixed keep-alive.
+bins, up to 4 hours). While history is thin, or mostly beyond the histogram's range, fall
+back to a fixed keep-alive. Once it can be trusted, the window after each invocation —
+unloaded for a pre-warm time, then loaded until the keep-alive ends — comes from one of two
+rules:
 
-Worked example, idle times 30, 30, 31, 29, 30 … minutes (a half-hourly job), head 5th and
-tail 99th percentile, margin 10%: pre-warm = floor(29 × 0.9) = 26 min, keep-alive ends
-at ceil(31 × 1.1) + 1 = 36 min — the replica is loaded 10 of every 30 minutes instead of
-30 with a fixed 30-minute keep-alive. (tests/unit/test_keepalive.py)
+- **Cost** (the default, `cold_start_weight` set): the window that minimises, over the
+  deployment's own history, idle minutes + weight × cold starts, where one cold start
+  weighs `cold_start_weight` mean inter-request times. A deployment called once an hour
+  then keeps a replica much longer than one called every few seconds, for the same share
+  of its requests that meet a cold start — the cold-start *rate* a tenant sees is what is
+  traded against the platform's idle time, not the count. Pre-warm is either none or the
+  head of the histogram, whichever costs less.
+- **Percentiles** (Shahrad et al.'s, `cold_start_weight=None`): pre-warm at the head
+  (5th percentile) less a margin, keep until the tail (99th) plus a margin.
+
+Worked example (percentiles), idle times 30, 30, 31, 29, 30 … minutes (a half-hourly job),
+margin 10%: pre-warm = floor(29 × 0.9) = 26 min, keep-alive ends at ceil(31 × 1.1) + 1 =
+36 min — loaded 10 of every 30 minutes instead of 30 with a fixed 30-minute keep-alive.
+
+Worked example (cost), idle times 1 (×6) and 20 (×2) minutes with 40 requests over 46
+minutes, weight 8: a cold start weighs 8 × 46 / 40 = 9.2 idle minutes. Keeping 1 minute
+costs 2 × 1 idle + 2 × 9.2 = 20.4; keeping 20 minutes costs 2 × 19 idle = 38, so the
+window is one minute — but with weight 20 (23 idle minutes per cold start) it is 20.
+(tests/unit/test_keepalive.py)
 """
 
 from __future__ import annotations
@@ -18,34 +33,57 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+NEVER = 10**9  # minutes: a keep-alive longer than any history
+
 
 @dataclass(frozen=True)
 class KeepAliveConfig:
     fixed_keepalive_min: int = 10  # while history is thin
     bins: int = 240  # 1-minute bins: 4 hours
-    min_samples: int = 8
+    min_samples: int = 2
     head_percentile: float = 5.0
     tail_percentile: float = 99.0
-    margin: float = 0.10
+    margin: float = 0.10  # the percentile rule's; the cost rule fits its window exactly
     # Beyond this share of idle times longer than the histogram, its shape means little.
     max_out_of_bounds: float = 0.5
+    # One cold start weighs this many mean inter-request times of idle replica time;
+    # None: Shahrad et al.'s percentile rule instead of the cost rule.
+    cold_start_weight: float | None = 8.0
 
 
 @dataclass(frozen=True)
 class IdleHistogram:
     counts: tuple[int, ...]
     out_of_bounds: int = 0
+    requests: int = 0  # requests seen over the history
+    span_min: float = 0.0  # minutes the history covers (first request to last)
+    out_of_bounds_min: float = 0.0  # the idle minutes of the out-of-range idle times
 
     @classmethod
     def empty(cls, config: KeepAliveConfig) -> IdleHistogram:
         return cls((0,) * config.bins)
 
     def observe(self, idle_min: int) -> IdleHistogram:
-        if idle_min >= len(self.counts):
-            return IdleHistogram(self.counts, self.out_of_bounds + 1)
-        counts = list(self.counts)
-        counts[max(0, idle_min)] += 1
-        return IdleHistogram(tuple(counts), self.out_of_bounds)
+        """An idle time on its own (the percentile rule needs nothing more)."""
+        return self.record(float(idle_min), 0)
+
+    def record(self, elapsed_min: float, requests: int) -> IdleHistogram:
+        """`requests` arrived `elapsed_min` after the previous ones; a gap of a minute or
+        more is an idle time."""
+        counts, out_of_bounds, out_of_bounds_min = self.counts, self.out_of_bounds, self.out_of_bounds_min
+        if elapsed_min >= 1:
+            idle_min = int(elapsed_min)
+            if idle_min >= len(counts):
+                out_of_bounds += 1
+                out_of_bounds_min += idle_min
+            else:
+                mutable = list(counts)
+                mutable[idle_min] += 1
+                counts = tuple(mutable)
+        return IdleHistogram(counts, out_of_bounds, self.requests + requests,
+                             self.span_min + max(0.0, elapsed_min), out_of_bounds_min)
 
     @property
     def samples(self) -> int:
@@ -78,11 +116,46 @@ def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
     if samples < config.min_samples or (
             seen and histogram.out_of_bounds / seen > config.max_out_of_bounds):
         return Window(0, config.fixed_keepalive_min, "fixed: thin or out-of-range history")
+    if config.cold_start_weight is not None:
+        return cheapest_window(histogram, config.cold_start_weight, config.head_percentile)
     head = percentile_bin(histogram.counts, config.head_percentile)
     tail = percentile_bin(histogram.counts, config.tail_percentile)
     prewarm = math.floor(head * (1.0 - config.margin))
     end = math.ceil(tail * (1.0 + config.margin)) + 1
     return Window(prewarm, max(1, end - prewarm), "histogram")
+
+
+def cheapest_window(histogram: IdleHistogram, weight: float, head_percentile: float) -> Window:
+    """The window with the least idle minutes + cold-start cost over this history.
+
+    A window loads minutes [first, end] after an invocation (first = pre-warm, or 1);
+    an idle time of g minutes is warm when first ≤ g ≤ end, and keeps the replica
+    loaded, idle, for the minutes in [first, min(end, g - 1)]. With S(m) the number of
+    idle times longer than m, the idle minutes of the window ending at `end` are
+    S(first) + … + S(end): one running sum per candidate start. One more candidate never
+    unloads (no cold start, every idle minute paid), as a floor of one replica would.
+    """
+    counts = np.asarray(histogram.counts, dtype=np.float64)
+    # Cold start weight in idle minutes: `weight` mean inter-request times.
+    cold_cost = weight * histogram.span_min / max(histogram.requests, 1)
+    # S(m): idle times longer than m minutes, out-of-range ones included.
+    longer = np.cumsum(counts[::-1])[::-1] - counts + histogram.out_of_bounds
+    total = histogram.samples + histogram.out_of_bounds
+    head = percentile_bin(histogram.counts, head_percentile)
+    best: tuple[float, int, int] | None = None
+    for first in sorted({1, head} if head > 1 else {1}):
+        cost = np.cumsum(longer[first:]) + cold_cost * (total - np.cumsum(counts[first:]))
+        end = int(np.argmin(cost))  # the first of equal costs: the shorter window
+        if best is None or cost[end] < best[0]:
+            best = (float(cost[end]), first, first + end)
+    never_unload = float(counts @ np.arange(len(counts))) - histogram.samples + (
+        histogram.out_of_bounds_min - histogram.out_of_bounds)
+    assert best is not None
+    if never_unload < best[0]:
+        return Window(0, NEVER, "histogram: never unload (cheaper than its cold starts)")
+    _, first, end = best
+    prewarm = first if first > 1 else 0
+    return Window(prewarm, end - first + 1, "histogram: least idle + cold-start cost")
 
 
 def learned_times(histogram: IdleHistogram | None, config: KeepAliveConfig) -> tuple[float, float | None]:
@@ -91,6 +164,6 @@ def learned_times(histogram: IdleHistogram | None, config: KeepAliveConfig) -> t
     if histogram is None:
         return 0.0, None
     w = window(histogram, config)
-    if w.reason != "histogram":
+    if not w.reason.startswith("histogram"):
         return 0.0, None
     return w.prewarm_min * 60.0, w.keepalive_min * 60.0

@@ -176,15 +176,14 @@ class AutoscalerService:
                 self._demand_at[key] = now
             if signal.held_requests > 0 or signal.excess_concurrency > 0:
                 self._wake.set()  # held or refused requests: act now, not at the next tick
-            self._note_request(key, now)
+            self._note_requests(key, now, max(1, signal.requests))
 
-    def _note_request(self, key: tuple[str, str], now: float) -> None:
-        """Activity arrives at most once a second; a gap of a minute or more is an idle
-        period, which teaches the deployment's keep-alive (keepalive.py)."""
+    def _note_requests(self, key: tuple[str, str], now: float, requests: int) -> None:
+        """Activity arrives at most once a second; it teaches the deployment's keep-alive
+        (keepalive.py) its idle times (gaps of a minute or more) and request rate."""
         last = self._last_request_at.get(key)
-        if last is not None and now - last >= 60:
-            histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
-            self._idle[key] = histogram.observe(int((now - last) // 60))
+        histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
+        self._idle[key] = histogram.record(0.0 if last is None else (now - last) / 60, requests)
         self._last_request_at[key] = now
 
     async def _on_heartbeat(self, msg: Msg) -> None:

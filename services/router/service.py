@@ -116,6 +116,8 @@ class RouterService:
         self._held: dict[str, list[asyncio.Future[None]]] = defaultdict(list)
         self._random = random.Random()
         self._activity_sent: dict[tuple[str, str], float] = {}
+        # Requests served since the last activity signal, per (deployment, PoP).
+        self._served: dict[tuple[str, str], int] = defaultdict(int)
         # Demand the replicas could not take: refusals at capacity since the last report,
         # and each deployment's mean time per request (EWMA), to turn them into concurrency.
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
@@ -343,9 +345,10 @@ class RouterService:
         without it a deployment that scales to zero would be stopped while serving."""
         now = time.monotonic()
         key = (deployment_id, pop)
+        self._served[key] += 1
         if now - self._activity_sent.get(key, float("-inf")) >= 1.0:
             self._activity_sent[key] = now
-            await self._signal_demand(deployment_id, pop, held=0)
+            await self._signal_demand(deployment_id, pop, held=0, served=self._served.pop(key))
 
     async def _note_saturation(self, deployment_id: str, pop: str) -> None:
         """Requests refused because every replica was full are load the autoscaler cannot
@@ -365,11 +368,11 @@ class RouterService:
         await self._signal_demand(deployment_id, pop, held=0, excess=excess)
 
     async def _signal_demand(self, deployment_id: str, pop: str, held: int | None = None,
-                             excess: float = 0.0) -> None:
+                             excess: float = 0.0, served: int = 0) -> None:
         await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
             id=new_id(), source="router", time=datetime.now(UTC), deployment_id=deployment_id,
             held_requests=len(self._held[deployment_id]) + 1 if held is None else held,
-            pop=pop, excess_concurrency=round(excess, 3))))
+            pop=pop, excess_concurrency=round(excess, 3), requests=served)))
 
     async def _forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> _Upstream:
         assert self._http is not None

@@ -101,8 +101,8 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
         # Arrivals of this second join the queue; free slots take them in order.
         while i < len(requests) and requests[i].at < now:
             r = requests[i]
-            if last_request_at is not None and r.at - last_request_at >= 60:
-                histogram = histogram.observe(int((r.at - last_request_at) // 60))
+            elapsed_min = 0.0 if last_request_at is None else (r.at - last_request_at) / 60
+            histogram = histogram.record(elapsed_min, 1)
             last_request_at = r.at
             heapq.heappush(queue, (r.at, i, r.gpu_s))
             i += 1

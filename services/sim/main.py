@@ -19,8 +19,9 @@ from services.sim.model import (
     KUBERNETES_HPA,
     HybridHistogram,
     Policy,
+    StreamResult,
     fixed_keepalive,
-    simulate,
+    simulate_views,
 )
 from services.sim.trace import MINUTES_PER_DAY, Stream, load_functions, split_across_pops
 
@@ -43,22 +44,17 @@ class PolicyResult:
 def policies() -> list[Policy]:
     out: list[Policy] = [fixed_keepalive(m) for m in (1, 5, 10, 20, 60)]
     out += [KNATIVE_KPA, KUBERNETES_HPA]
-    # Swept over the fallback keep-alive (used while a deployment's history is thin) with
-    # the histogram's tail at p99; and, for the cheap end of the curve, over the tail
-    # percentile with a 1-minute fallback (head p5, no margin, 8 samples before the
-    # histogram is trusted: settings chosen on the 1-PoP replay).
-    for fallback in (2, 5, 10, 30, 60, 120, 720, 1440):
-        out.append(HybridHistogram(KeepAliveConfig(
-            fixed_keepalive_min=fallback, tail_percentile=99.0, head_percentile=5.0,
-            margin=0.0, min_samples=8)))
-    for tail in (30.0, 50.0, 70.0, 90.0):
-        out.append(HybridHistogram(KeepAliveConfig(
-            fixed_keepalive_min=1, tail_percentile=tail, head_percentile=5.0, margin=0.0,
-            min_samples=8)))
-    # The generous end: keep twice the tail (margin 1.0) with a 12 h fallback.
-    out.append(HybridHistogram(KeepAliveConfig(
-        fixed_keepalive_min=720, tail_percentile=99.0, head_percentile=5.0, margin=1.0,
-        min_samples=8)))
+    # The published learned policy: Shahrad et al.'s percentiles (head p5, tail p99, 10 %
+    # margin, 8 idle times before the histogram is trusted), over its fixed fallback.
+    out += [HybridHistogram(KeepAliveConfig(fixed_keepalive_min=fallback, min_samples=8,
+                                            cold_start_weight=None))
+            for fallback in (5, 10, 60)]
+    # Ours (keepalive.py's cost rule), swept over the weight of a cold start; the generous
+    # end also over the fallback while history is thin.
+    out += [HybridHistogram(KeepAliveConfig(cold_start_weight=weight))
+            for weight in (1, 2, 4, 8, 12, 16, 32, 256)]
+    out += [HybridHistogram(KeepAliveConfig(cold_start_weight=256, fixed_keepalive_min=fallback))
+            for fallback in (60, 240, 1440)]
     return out
 
 
@@ -69,20 +65,51 @@ def dominated(baseline: PolicyResult, ours: list[PolicyResult]) -> PolicyResult 
     return min(better, key=lambda r: r.p75_cold_pct, default=None)
 
 
-def run(streams: list[Stream], policy: Policy, cold_start_s: float) -> PolicyResult:
-    results = [simulate(s.events, policy, MINUTES_PER_DAY, s.duration_s) for s in streams]
-    rates = np.array([r.cold_start_rate for r in results]) * 100
-    invocations = sum(r.invocations for r in results)
-    cold = sum(r.cold_starts for r in results)
-    # Every cold start makes one request wait for it; the rest of that minute is warm.
-    p99_wait = cold_start_s if cold / max(invocations, 1) > 0.01 else 0.0
-    return PolicyResult(policy.name, policy.parameter, float(rates.mean()),
-                        float(np.percentile(rates, 75)),
-                        sum(r.idle_s for r in results) / 3600,
-                        sum(r.busy_s for r in results) / 3600, invocations, cold, p99_wait)
+def run(streams: list[Stream], policy: Policy, cold_start_s: float,
+        measured_from: tuple[int, ...]) -> list[PolicyResult]:
+    """One replay of every stream, summarised per view (counted from each of `measured_from`)."""
+    per_stream = [simulate_views(s.events, policy, MINUTES_PER_DAY, s.duration_s, measured_from)
+                  for s in streams]
+    out = []
+    for view in range(len(measured_from)):
+        # A stream with no invocation in the view has no cold-start rate there.
+        results = [r[view] for r in per_stream if r[view].invocations]
+        rates = np.array([r.cold_start_rate for r in results]) * 100
+        invocations = sum(r.invocations for r in results)
+        cold = sum(r.cold_starts for r in results)
+        # Every cold start makes one request wait for it; the rest of that minute is warm.
+        p99_wait = cold_start_s if cold / max(invocations, 1) > 0.01 else 0.0
+        out.append(PolicyResult(policy.name, policy.parameter, float(rates.mean()),
+                                float(np.percentile(rates, 75)),
+                                sum(r.idle_s for r in per_stream_view(per_stream, view)) / 3600,
+                                sum(r.busy_s for r in results) / 3600, invocations, cold,
+                                p99_wait))
+    return out
 
 
-def plot(results: list[PolicyResult], path: Path) -> None:
+def per_stream_view(per_stream: list[tuple[StreamResult, ...]], view: int) -> list[StreamResult]:
+    return [r[view] for r in per_stream]
+
+
+OURS = "edgeinfer learned keep-alive"
+
+
+def target_check(results: list[PolicyResult]) -> str:
+    """The issue's target: at no more idle GPU time than the fixed 10-minute keep-alive,
+    at least 50 % fewer cold starts (75th percentile per deployment)."""
+    fixed10 = next(r for r in results if r.policy == "fixed keep-alive" and r.parameter == "10 min")
+    affordable = [r for r in results if r.policy == OURS and r.idle_gpu_hours <= fixed10.idle_gpu_hours]
+    if not affordable:
+        return "no setting of ours at or under the fixed 10-minute keep-alive's idle time"
+    best = min(affordable, key=lambda r: r.p75_cold_pct)
+    change = 100 * (best.p75_cold_pct / fixed10.p75_cold_pct - 1) if fixed10.p75_cold_pct else 0.0
+    verdict = "met" if change <= -50 else "NOT met"
+    return (f"vs fixed 10 min ({fixed10.p75_cold_pct:.1f} % at {fixed10.idle_gpu_hours:.0f} GPU-h): "
+            f"ours {best.parameter} {best.p75_cold_pct:.1f} % at {best.idle_gpu_hours:.0f} GPU-h, "
+            f"{change:+.0f} % cold starts (target -50 %: {verdict})")
+
+
+def plot(results: list[PolicyResult], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,14 +118,14 @@ def plot(results: list[PolicyResult], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in dict.fromkeys(r.policy for r in results):
         points = sorted((r.idle_gpu_hours, r.p75_cold_pct) for r in results if r.policy == name)
-        if name.startswith("edgeinfer"):
+        if name == OURS:
             points = pareto(points)
         xs, ys = zip(*points, strict=True)
         ax.plot(xs, ys, marker="o", label=name)
     ax.set_xscale("log")
     ax.set_xlabel("idle GPU-hours per day (platform cost)")
     ax.set_ylabel("cold starts, 75th percentile per deployment (%)")
-    ax.set_title("Azure Functions 2019 (100 functions × PoPs, 1 day)")
+    ax.set_title(f"Azure Functions 2019, 100 functions × PoPs: {title}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -127,26 +154,36 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     pops = [f"pop{i}" for i in range(args.pops)]
     streams = split_across_pops(load_functions(args.trace_dir), pops)
-    results = [run(streams, p, args.cold_start_s) for p in policies()]
+    # Two views of one replay: the whole day, each deployment starting with no history;
+    # and the second half, after 12 h in which every policy has learned what it can.
+    views = (0, MINUTES_PER_DAY // 2)
+    titles = ("whole day, from no history", "second 12 h, after 12 h of history")
+    by_view: list[list[PolicyResult]] = [[], []]
+    for policy in policies():
+        for view, result in enumerate(run(streams, policy, args.cold_start_s, views)):
+            by_view[view].append(result)
     elapsed = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    png = args.out / f"tradeoff-{args.pops}pops.png"
-    plot(results, png)
-    print(f"{len(streams)} deployment × PoP streams, 1 day, {len(results)} policy settings, "
-          f"simulated in {elapsed:.1f} s")
-    print(f"{'policy':28s} {'parameter':28s} {'cold% mean':>10s} {'cold% p75':>9s} "
-          f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'waited':>8s} {'p99 wait':>8s}")
-    for r in results:
-        print(f"{r.policy:28s} {r.parameter:28s} {r.mean_cold_pct:10.1f} {r.p75_cold_pct:9.1f} "
-              f"{r.idle_gpu_hours:10.1f} {r.used_gpu_hours:10.2f} {r.cold_starts:8d} "
-              f"{r.p99_wait_s:7.1f}s")
-    print(f"trade-off plot: {png}")
-    ours = [r for r in results if r.policy.startswith("edgeinfer")]
-    for baseline in (r for r in results if not r.policy.startswith("edgeinfer")):
-        by = dominated(baseline, ours)
-        print(f"  {baseline.policy} {baseline.parameter}: " + (
-            f"dominated by hybrid {by.parameter} ({by.p75_cold_pct:.1f} % at "
-            f"{by.idle_gpu_hours:.0f} GPU-h)" if by else "NOT dominated"))
+    print(f"{len(streams)} deployment × PoP streams, 1 day, {len(by_view[0])} policy settings, "
+          f"simulated in {elapsed:.1f} s ({elapsed / len(by_view[0]):.1f} s per setting)")
+    for view, (results, title) in enumerate(zip(by_view, titles, strict=True)):
+        png = args.out / f"tradeoff-{args.pops}pops{'' if view == 0 else '-after-12h'}.png"
+        plot(results, png, title)
+        print(f"\n{title}")
+        print(f"{'policy':30s} {'parameter':34s} {'cold% mean':>10s} {'cold% p75':>9s} "
+              f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'waited':>8s} {'p99 wait':>8s}")
+        for r in results:
+            print(f"{r.policy:30s} {r.parameter:34s} {r.mean_cold_pct:10.1f} {r.p75_cold_pct:9.1f} "
+                  f"{r.idle_gpu_hours:10.1f} {r.used_gpu_hours:10.2f} {r.cold_starts:8d} "
+                  f"{r.p99_wait_s:7.1f}s")
+        print(f"trade-off plot: {png}")
+        ours = [r for r in results if r.policy == OURS]
+        for baseline in (r for r in results if r.policy != OURS):
+            by = dominated(baseline, ours)
+            print(f"  {baseline.policy} {baseline.parameter}: " + (
+                f"dominated by ours, {by.parameter} ({by.p75_cold_pct:.1f} % at "
+                f"{by.idle_gpu_hours:.0f} GPU-h)" if by else "NOT dominated"))
+        print("  target: " + target_check(results))
     llm_trace = args.trace_dir / "azure-llm-inference-2023-code.csv"
     if llm_trace.exists():
         started = time.perf_counter()

@@ -13,9 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, Window, window
-
-ALWAYS = 10**9  # a keep-alive longer than any trace
+from services.autoscaler.keepalive import NEVER, IdleHistogram, KeepAliveConfig, Window, window
 
 
 class Policy(Protocol):
@@ -26,7 +24,7 @@ class Policy(Protocol):
 
     def window(self, state: object) -> Window: ...
 
-    def observe(self, state: object, idle_min: int) -> object: ...
+    def observe(self, state: object, elapsed_min: int, requests: int) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class FixedWindow:
     def window(self, state: object) -> Window:
         return Window(0, self.keepalive_min, self.name)
 
-    def observe(self, state: object, idle_min: int) -> object:
+    def observe(self, state: object, elapsed_min: int, requests: int) -> object:
         return None
 
 
@@ -56,19 +54,28 @@ def fixed_keepalive(minutes: int) -> FixedWindow:
 KNATIVE_KPA = FixedWindow("Knative KPA defaults", "60 s + 30 s grace", 2)
 
 # HPA cannot scale to zero: once up, a replica stays (its 300 s stabilisation is moot).
-KUBERNETES_HPA = FixedWindow("Kubernetes HPA", "min 1", ALWAYS)
+KUBERNETES_HPA = FixedWindow("Kubernetes HPA", "min 1", NEVER)
 
 
 @dataclass(frozen=True)
 class HybridHistogram:
+    """A keep-alive learned from the stream's idle times (keepalive.py): edgeinfer's cost
+    rule, or — with `cold_start_weight=None` — Shahrad et al.'s percentile rule."""
+
     config: KeepAliveConfig
-    name: str = "edgeinfer hybrid histogram"
+
+    @property
+    def name(self) -> str:
+        if self.config.cold_start_weight is None:
+            return "hybrid histogram (Shahrad)"
+        return "edgeinfer learned keep-alive"
 
     @property
     def parameter(self) -> str:
-        tail = "" if self.config.tail_percentile == 99.0 else f", tail p{self.config.tail_percentile:g}"
-        margin = f", margin {self.config.margin:g}" if self.config.margin else ""
-        return f"fallback {self.config.fixed_keepalive_min} min{tail}{margin}"
+        fallback = f"fallback {self.config.fixed_keepalive_min} min"
+        if self.config.cold_start_weight is not None:
+            return f"cold start = {self.config.cold_start_weight:g} gaps, {fallback}"
+        return f"{fallback}, p{self.config.head_percentile:g}–p{self.config.tail_percentile:g}"
 
     def start(self) -> object:
         return IdleHistogram.empty(self.config)
@@ -77,9 +84,9 @@ class HybridHistogram:
         assert isinstance(state, IdleHistogram)
         return window(state, self.config)
 
-    def observe(self, state: object, idle_min: int) -> object:
+    def observe(self, state: object, elapsed_min: int, requests: int) -> object:
         assert isinstance(state, IdleHistogram)
-        return state.observe(idle_min)
+        return state.record(float(elapsed_min), requests)
 
 
 @dataclass(frozen=True)
@@ -109,31 +116,64 @@ def is_warm(prev: int, nxt: int, w: Window) -> bool:
 
 
 def simulate(events: Sequence[tuple[int, int]], policy: Policy, horizon_min: int,
-             duration_s: float) -> StreamResult:
-    """`events`: (minute, invocations) with invocations > 0, minutes ascending."""
+             duration_s: float, measured_from: int = 0) -> StreamResult:
+    """`events`: (minute, invocations) with invocations > 0, minutes ascending. Only
+    minutes from `measured_from` on are counted; the policy learns from all of them."""
+    return simulate_views(events, policy, horizon_min, duration_s, (measured_from,))[0]
+
+
+@dataclass
+class _Tally:
+    since: int
+    invocations: int = 0
+    cold: int = 0
+    loaded: int = 0
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+
+    def invocation(self, minute: int, count: int, cold: bool, duration_s: float) -> None:
+        if minute >= self.since:
+            slot_busy = count * duration_s
+            self.invocations += count
+            self.cold += cold
+            self.busy_s += slot_busy
+            self.loaded += 1
+            self.idle_s += max(0.0, 60.0 - slot_busy)
+
+    def kept(self, prev: int, nxt: int, w: Window) -> None:
+        """Loaded, idle slots strictly between `prev` and `nxt`, those before `since` left out."""
+        slots = loaded_between(prev, nxt, w)
+        if prev + 1 < self.since:
+            slots -= loaded_between(prev, min(nxt, self.since), w)
+        self.loaded += slots
+        self.idle_s += 60.0 * slots
+
+    def result(self) -> StreamResult:
+        return StreamResult(self.invocations, self.cold, self.loaded, self.busy_s, self.idle_s)
+
+
+def simulate_views(events: Sequence[tuple[int, int]], policy: Policy, horizon_min: int,
+                   duration_s: float, measured_from: Sequence[int]) -> tuple[StreamResult, ...]:
+    """One replay, counted from each of `measured_from` (e.g. the whole day, and the
+    second half after 12 hours of history)."""
+    tallies = [_Tally(since) for since in measured_from]
     state = policy.start()
-    invocations = cold = loaded = 0
-    busy = idle = 0.0
     prev: int | None = None
     for minute, count in events:
-        slot_busy = count * duration_s
-        busy += slot_busy
-        invocations += count
         if prev is None:
-            cold += 1
+            cold = True
+            state = policy.observe(state, 0, count)
         else:
             w = policy.window(state)
-            between = loaded_between(prev, minute, w)
-            loaded += between
-            idle += 60.0 * between
-            if not is_warm(prev, minute, w):
-                cold += 1
-            state = policy.observe(state, minute - prev)
-        loaded += 1
-        idle += max(0.0, 60.0 - slot_busy)
+            for tally in tallies:
+                tally.kept(prev, minute, w)
+            cold = not is_warm(prev, minute, w)
+            state = policy.observe(state, minute - prev, count)
+        for tally in tallies:
+            tally.invocation(minute, count, cold, duration_s)
         prev = minute
     if prev is not None:  # after the last invocation, until the end of the trace
-        tail = loaded_between(prev, horizon_min, policy.window(state))
-        loaded += tail
-        idle += 60.0 * tail
-    return StreamResult(invocations, cold, loaded, busy, idle)
+        w = policy.window(state)
+        for tally in tallies:
+            tally.kept(prev, horizon_min, w)
+    return tuple(t.result() for t in tallies)

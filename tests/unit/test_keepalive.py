@@ -1,28 +1,83 @@
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, Window, window
+from services.autoscaler.keepalive import (
+    NEVER,
+    IdleHistogram,
+    KeepAliveConfig,
+    Window,
+    cheapest_window,
+    learned_times,
+    window,
+)
 
-CONFIG = KeepAliveConfig()
+PERCENTILES = KeepAliveConfig(min_samples=8, cold_start_weight=None)
+COST = KeepAliveConfig()  # the default: the cost rule
 
 
-def histogram(idle_times: list[int]) -> IdleHistogram:
-    h = IdleHistogram.empty(CONFIG)
+def histogram(idle_times: list[int], config: KeepAliveConfig = PERCENTILES,
+              requests_each: int = 1) -> IdleHistogram:
+    h = IdleHistogram.empty(config).record(0.0, requests_each)  # the first request
     for t in idle_times:
-        h = h.observe(t)
+        h = h.record(float(t), requests_each)
     return h
 
 
 def test_thin_history_falls_back_to_the_fixed_keep_alive() -> None:
-    assert window(histogram([30, 30, 30]), CONFIG) == Window(0, 10, "fixed: thin or out-of-range history")
+    assert window(histogram([30, 30, 30]), PERCENTILES) == Window(
+        0, 10, "fixed: thin or out-of-range history")
+    assert window(histogram([30], COST), COST).reason.startswith("fixed")
+    assert learned_times(histogram([30], COST), COST) == (0.0, None)
 
 
 def test_mostly_out_of_range_history_falls_back() -> None:
-    assert window(histogram([600] * 20 + [5] * 8), CONFIG).reason.startswith("fixed")
+    assert window(histogram([600] * 20 + [5] * 8), PERCENTILES).reason.startswith("fixed")
+    assert window(histogram([600] * 20 + [5] * 8, COST), COST).reason.startswith("fixed")
 
 
-def test_a_periodic_deployment_is_prewarmed_just_before_its_next_call() -> None:
-    got = window(histogram([30, 30, 31, 29, 30, 30, 31, 29, 30, 30]), CONFIG)
+def test_percentiles_prewarm_a_periodic_deployment_just_before_its_next_call() -> None:
+    got = window(histogram([30, 30, 31, 29, 30, 30, 31, 29, 30, 30]), PERCENTILES)
     assert got == Window(26, 10, "histogram")  # loaded from minute 26 to 36 after each call
 
 
-def test_a_chatty_deployment_stays_loaded_without_a_gap() -> None:
-    got = window(histogram([0, 1, 0, 2, 1, 0, 1, 3, 0, 1]), CONFIG)
+def test_percentiles_keep_a_chatty_deployment_loaded_without_a_gap() -> None:
+    got = window(histogram([0, 1, 0, 2, 1, 0, 1, 3, 0, 1]), PERCENTILES)
     assert got.prewarm_min == 0 and got.keepalive_min >= 4
+
+
+def test_records_count_requests_span_and_idle_times() -> None:
+    h = IdleHistogram.empty(COST).record(0.0, 3).record(0.5, 2).record(2.5, 1).record(300.0, 1)
+    assert (h.requests, h.span_min, h.samples, h.out_of_bounds) == (7, 303.0, 1, 1)
+    assert h.counts[2] == 1 and h.out_of_bounds_min == 300
+
+
+def test_cost_rule_worked_example_of_the_module_docstring() -> None:
+    # Idle times 1 (×6) and 20 (×2) minutes, 40 requests over 46 minutes.
+    h = IdleHistogram.empty(COST).record(0.0, 33)
+    for t in [1, 1, 1, 20, 1, 1, 1, 20]:
+        h = h.record(float(t), 1)
+    assert (h.requests, h.span_min) == (41, 46.0)
+    # A cold start weighs 8 × 46 / 41 = 9.0 idle minutes: 2 idle + 2 colds beats 38 idle.
+    assert cheapest_window(h, 8.0, 5.0).keepalive_min == 1
+    # At 20 × 46 / 41 = 22.4 idle minutes each, covering both 20-minute gaps is cheaper.
+    assert cheapest_window(h, 20.0, 5.0) == Window(0, 20, "histogram: least idle + cold-start cost")
+
+
+def test_cost_rule_prewarms_a_periodic_deployment_with_no_idle_time() -> None:
+    got = window(histogram([30] * 6, COST), COST)
+    assert (got.prewarm_min, got.keepalive_min) == (30, 1)  # unloaded, back for minute 30
+
+
+def test_cost_rule_keeps_a_rare_deployment_longer_than_a_busy_one_with_the_same_gaps() -> None:
+    gaps = [1, 1, 1, 1, 1, 1, 15, 1, 1, 1, 1, 1, 1, 15]
+    rare = window(histogram(gaps, COST, requests_each=1), COST)
+    busy = window(histogram(gaps, COST, requests_each=50), COST)
+    # The same cold start is 1/15 of the rare one's requests but 1/750 of the busy one's.
+    assert rare.keepalive_min >= 15 > busy.keepalive_min
+
+
+def test_cost_rule_never_unloads_when_every_unload_would_cost_more() -> None:
+    # Gaps spread over the whole range: any window leaves some cold, and each cold start
+    # weighs many idle minutes at weight 10,000.
+    got = window(histogram([5, 60, 120, 200, 230, 400, 3, 90], COST),
+                 KeepAliveConfig(cold_start_weight=10_000))
+    assert got.keepalive_min == NEVER and learned_times(
+        histogram([5, 60, 120, 200, 230, 400, 3, 90], COST),
+        KeepAliveConfig(cold_start_weight=10_000))[1] == NEVER * 60.0

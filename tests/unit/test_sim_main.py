@@ -31,9 +31,24 @@ def test_sim_prints_every_policy_and_draws_the_tradeoff(tmp_path: Path, capsys) 
     write_trace(tmp_path)
     assert main(["--pops", "2", "--trace-dir", str(tmp_path), "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    for name in ("fixed keep-alive", "Knative KPA", "Kubernetes HPA", "edgeinfer hybrid"):
+    for name in ("fixed keep-alive", "Knative KPA", "Kubernetes HPA", "hybrid histogram (Shahrad)",
+                 "edgeinfer learned keep-alive", "whole day, from no history",
+                 "second 12 h, after 12 h of history", "target: vs fixed 10 min"):
         assert name in out
     assert (tmp_path / "out" / "tradeoff-2pops.png").stat().st_size > 10_000
+    assert (tmp_path / "out" / "tradeoff-2pops-after-12h.png").stat().st_size > 10_000
+
+
+def test_the_second_view_counts_only_what_happens_after_its_start() -> None:
+    from services.sim.model import fixed_keepalive, simulate_views
+
+    # Calls at minutes 0, 5, 700 and 730 (10-minute keep-alive), views from 0 and from 720.
+    events = [(0, 1), (5, 1), (700, 2), (730, 1)]
+    whole, late = simulate_views(events, fixed_keepalive(10), 1440, 1.0, (0, 720))
+    assert (whole.invocations, whole.cold_starts) == (5, 3)
+    assert (late.invocations, late.cold_starts) == (1, 1)
+    # From 720: nothing kept after 700 reaches it (kept to 710); 730 itself, then 731-740.
+    assert late.loaded_slots == 1 + 10
 
 
 def test_pareto_front_drops_dominated_points() -> None:
@@ -52,3 +67,11 @@ def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> No
     assert dominated(point("hpa", 12.0, 1578.0), ours) == ours[1]
     assert dominated(point("hpa", 7.3, 1578.0), ours) is None  # fewer cold starts than any
     assert dominated(point("cheap", 50.0, 200.0), ours) is None
+
+
+def test_a_keep_alive_across_the_view_start_counts_only_its_later_part() -> None:
+    from services.sim.model import fixed_keepalive, simulate_views
+
+    _, late = simulate_views([(715, 1), (730, 1)], fixed_keepalive(10), 740, 1.0, (0, 720))
+    assert late.loaded_slots == 6 + 1 + 9  # 720-725 kept, 730 busy, 731-739 kept
+    assert (late.invocations, late.cold_starts) == (1, 1)
