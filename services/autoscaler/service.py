@@ -186,6 +186,10 @@ class AutoscalerService:
         self._idle[key] = histogram.record(0.0 if last is None else (now - last) / 60, requests)
         self._last_request_at[key] = now
 
+    def idle_history(self, deployment_id: str, pop: str) -> IdleHistogram | None:
+        """What the keep-alive has learned for (deployment, PoP) so far."""
+        return self._idle.get((deployment_id, pop))
+
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = decode_or_warn(heartbeat_decoder, msg)
         if beat is not None:

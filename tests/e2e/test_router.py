@@ -16,7 +16,7 @@ import pytest
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from shared.bus import connect
-from shared.events import BudgetAlert, BudgetState, encode, new_id
+from shared.events import BudgetAlert, BudgetState, DemandSignal, encode, new_id
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack
 
@@ -111,6 +111,45 @@ def test_a_deployment_in_use_stays_up_and_an_idle_one_scales_to_zero(tenant: Ten
 def _runners_of(stack: Stack, deployment_id: str) -> list[psutil.Process]:
     return [p for p in psutil.Process(stack.process.pid).children(recursive=True)
             if _env(p).get("EDGEINFER_DEPLOYMENT_ID") == deployment_id]
+
+
+def test_activity_signals_count_every_request_served(tenant: Tenant) -> None:
+    """The router's activity signals (at most one a second per deployment × PoP) carry the
+    requests served since the previous one: the autoscaler's keep-alive learns the rate."""
+    stack = tenant.stack
+    signals: list[DemandSignal] = []
+    subscribed = threading.Event()
+    done = threading.Event()
+
+    async def listen() -> None:
+        nc = await connect(stack.ready["nats_url"], "test-activity")
+
+        async def on_signal(msg: Any) -> None:
+            signals.append(msgspec.json.decode(msg.data, type=DemandSignal))
+
+        await nc.subscribe(Subjects(stack.ready["namespace"]).demand(deployment_id),
+                           cb=on_signal)
+        await nc.flush()
+        subscribed.set()
+        while not done.is_set():
+            await asyncio.sleep(0.05)
+        await nc.flush()
+        await nc.close()
+
+    auth = {"Authorization": f"Bearer {tenant.key}"}
+    deployment_id = httpx.get(f"{stack.api}/v1/deployments/cold", headers=auth).json()["id"]
+    listener = threading.Thread(target=lambda: asyncio.run(listen()))
+    listener.start()
+    assert subscribed.wait(10)
+    for _ in range(5):
+        assert tenant.infer("cold").status_code == 200
+    time.sleep(1.2)  # the next signal may go out: it carries what the last one could not
+    assert tenant.infer("cold").status_code == 200
+    time.sleep(0.5)
+    done.set()
+    listener.join()
+    activity = [s for s in signals if s.held_requests == 0 and s.pop == "eu-west"]
+    assert sum(s.requests for s in activity) == 6  # one signal or several, none lost
 
 
 def test_a_cold_start_that_outlasts_the_tenants_timeout_is_a_503(tenant: Tenant) -> None:

@@ -135,3 +135,29 @@ async def test_demand_wakes_from_zero_at_once_and_missing_metrics_hold(nc: NATS,
         assert any("holding" in d.reason for d in decisions)
     finally:
         await service.stop()
+
+
+async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_counts(
+        nc: NATS, namespace: str) -> None:
+    subjects = Subjects(namespace)
+    await ensure_streams(nc.jetstream(), subjects)
+    await serve_deployments(nc, subjects, deployment(min_replicas=0))
+    now = [1000.0]
+    service = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
+                                AutoscalerConfig(tick_s=30), clock=lambda: now[0])
+    await service.start()
+    try:
+        # The router's activity signals: 5 requests, then 3 more 90 s later, then 4 after 20 s.
+        for at, served in ((1000.0, 5), (1090.0, 3), (1110.0, 4)):
+            now[0] = at
+            await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
+                id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
+                held_requests=0, pop="eu-west", requests=served)))
+            await nc.flush()
+            await asyncio.sleep(0.1)
+        history = service.idle_history("dep_loop", "eu-west")
+        assert history is not None
+        assert (history.requests, history.span_min, history.samples) == (12, 110 / 60, 1)
+        assert history.counts[1] == 1  # the 90 s gap is one idle minute; 20 s is none
+    finally:
+        await service.stop()
