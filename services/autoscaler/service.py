@@ -101,7 +101,9 @@ def autoscaler_config_from_env(env: Mapping[str, str] | None = None) -> Autoscal
             fallback_keepalive_s=fallback_s,
             scale_down_delay_s=env_float(env, "EDGEINFER_SCALE_DOWN_DELAY_S", 0.0, lo=0,
                                          hi=86400)),
-        keepalive=KeepAliveConfig(fixed_keepalive_min=max(1, round(fallback_s / 60))),
+        keepalive=KeepAliveConfig(
+            fixed_keepalive_min=max(1, round(fallback_s / 60)),
+            cold_start_weight=env_float(env, "EDGEINFER_COLD_START_WEIGHT", 8.0, lo=0.1, hi=1e6)),
         prometheus_url=env_optional(env, "EDGEINFER_PROMETHEUS_URL"),
         runner_capacity=env_int(env, "EDGEINFER_RUNNER_CAPACITY", 8, lo=1, hi=4096),
         pop_capacity=parse_pop_capacity(env.get("EDGEINFER_POP_CAPACITY", "")),
