@@ -14,6 +14,8 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -36,6 +38,42 @@ from shared.subjects import Subjects
 from shared.topology import pops_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# Frames of edgeinfer's own per-request and background work in the runner's worker: what
+# the bare service does not run. Their share of the worker's CPU samples bounds the
+# throughput edgeinfer costs a CPU-bound worker, free of the run-to-run noise of req/s.
+OWN_FRAMES = re.compile(r"Runner\._book|Outbox\.|Spool\.|Ledger\.|Runner\._beat|_heartbeats|"
+                        r"_watch_supervisor|/nats/|_RunnerMetrics|Runner\.counters|new_id")
+
+
+def py_spy() -> str | None:
+    beside = Path(sys.executable).parent / "py-spy"  # in this venv, activated or not
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def worker_pid(arbiter_pid: int) -> int:
+    """BentoML's worker under its arbiter: the child that has used the most CPU."""
+    children = psutil.Process(arbiter_pid).children(recursive=True)
+    return max(children, key=lambda p: p.cpu_times().user).pid if children else arbiter_pid
+
+
+def own_share(url: str, body: str, connections: int, seconds: float, work: Path,
+              arbiter_pid: int) -> tuple[float, int]:
+    """(share of the worker's CPU samples in OWN_FRAMES, samples) over a wrk run, by py-spy."""
+    raw = work / f"profile-{arbiter_pid}.txt"
+    spy = subprocess.Popen([py_spy() or "py-spy", "record", "-p", str(worker_pid(arbiter_pid)), "-d",
+                            str(int(seconds)), "-r", "250", "-f", "raw", "-o", str(raw),
+                            "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wrk(url, body, connections, seconds, work, arbiter_pid)
+    spy.wait()
+    total = own = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if count.isdigit():
+            total += int(count)
+            own += int(count) if OWN_FRAMES.search(stack) else 0
+    return own / max(total, 1), total
 
 
 def tree_cpu_s(pid: int) -> float:
@@ -93,7 +131,7 @@ MODELS = {  # name: (framework, artifact, one request's inputs)
 
 
 async def main(seconds: float, model_name: str, rounds: int, concurrencies: list[int],
-               aa: bool = False) -> None:
+               aa: bool = False, profile: bool = False) -> None:
     framework, artifact, inputs = MODELS[model_name]
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-runner-"))
     nats = start_nats(work)
@@ -176,6 +214,17 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
             if twin is not None:
                 print(f"  c={c:<3d} A/A noise, bare-2 / bare: "
                       f"{medians['bare-2'] / medians['bare'] - 1:+.1%} req/s")
+        if profile:
+            if py_spy() is None:
+                print("py-spy not found: pip install -e '.[bench]' for the CPU-sample breakdown")
+            else:
+                c = concurrencies[0]
+                for name, url, pid in (("edgeinfer", f"{replica.url}/infer", ours_pid),
+                                       ("bare", f"http://127.0.0.1:{bare_port}/infer", bare.pid)):
+                    share, samples = own_share(url, body, c, max(seconds, 10), work, pid)
+                    print(f"  c={c:<3d} {name:10s} edgeinfer's own code: {share:.2%} of the "
+                          f"worker's CPU samples ({samples} samples, py-spy at 250 Hz; ±"
+                          f"{(share * (1 - share) / max(samples, 1)) ** 0.5:.2%})")
         for name, watcher in rss.items():
             watcher.running = False
             print(f"peak RSS under load, {name}: {watcher.peak / 2**20:.0f} MB (arbiter + worker)")
@@ -198,5 +247,9 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--aa", action="store_true",
                         help="also run a second bare service, to show the A/A noise")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample both workers with py-spy at the first concurrency: the "
+                             "share of CPU in edgeinfer's own code (accounting, outbox, NATS)")
     args = parser.parse_args()
-    asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency, args.aa))
+    asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency, args.aa,
+                     args.profile))

@@ -9,7 +9,9 @@ Add fields with defaults; anything else is a new version.
 from __future__ import annotations
 
 import hashlib
-import uuid
+import itertools
+import os
+import secrets
 from datetime import datetime
 from decimal import Decimal
 from typing import Literal
@@ -23,9 +25,30 @@ def batch_id(event_ids: list[str]) -> str:
     return f"b{digest}"
 
 
+class _Ids:
+    """128-bit ids, 32 hex digits like a UUID's: 64 random bits drawn once per process (and
+    again in a forked child) followed by a 64-bit counter from a random start. Unique per
+    occurrence like uuid4, at a tenth of its cost: uuid4 reads the kernel's random source
+    for every id, which showed up in the runner's per-request profile."""
+
+    def __init__(self) -> None:
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(secrets.randbits(63))
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter) & 0xFFFF_FFFF_FFFF_FFFF:016x}"
+
+
+_ids = _Ids()
+
+
 def new_id() -> str:
-    """A unique id per occurrence (random UUID): the dedup key of every event."""
-    return uuid.uuid4().hex
+    """A unique id per occurrence: the dedup key of every event."""
+    return _ids.next()
 
 
 class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag="usage.gpu.v1", tag_field="type"):
