@@ -52,6 +52,11 @@ class Subjects:
     def artifact_bucket(self) -> str:
         return f"{self.namespace}_artifacts"
 
+    @property
+    def keepalive_bucket(self) -> str:
+        """The autoscaler's learned keep-alive history per deployment × PoP."""
+        return f"{self.namespace}_keepalive"
+
     # --- core NATS (refreshed continuously) ----------------------------------------------
     def heartbeat(self, pop: str, runner_id: str) -> str:
         return f"{self.namespace}.runner.heartbeat.{token(pop)}.{token(runner_id)}"

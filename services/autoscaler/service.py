@@ -35,6 +35,7 @@ from services.autoscaler.decide import (
     decide,
 )
 from services.autoscaler.executor import Replica, ReplicaExecutor
+from services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
 from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
 from services.autoscaler.metrics import (
     ConcurrencySource,
@@ -75,6 +76,7 @@ class AutoscalerConfig:
     runner_capacity: int = 8
     pop_capacity: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (pop, class)
     deployments_refresh_s: float = 30.0
+    history_save_s: float = 30.0  # how often learned keep-alive history is saved, at most
 
 
 def parse_pop_capacity(raw: str) -> dict[tuple[str, str], int]:
@@ -143,6 +145,10 @@ class AutoscalerService:
         self._demand_at: dict[tuple[str, str], float] = {}
         self._last_request_at: dict[tuple[str, str], float] = {}
         self._idle: dict[tuple[str, str], IdleHistogram] = {}
+        self._history = KeepAliveHistory(nc.jetstream(), subjects.keepalive_bucket)
+        self._last_request_wall: dict[tuple[str, str], float] = {}
+        self._unsaved: set[tuple[str, str]] = set()
+        self._saved_at = float("-inf")
         self._published: dict[tuple[str, str], tuple[object, ...]] = {}
         self._deployments: list[Deployment] = []
         self._deployments_at = float("-inf")
@@ -152,6 +158,10 @@ class AutoscalerService:
 
     async def start(self) -> None:
         s = self._subjects
+        try:
+            await self._restore_history()
+        except Exception as exc:  # better scaling on the fallback than no autoscaler
+            log.warning("keep-alive history not restored (%s): learning it again", exc)
         await self._nc.subscribe(s.demand_wildcard, cb=self._on_demand)
         await self._nc.subscribe(s.heartbeat_wildcard, cb=self._on_heartbeat)
         await self._nc.subscribe(s.deployment_updated, cb=self._on_update)
@@ -161,6 +171,8 @@ class AutoscalerService:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        with contextlib.suppress(Exception):  # NATS gone: the last minute is relearned
+            await self._save_history()
         await self._executor.stop_all()
 
     # --- inputs ----------------------------------------------------------------------
@@ -187,6 +199,29 @@ class AutoscalerService:
         histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
         self._idle[key] = histogram.record(0.0 if last is None else (now - last) / 60, requests)
         self._last_request_at[key] = now
+        self._last_request_wall[key] = time.time()
+        self._unsaved.add(key)
+
+    async def _restore_history(self) -> None:
+        """Resume the keep-alive from what an earlier autoscaler learned (history.py)."""
+        await self._history.open()
+        now, wall = self._clock(), time.time()
+        for key, record in (await self._history.load()).items():
+            self._idle[key] = record.histogram(self.config.keepalive)
+            self._last_request_wall[key] = record.last_request_wall
+            self._last_request_at[key] = now - max(0.0, wall - record.last_request_wall)
+        if self._idle:
+            log.info("keep-alive history restored for %d deployment × PoP pairs", len(self._idle))
+
+    async def _save_history(self) -> None:
+        for key in list(self._unsaved):
+            self._unsaved.discard(key)
+            record = KeepAliveRecord.of(self._idle[key], self._last_request_wall[key])
+            try:
+                await self._history.save(*key, record)
+            except Exception:
+                self._unsaved.add(key)  # try again next time
+                raise
 
     def idle_history(self, deployment_id: str, pop: str) -> IdleHistogram | None:
         """What the keep-alive has learned for (deployment, PoP) so far."""
@@ -215,6 +250,14 @@ class AutoscalerService:
                 raise
             except Exception as exc:  # registry briefly unreachable: hold, try next tick
                 log.warning("autoscaler tick failed: %s", exc)
+            if self._clock() - self._saved_at >= self.config.history_save_s:
+                self._saved_at = self._clock()
+                try:
+                    await self._save_history()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("keep-alive history not saved (%s); retrying later", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.tick_s)
 

@@ -161,3 +161,34 @@ async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_coun
         assert history.counts[1] == 1  # the 90 s gap is one idle minute; 20 s is none
     finally:
         await service.stop()
+
+
+async def test_a_restarted_autoscaler_resumes_the_keep_alive_it_had_learned(
+        nc: NATS, namespace: str) -> None:
+    subjects = Subjects(namespace)
+    await ensure_streams(nc.jetstream(), subjects)
+    await serve_deployments(nc, subjects, deployment(min_replicas=0))
+    now = [1000.0]
+    first = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
+                              AutoscalerConfig(tick_s=30), clock=lambda: now[0])
+    await first.start()
+    for at in (1000.0, 1600.0, 2200.0, 2800.0):  # every 10 minutes
+        now[0] = at
+        await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
+            id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
+            held_requests=0, pop="eu-west", requests=2)))
+        await nc.flush()
+        await asyncio.sleep(0.1)
+    learned = first.idle_history("dep_loop", "eu-west")
+    assert learned is not None and learned.counts[10] == 3
+    await first.stop()  # saves what it learned
+
+    second = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
+                               AutoscalerConfig(tick_s=30), clock=lambda: 50.0)
+    await second.start()
+    try:
+        assert second.idle_history("dep_loop", "eu-west") == learned
+        # The last request is as long ago as it was in wall time (just now), on the new clock.
+        assert 49.0 < second._last_request_at[("dep_loop", "eu-west")] <= 50.0
+    finally:
+        await second.stop()

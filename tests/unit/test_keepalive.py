@@ -81,3 +81,14 @@ def test_cost_rule_never_unloads_when_every_unload_would_cost_more() -> None:
     assert got.keepalive_min == NEVER and learned_times(
         histogram([5, 60, 120, 200, 230, 400, 3, 90], COST),
         KeepAliveConfig(cold_start_weight=10_000))[1] == NEVER * 60.0
+
+
+def test_a_saved_history_reads_back_the_same_and_into_a_narrower_histogram() -> None:
+    from services.autoscaler.history import KeepAliveRecord
+
+    h = histogram([3, 3, 50, 400, 7], COST)
+    record = KeepAliveRecord.of(h, 1_800_000_000.0)
+    assert record.bins == {3: 2, 7: 1, 50: 1}
+    assert record.histogram(COST) == h
+    narrow = record.histogram(KeepAliveConfig(bins=10))
+    assert narrow.samples == 3 and narrow.out_of_bounds == 2  # the 50 no longer fits
