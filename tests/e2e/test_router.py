@@ -300,13 +300,17 @@ def test_a_killed_runner_fails_over_to_the_next_allowed_pop(stack: Stack) -> Non
     auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu"}
     url = f"{stack.router}/v1/deployments/digits/infer"
     assert httpx.post(url, json=BODY, headers=auth).headers["x-edgeinfer-pop"] == "eu-west"
+    # us-east must be serving when eu-west dies (its replica from the spill test may have
+    # scaled to zero since): a US client's request wakes it or keeps it warm.
+    us = httpx.post(url, json=BODY, headers={**auth, "X-Client-Region": "us"}, timeout=60)
+    assert us.headers["x-edgeinfer-pop"] == "us-east"
     victims = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
                if _env(p).get("EDGEINFER_POP") == "eu-west"
                and _env(p).get("EDGEINFER_DEPLOYMENT_ID") == stack.ready["deployment_id"]]
     assert victims, "found no eu-west runner to kill"
     for p in victims:
         p.kill()
-    psutil.wait_procs(victims, timeout=10)
+    psutil.wait_procs(victims, timeout=10)  # gone in milliseconds: before any replacement is up
     resp = httpx.post(url, json=BODY, headers=auth, timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-edgeinfer-pop"] == "us-east"
