@@ -65,10 +65,6 @@ class IdleHistogram:
     def empty(cls, config: KeepAliveConfig) -> IdleHistogram:
         return cls((0,) * config.bins)
 
-    def observe(self, idle_min: int) -> IdleHistogram:
-        """An idle time on its own (the percentile rule needs nothing more)."""
-        return self.record(float(idle_min), 0)
-
     def record(self, elapsed_min: float, requests: int) -> IdleHistogram:
         """`requests` arrived `elapsed_min` after the previous ones; a gap of a minute or
         more is an idle time."""

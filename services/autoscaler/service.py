@@ -146,7 +146,6 @@ class AutoscalerService:
         self._last_request_at: dict[tuple[str, str], float] = {}
         self._idle: dict[tuple[str, str], IdleHistogram] = {}
         self._history = KeepAliveHistory(nc.jetstream(), subjects.keepalive_bucket)
-        self._last_request_wall: dict[tuple[str, str], float] = {}
         self._unsaved: set[tuple[str, str]] = set()
         self._saved_at = float("-inf")
         self._published: dict[tuple[str, str], tuple[object, ...]] = {}
@@ -199,7 +198,6 @@ class AutoscalerService:
         histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
         self._idle[key] = histogram.record(0.0 if last is None else (now - last) / 60, requests)
         self._last_request_at[key] = now
-        self._last_request_wall[key] = time.time()
         self._unsaved.add(key)
 
     async def _restore_history(self) -> None:
@@ -208,15 +206,17 @@ class AutoscalerService:
         now, wall = self._clock(), time.time()
         for key, record in (await self._history.load()).items():
             self._idle[key] = record.histogram(self.config.keepalive)
-            self._last_request_wall[key] = record.last_request_wall
             self._last_request_at[key] = now - max(0.0, wall - record.last_request_wall)
         if self._idle:
             log.info("keep-alive history restored for %d deployment × PoP pairs", len(self._idle))
 
     async def _save_history(self) -> None:
+        # The last request in wall time, from its age on the monotonic clock.
+        wall_minus_clock = time.time() - self._clock()
         for key in list(self._unsaved):
             self._unsaved.discard(key)
-            record = KeepAliveRecord.of(self._idle[key], self._last_request_wall[key])
+            record = KeepAliveRecord.of(self._idle[key],
+                                        self._last_request_at[key] + wall_minus_clock)
             try:
                 await self._history.save(*key, record)
             except Exception:

@@ -19,7 +19,6 @@ from services.sim.model import (
     KUBERNETES_HPA,
     HybridHistogram,
     Policy,
-    StreamResult,
     fixed_keepalive,
     simulate_views,
 )
@@ -81,14 +80,10 @@ def run(streams: list[Stream], policy: Policy, cold_start_s: float,
         p99_wait = cold_start_s if cold / max(invocations, 1) > 0.01 else 0.0
         out.append(PolicyResult(policy.name, policy.parameter, float(rates.mean()),
                                 float(np.percentile(rates, 75)),
-                                sum(r.idle_s for r in per_stream_view(per_stream, view)) / 3600,
+                                sum(r[view].idle_s for r in per_stream) / 3600,
                                 sum(r.busy_s for r in results) / 3600, invocations, cold,
                                 p99_wait))
     return out
-
-
-def per_stream_view(per_stream: list[tuple[StreamResult, ...]], view: int) -> list[StreamResult]:
-    return [r[view] for r in per_stream]
 
 
 OURS = "edgeinfer learned keep-alive"

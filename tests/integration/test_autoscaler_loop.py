@@ -59,6 +59,16 @@ async def serve_deployments(nc: NATS, subjects: Subjects, d: Deployment) -> None
     await nc.subscribe(subjects.list_deployments, cb=reply)
 
 
+async def signal_demand(nc: NATS, subjects: Subjects, held_requests: int = 0,
+                        excess_concurrency: float = 0.0, requests: int = 0) -> None:
+    """A router's demand signal for dep_loop in eu-west, flushed."""
+    await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
+        id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
+        pop="eu-west", held_requests=held_requests, excess_concurrency=excess_concurrency,
+        requests=requests)))
+    await nc.flush()
+
+
 def beat(subjects: Subjects, runner_id: str, in_flight: int) -> tuple[str, bytes]:
     return subjects.heartbeat("eu-west", runner_id), encode(RunnerHeartbeat(
         id=new_id(), source="test", time=datetime.now(UTC), runner_id=runner_id, pop="eu-west",
@@ -92,9 +102,7 @@ async def test_a_load_step_is_a_scale_up_decision_within_two_seconds(nc: NATS, n
         while not any(d.desired > 1 for _, d in decisions):
             assert time.monotonic() - step_at < 5, "no scale-up decision"
             await nc.publish(*beat(subjects, runner_id, 8))
-            await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
-                id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
-                held_requests=0, pop="eu-west", excess_concurrency=24.0)))
+            await signal_demand(nc, subjects, excess_concurrency=24.0)
             await asyncio.sleep(1.0)
         at, decision = next((at, d) for at, d in decisions if d.desired > 1)
         assert at - step_at < 2.0, f"decision {at - step_at:.2f} s after the load step"
@@ -117,9 +125,7 @@ async def test_demand_wakes_from_zero_at_once_and_missing_metrics_hold(nc: NATS,
         await asyncio.sleep(0.5)
         assert executor.started == []
         t0 = time.monotonic()
-        await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
-            id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
-            held_requests=1, pop="eu-west")))
+        await signal_demand(nc, subjects, held_requests=1)
         while not executor.started:
             assert time.monotonic() - t0 < 2, "demand did not wake the deployment"
             await asyncio.sleep(0.02)
@@ -150,10 +156,7 @@ async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_coun
         # The router's activity signals: 5 requests, then 3 more 90 s later, then 4 after 20 s.
         for at, served in ((1000.0, 5), (1090.0, 3), (1110.0, 4)):
             now[0] = at
-            await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
-                id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
-                held_requests=0, pop="eu-west", requests=served)))
-            await nc.flush()
+            await signal_demand(nc, subjects, requests=served)
             await asyncio.sleep(0.1)
         history = service.idle_history("dep_loop", "eu-west")
         assert history is not None
@@ -174,10 +177,7 @@ async def test_a_restarted_autoscaler_resumes_the_keep_alive_it_had_learned(
     await first.start()
     for at in (1000.0, 1600.0, 2200.0, 2800.0):  # every 10 minutes
         now[0] = at
-        await nc.publish(subjects.demand("dep_loop"), encode(DemandSignal(
-            id=new_id(), source="router", time=datetime.now(UTC), deployment_id="dep_loop",
-            held_requests=0, pop="eu-west", requests=2)))
-        await nc.flush()
+        await signal_demand(nc, subjects, requests=2)
         await asyncio.sleep(0.1)
     learned = first.idle_history("dep_loop", "eu-west")
     assert learned is not None and learned.counts[10] == 3
