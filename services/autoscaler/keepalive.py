@@ -12,8 +12,8 @@ rules:
   weighs `cold_start_weight` mean inter-request times. A deployment called once an hour
   then keeps a replica much longer than one called every few seconds, for the same share
   of its requests that meet a cold start — the cold-start *rate* a tenant sees is what is
-  traded against the platform's idle time, not the count. Pre-warm is either none or the
-  head of the histogram, whichever costs less.
+  traded against the platform's idle time, not the count. Every pre-warm start and
+  keep-alive end is a candidate; the search is exact and linear in the bins.
 - **Percentiles** (Shahrad et al.'s, `cold_start_weight=None`): pre-warm at the head
   (5th percentile) less a margin, keep until the tail (99th) plus a margin.
 
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -51,6 +52,12 @@ class KeepAliveConfig:
     # One cold start weighs this many mean inter-request times of idle replica time;
     # None: Shahrad et al.'s percentile rule instead of the cost rule.
     cold_start_weight: float | None = 8.0
+    # The cost rule's prior: this many pseudo idle times, spread log-uniformly over a day,
+    # added to the deployment's own (see `prior_idle_times`).
+    prior_idle_times: float = 1.0
+
+
+PRIOR_SPAN_MIN = 1440  # the prior's idle times reach up to a day
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
             seen and histogram.out_of_bounds / seen > config.max_out_of_bounds):
         return Window(0, config.fixed_keepalive_min, "fixed: thin or out-of-range history")
     if config.cold_start_weight is not None:
-        return cheapest_window(histogram, config.cold_start_weight, config.head_percentile)
+        return cheapest_window(histogram, config.cold_start_weight, config.prior_idle_times)
     head = percentile_bin(histogram.counts, config.head_percentile)
     tail = percentile_bin(histogram.counts, config.tail_percentile)
     prewarm = math.floor(head * (1.0 - config.margin))
@@ -121,37 +128,66 @@ def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
     return Window(prewarm, max(1, end - prewarm), "histogram")
 
 
-def cheapest_window(histogram: IdleHistogram, weight: float, head_percentile: float) -> Window:
-    """The window with the least idle minutes + cold-start cost over this history.
+def cheapest_window(histogram: IdleHistogram, weight: float, prior: float = 0.0) -> Window:
+    """The window with the least idle minutes + cold-start cost over this history, among
+    every pre-warm start and keep-alive end the histogram's range allows.
 
-    A window loads minutes [first, end] after an invocation (first = pre-warm, or 1);
-    an idle time of g minutes is warm when first ≤ g ≤ end, and keeps the replica
-    loaded, idle, for the minutes in [first, min(end, g - 1)]. With S(m) the number of
-    idle times longer than m, the idle minutes of the window ending at `end` are
-    S(first) + … + S(end): one running sum per candidate start. One more candidate never
-    unloads (no cold start, every idle minute paid), as a floor of one replica would.
+    A window loads minutes [first, end] after an invocation (first > 1: unloaded until
+    then, a pre-warm); an idle time of g minutes is warm when first ≤ g ≤ end, and keeps
+    the replica loaded, idle, for the minutes in [first, min(end, g - 1)]. With S(m) the
+    number of idle times longer than m and C(m) the number of exactly m minutes,
+
+        cost(first, end) = Σ_{m=first..end} S(m) + c × (total − Σ_{m=first..end} C(m))
+                         = A(end) − A(first − 1) + c × total,  A(k) = Σ_{m≤k} S(m) − c × C(m)
+
+    so for each end the best start is where A peaks before it: one running maximum finds
+    the best of all O(bins²) windows in O(bins). (An hourly job with one stray 1-minute
+    gap is then pre-warmed at minute 60 instead of kept, or left cold, for the hour.) One
+    more candidate never unloads (no cold start, every idle minute paid), as a floor of
+    one replica would. `prior` pseudo idle times (`prior_idle_times`) join the history's.
     """
-    counts = np.asarray(histogram.counts, dtype=np.float64)
+    prior_counts, prior_beyond, prior_beyond_min = prior_idle_times(len(histogram.counts), prior)
+    counts = np.asarray(histogram.counts, dtype=np.float64) + prior_counts
+    out_of_bounds = histogram.out_of_bounds + prior_beyond
+    out_of_bounds_min = histogram.out_of_bounds_min + prior_beyond_min
     # Cold start weight in idle minutes: `weight` mean inter-request times.
     cold_cost = weight * histogram.span_min / max(histogram.requests, 1)
     # S(m): idle times longer than m minutes, out-of-range ones included.
-    longer = np.cumsum(counts[::-1])[::-1] - counts + histogram.out_of_bounds
-    total = histogram.samples + histogram.out_of_bounds
-    head = percentile_bin(histogram.counts, head_percentile)
-    best: tuple[float, int, int] | None = None
-    for first in sorted({1, head} if head > 1 else {1}):
-        cost = np.cumsum(longer[first:]) + cold_cost * (total - np.cumsum(counts[first:]))
-        end = int(np.argmin(cost))  # the first of equal costs: the shorter window
-        if best is None or cost[end] < best[0]:
-            best = (float(cost[end]), first, first + end)
-    never_unload = float(counts @ np.arange(len(counts))) - histogram.samples + (
-        histogram.out_of_bounds_min - histogram.out_of_bounds)
-    assert best is not None
-    if never_unload < best[0]:
+    longer = np.cumsum(counts[::-1])[::-1] - counts + out_of_bounds
+    total = counts.sum() + out_of_bounds
+    # a[k] = A(k) for k = 0 … bins-1; minute 0 is no idle time, so A(0) = 0.
+    a = np.concatenate(([0.0], np.cumsum(longer[1:] - cold_cost * counts[1:])))
+    best_before = np.maximum.accumulate(a)[:-1]  # max A(0 … end-1), for end = 1 … bins-1
+    costs = a[1:] - best_before + cold_cost * total
+    end = int(np.argmin(costs)) + 1  # the first of equal costs: the shorter window
+    first = int(np.argmax(a[:end])) + 1  # the first of equal peaks: the earlier start
+    never_unload = float(counts @ (np.arange(len(counts)) - 1.0)) + out_of_bounds_min - out_of_bounds
+    if never_unload < float(costs[end - 1]):
         return Window(0, NEVER, "histogram: never unload (cheaper than its cold starts)")
-    _, first, end = best
     prewarm = first if first > 1 else 0
     return Window(prewarm, end - first + 1, "histogram: least idle + cold-start cost")
+
+
+@lru_cache(maxsize=16)  # a handful of (bins, total) pairs; read-only arrays
+def prior_idle_times(bins: int, total: float) -> tuple[np.ndarray, float, float]:
+    """`total` pseudo idle times spread over 1 … PRIOR_SPAN_MIN minutes with density ∝ 1/m
+    (log-uniform: as likely 1–2 minutes as 1–2 hours), as (per-bin counts, count beyond the
+    histogram, their idle minutes).
+
+    Why: a handful of idle times says nothing about the gaps it has not seen yet, and the
+    exact window search would fit a pre-warm window to those few — then a burst's first
+    1-minute gap, or the deployment's first 6-hour one, meets a cold start. Scale-free
+    pseudo-counts keep some weight on every idle time until the deployment's own history
+    outweighs them; with one pseudo idle time that is after a few dozen gaps.
+    """
+    minutes = np.arange(1, PRIOR_SPAN_MIN + 1, dtype=np.float64)
+    mass = total / minutes / np.sum(1.0 / minutes)
+    in_range = np.zeros(bins)
+    inside = min(bins - 1, PRIOR_SPAN_MIN)
+    in_range[1:inside + 1] = mass[:inside]
+    beyond = mass[inside:]
+    in_range.setflags(write=False)
+    return in_range, float(beyond.sum()), float(beyond @ minutes[inside:])
 
 
 def learned_times(histogram: IdleHistogram | None, config: KeepAliveConfig) -> tuple[float, float | None]:

@@ -105,7 +105,8 @@ def autoscaler_config_from_env(env: Mapping[str, str] | None = None) -> Autoscal
                                          hi=86400)),
         keepalive=KeepAliveConfig(
             fixed_keepalive_min=max(1, round(fallback_s / 60)),
-            cold_start_weight=env_float(env, "EDGEINFER_COLD_START_WEIGHT", 8.0, lo=0.1, hi=1e6)),
+            cold_start_weight=env_float(env, "EDGEINFER_COLD_START_WEIGHT", 8.0, lo=0.1, hi=1e6),
+            prior_idle_times=env_float(env, "EDGEINFER_KEEPALIVE_PRIOR", 1.0, lo=0, hi=1000)),
         prometheus_url=env_optional(env, "EDGEINFER_PROMETHEUS_URL"),
         runner_capacity=env_int(env, "EDGEINFER_RUNNER_CAPACITY", 8, lo=1, hi=4096),
         pop_capacity=parse_pop_capacity(env.get("EDGEINFER_POP_CAPACITY", "")),

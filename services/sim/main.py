@@ -49,11 +49,11 @@ def policies() -> list[Policy]:
                                             cold_start_weight=None))
             for fallback in (5, 10, 60)]
     # Ours (keepalive.py's cost rule), swept over the weight of a cold start; the generous
-    # end also over the fallback while history is thin.
+    # end also over the fallback while history is thin (towards never scaling to zero).
     out += [HybridHistogram(KeepAliveConfig(cold_start_weight=weight))
-            for weight in (1, 2, 4, 8, 12, 16, 32, 256)]
-    out += [HybridHistogram(KeepAliveConfig(cold_start_weight=256, fixed_keepalive_min=fallback))
-            for fallback in (60, 240, 1440)]
+            for weight in (1, 2, 4, 6, 8, 12, 16, 32, 256)]
+    out += [HybridHistogram(KeepAliveConfig(cold_start_weight=weight, fixed_keepalive_min=fallback))
+            for weight, fallback in ((256, 240), (1024, 240), (4096, 1440))]
     return out
 
 
