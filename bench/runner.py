@@ -1,11 +1,14 @@
 """The runner with and without edgeinfer's accounting and outbox, side by side in one run:
 the same BentoML service shape, model and batcher, one worker each, on this machine's CPU.
 
-    .venv/bin/python bench/runner.py [--seconds 5] [--model digits|minilm]
+    .venv/bin/python bench/runner.py [--seconds 5] [--model digits|minilm] [--rounds 3] [--pin] [--aa]
 
 Reports per concurrency (wrk, 1 / 8 / 64 connections): req/s, p50 and p99; cold start
 (process spawn → ready: edgeinfer's first ready heartbeat, bare BentoML's /readyz); peak
 RSS of each process tree under load. Needs Debian's wrk. Prints figures; not a test.
+With several rounds it also prints the median of the per-round ratios with a bootstrap
+95 % interval (sides of a round run back to back); --aa adds a second bare service, whose
+interval is the noise floor. On a shared 2-core VM use e.g. --rounds 30 --seconds 2 --pin.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import re
 import shutil
 import statistics
@@ -81,14 +85,39 @@ def tree_cpu_s(pid: int) -> float:
     return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
 
+# --pin: the servers' process trees on the last CPU, wrk and everything else on the rest, so
+# the load generator and NATS never take the server's core (on 2 shared cores they do, and
+# that is most of the run-to-run noise).
+SERVER_CPUS: set[int] | None = None
+CLIENT_CPUS: set[int] | None = None
+
+
+def pin_cpus() -> None:
+    global SERVER_CPUS, CLIENT_CPUS
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    SERVER_CPUS, CLIENT_CPUS = {cpus[-1]}, set(cpus[:-1])
+    os.sched_setaffinity(0, CLIENT_CPUS)  # this process, and NATS started after it
+
+
+def pin_tree(pid: int) -> None:
+    if SERVER_CPUS is None:
+        return
+    for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+        p.cpu_affinity(sorted(SERVER_CPUS))
+
+
 def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
         pid: int) -> tuple[float, str, str, float]:
     """(req/s, p50, p99, CPU µs the server's process tree spent per request)."""
+    pin_tree(pid)  # BentoML may have replaced a worker since the last run
     cpu_before = tree_cpu_s(pid)
     script = work / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = [==[{body}]==]\n")
-    out = subprocess.run(["wrk", f"-t{min(2, connections)}", f"-c{connections}",
+    threads = min(2, connections, len(CLIENT_CPUS) if CLIENT_CPUS else 2)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}",
                           f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
     cpu_s = tree_cpu_s(pid) - cpu_before
@@ -99,6 +128,26 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
     if "Non-2xx" in out:
         print("    " + next(line for line in out.splitlines() if "Non-2xx" in line).strip())
     return rate, pcts.get("50%", "?"), pcts.get("99%", "?"), cpu_s * 1e6 / max(1, requests)
+
+
+def paired_ratio(ours: list[tuple[float, str, str, float]],
+                 reference: list[tuple[float, str, str, float]]) -> str:
+    """Per-round ratios of req/s and of CPU per request (its inverse: what a CPU-bound
+    worker's throughput follows), as medians with a bootstrap 95 % interval.
+
+    The two sides of a round run back to back, so the host's slow minutes (this VM's
+    neighbours move one service's req/s by ±20 % between rounds) hit both alike and
+    partly cancel in the ratio; the interval says how well the rounds pin it down.
+    """
+    def summary(ratios: list[float]) -> str:
+        rng = random.Random(0)
+        boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        return (f"{statistics.median(ratios) - 1:+.1%} "
+                f"[95 % CI {boot[50] - 1:+.1%} … {boot[1949] - 1:+.1%}]")
+
+    rate = summary([o[0] / r[0] for o, r in zip(ours, reference, strict=True)])
+    cpu = summary([r[3] / o[3] for o, r in zip(ours, reference, strict=True)])
+    return f"paired over {len(ours)} rounds: req/s {rate}; 1 / CPU per request {cpu}"
 
 
 async def start_bare(work: Path, framework: str, name: str) -> tuple[int, subprocess.Popen[bytes]]:
@@ -131,7 +180,9 @@ MODELS = {  # name: (framework, artifact, one request's inputs)
 
 
 async def main(seconds: float, model_name: str, rounds: int, concurrencies: list[int],
-               aa: bool = False, profile: bool = False) -> None:
+               aa: bool = False, profile: bool = False, pin: bool = False) -> None:
+    if pin:
+        pin_cpus()
     framework, artifact, inputs = MODELS[model_name]
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-runner-"))
     nats = start_nats(work)
@@ -185,7 +236,8 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
         rss = {"edgeinfer": PeakRss(ours_pid), "bare": PeakRss(bare.pid)}
         for watcher in rss.values():
             watcher.start()
-        print(f"model {model_name} ({framework})")
+        print(f"model {model_name} ({framework})" + (f"; servers pinned to CPU {sorted(SERVER_CPUS)}, "
+              f"wrk and NATS to {sorted(CLIENT_CPUS)}" if SERVER_CPUS else ""))
         print(f"cold start (spawn → ready): edgeinfer runner {ours_cold:.2f} s with the "
               f"artifact in the PoP's cache ({ours_first:.2f} s on the first start, fetching "
               f"{len(model) / 2**20:.0f} MB from the registry), bare BentoML {bare_cold:.2f} s "
@@ -210,10 +262,12 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
                 cpu = statistics.median(r[3] for r in results)
                 print(f"  c={c:<3d} {name:10s} median {medians[name]:7.0f} req/s  "
                       f"(runs {rates})  p50 {p50s}  p99 {p99s}  CPU {cpu:.0f} µs/request")
-            print(f"  c={c:<3d} edgeinfer / bare: {medians['edgeinfer'] / medians['bare'] - 1:+.1%} req/s")
+            print(f"  c={c:<3d} edgeinfer / bare: {medians['edgeinfer'] / medians['bare'] - 1:+.1%} "
+                  f"req/s (medians); {paired_ratio(runs['edgeinfer'], runs['bare'])}")
             if twin is not None:
                 print(f"  c={c:<3d} A/A noise, bare-2 / bare: "
-                      f"{medians['bare-2'] / medians['bare'] - 1:+.1%} req/s")
+                      f"{medians['bare-2'] / medians['bare'] - 1:+.1%} req/s (medians); "
+                      f"{paired_ratio(runs['bare-2'], runs['bare'])}")
         if profile:
             if py_spy() is None:
                 print("py-spy not found: pip install -e '.[bench]' for the CPU-sample breakdown")
@@ -247,9 +301,11 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--aa", action="store_true",
                         help="also run a second bare service, to show the A/A noise")
+    parser.add_argument("--pin", action="store_true",
+                        help="servers on the last CPU, wrk, NATS and this script on the others")
     parser.add_argument("--profile", action="store_true",
                         help="sample both workers with py-spy at the first concurrency: the "
                              "share of CPU in edgeinfer's own code (accounting, outbox, NATS)")
     args = parser.parse_args()
     asyncio.run(main(args.seconds, args.model, args.rounds, args.concurrency, args.aa,
-                     args.profile))
+                     args.profile, args.pin))
