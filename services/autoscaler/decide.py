@@ -17,8 +17,14 @@ Load-driven in the manner of Knative's KPA:
   before the next request is expected, keep it for the keep-alive.
 - Floors and ceiling: `min_replicas`, the tenant's active schedules, `max_replicas`.
 
+- Waiting requests panic at once: when the load right now exceeds what the ready
+  replicas take (requests held or refused), the panic window counts that load, not only
+  its 6-s average (Knative's KPA waits for the average; `panic_on_waiting=False`).
+
 Worked example (capacity 8, utilisation 0.7 → 5.6 per replica): 2 ready, stable average
 4 → 1; panic average 20 → ceil(20 / 5.6) = 4 ≥ 2 × 2 ready → panic, desired 4, start 2.
+One ready replica, a burst of 20 this second after a quiet 5 s: the 6-s average is 3.3
+(desired 1, no panic), but 20 > 8 are in flight or waiting → ceil(20 / 5.6) = 4, start 3.
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class ScaleConfig:
     # Knative's scale-down-delay: never go below the most asked for in this window (0: off).
     # Spares a bursty deployment the stop/start churn between bursts.
     scale_down_delay_s: float = 0.0
+    # Requests waiting now (more load than the ready replicas take) panic on that load at
+    # once, instead of after the panic window's average has caught up with the burst.
+    panic_on_waiting: bool = True
 
 
 @dataclass(frozen=True)
@@ -101,10 +110,17 @@ def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
     per_replica = max(inputs.capacity * config.target_utilisation, 1e-9)
     stable = average(inputs.observations, now, config.stable_window_s)
     panic = average(inputs.observations, now, config.panic_window_s)
-    want_stable = math.ceil(stable / per_replica - 1e-9)
-    want_panic = math.ceil(panic / per_replica - 1e-9)
     ready = sum(r.state == "ready" for r in inputs.replicas)
     starting = sum(r.state == "starting" for r in inputs.replicas)
+    latest = inputs.observations[-1] if inputs.observations else None
+    if (config.panic_on_waiting and latest is not None and latest.at == now
+            and latest.concurrency > ready * inputs.capacity):
+        # Some of it is waiting (held by the router, or refused at capacity): a 6-s average
+        # over a burst that began a second ago would take seconds to ask for what is
+        # plainly missing now, while every second of it is a wait for a tenant.
+        panic = max(panic, latest.concurrency)
+    want_stable = math.ceil(stable / per_replica - 1e-9)
+    want_panic = math.ceil(panic / per_replica - 1e-9)
 
     panicking = state.panic_until is not None and now < state.panic_until
     if want_panic > ready and want_panic >= config.panic_threshold * max(ready, 1):

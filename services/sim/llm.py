@@ -7,7 +7,8 @@ asked for; requests that find no free slot wait (held, as the router holds them)
 served first-come first-served. Every tick the policy is `autoscaler.decide.decide` itself,
 fed the concurrency this model observes — so the simulator measures the code that runs
 live. Baselines are the same function with other settings (fixed keep-alive, Knative KPA
-defaults, an HPA-like floor of one with a 300 s window).
+defaults, an HPA-like floor of one with a 300 s window), all scaling on window averages
+only, as Knative does (`panic_on_waiting=False`).
 
 Idle GPU-seconds: replica time (from the start request on) not serving any request — the
 platform's cost, never billed. Used GPU-seconds: the requests' own GPU time.
@@ -160,11 +161,16 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
 
 
 def llm_policies() -> list[LlmPolicy]:
+    # The baselines scale as Knative's KPA does: on window averages only (no panic on
+    # requests waiting now, which is edgeinfer's own addition to decide()).
     fixed = [LlmPolicy("fixed keep-alive", f"{m} min",
-                       ScaleConfig(fallback_keepalive_s=60.0 * m)) for m in (1, 5, 10, 20)]
-    kpa = LlmPolicy("Knative KPA defaults", "60 s + 30 s grace", ScaleConfig(fallback_keepalive_s=30.0))
+                       ScaleConfig(fallback_keepalive_s=60.0 * m, panic_on_waiting=False))
+             for m in (1, 5, 10, 20)]
+    kpa = LlmPolicy("Knative KPA defaults", "60 s + 30 s grace",
+                    ScaleConfig(fallback_keepalive_s=30.0, panic_on_waiting=False))
     hpa = LlmPolicy("Kubernetes HPA", "min 1, 300 s window",
-                    ScaleConfig(stable_window_s=300.0, panic_window_s=300.0), min_replicas=1)
+                    ScaleConfig(stable_window_s=300.0, panic_window_s=300.0, panic_on_waiting=False),
+                    min_replicas=1)
     ours = [LlmPolicy("edgeinfer decide()", f"learned, fallback {m} min",
                       ScaleConfig(fallback_keepalive_s=60.0 * m), learn_keepalive=True,
                       keepalive=KeepAliveConfig(fixed_keepalive_min=m, min_samples=4,

@@ -176,3 +176,20 @@ def test_a_scale_down_delay_keeps_the_most_asked_for_within_the_window() -> None
         state = tick.state
         assert tick.desired == (6 if now < 1300 else 1), now
     assert len(tick.stop) == 5
+
+
+def test_requests_waiting_now_panic_before_the_panic_average_catches_up() -> None:
+    # The module docstring's example: a quiet 5 s on one ready replica, then 20 this second.
+    now = 1000.0
+    quiet = [Observation(now - i, 0.0) for i in range(1, 6)]
+    burst = [*quiet, Observation(now, 20.0)]
+    d = run(now, burst, ready(1, busy=1), last_request_at=now)
+    assert d.reason.startswith("panic") and (d.desired, d.start) == (4, 3)
+    # Knative's KPA waits for the 6-s average (3.3 → one replica): no start yet.
+    kpa = decide(Inputs(now=now, capacity=8, min_replicas=0, max_replicas=10,
+                        replicas=ready(1, busy=1), observations=burst, last_request_at=now),
+                 CALM, ScaleConfig(panic_on_waiting=False))
+    assert (kpa.desired, kpa.start) == (1, 0)
+    # 8 in flight on one replica of capacity 8 is full, not waiting: the average decides.
+    full = run(now, [*quiet, Observation(now, 8.0)], ready(1, busy=1), last_request_at=now)
+    assert full.start == 0
