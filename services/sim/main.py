@@ -51,7 +51,7 @@ def policies() -> list[Policy]:
     # Ours (keepalive.py's cost rule), swept over the weight of a cold start; the generous
     # end also over the fallback while history is thin (towards never scaling to zero).
     out += [HybridHistogram(KeepAliveConfig(cold_start_weight=weight))
-            for weight in (1, 2, 4, 6, 8, 12, 16, 32, 256)]
+            for weight in (0.5, 1, 2, 4, 6, 8, 12, 16, 32, 256)]
     out += [HybridHistogram(KeepAliveConfig(cold_start_weight=weight, fixed_keepalive_min=fallback))
             for weight, fallback in ((256, 240), (1024, 240), (4096, 1440))]
     return out

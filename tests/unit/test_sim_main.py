@@ -75,3 +75,20 @@ def test_a_keep_alive_across_the_view_start_counts_only_its_later_part() -> None
     _, late = simulate_views([(715, 1), (730, 1)], fixed_keepalive(10), 740, 1.0, (0, 720))
     assert late.loaded_slots == 6 + 1 + 9  # 720-725 kept, 730 busy, 731-739 kept
     assert (late.invocations, late.cold_starts) == (1, 1)
+
+
+def test_pinned_deployments_are_served_only_inside_their_jurisdiction(tmp_path: Path) -> None:
+    from services.sim.trace import Geography
+
+    write_trace(tmp_path)
+    functions = load_functions(tmp_path)
+    pops = [f"p{i}" for i in range(6)]
+    geography = Geography.spread(pops)
+    streams = split_across_pops(functions, pops, seed=3, pinned_share=1.0)
+    for name in {s.deployment for s in streams}:
+        served = {geography.jurisdiction[s.pop] for s in streams if s.deployment == name}
+        assert len(served) == 1  # every client, wherever it is, served in one jurisdiction
+    assert sum(c for s in streams for _, c in s.events) == sum(int(c.sum()) for _, c, _ in functions)
+    # Unpinned, each client region is served by its own PoP (5 ms beats any other).
+    free = split_across_pops(functions, pops, seed=3, pinned_share=0.0)
+    assert len({s.pop for s in free}) == len(pops)
