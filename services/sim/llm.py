@@ -1,14 +1,15 @@
 """The Azure LLM inference trace (second-level, bursty) through the live policy — pure.
 
-A discrete-time model (one step = one autoscaler tick = 1 s) of one deployment in one PoP:
-requests arrive at their trace times with a GPU time that grows with their tokens; a
-replica takes `capacity` requests at once; a replica starts `cold_start_s` after it is
-asked for; requests that find no free slot wait (held, as the router holds them) and are
-served first-come first-served. Every tick the policy is `autoscaler.decide.decide` itself,
-fed the concurrency this model observes — so the simulator measures the code that runs
-live. Baselines are the same function with other settings (fixed keep-alive, Knative KPA
-defaults, an HPA-like floor of one with a 300 s window), all scaling on window averages
-only, as Knative does (`panic_on_waiting=False`).
+A discrete-time model (one step = one autoscaler tick = 1 s) of one deployment in one or
+more PoPs: requests arrive at their trace times with a GPU time that grows with their
+tokens; a replica takes `capacity` requests at once and starts `cold_start_s` after it is
+asked for. Each second the waiting requests are routed, first come first served, by the
+router's own `choose()` (nearest PoP with a free slot); one that finds none waits (held,
+as the router holds it). Every tick each PoP's policy is `autoscaler.decide.decide`
+itself, fed the concurrency this model observes there — so the simulator measures the
+code that runs live. Baselines are the same function with other settings (fixed
+keep-alive, Knative KPA defaults, an HPA-like floor of one with a 300 s window), all
+scaling on window averages only, as Knative does (`panic_on_waiting=False`).
 
 Idle GPU-seconds: replica time (from the start request on) not serving any request — the
 platform's cost, never billed. Used GPU-seconds: the requests' own GPU time.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import csv
 import heapq
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +28,9 @@ from pathlib import Path
 
 from services.autoscaler.decide import Inputs, Observation, PolicyState, ReplicaView, ScaleConfig, decide
 from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
+from services.router.policy import NoRoute, choose, order_pops
+from services.router.policy import ReplicaView as RouterReplica
+from services.sim.trace import Geography
 
 
 @dataclass(frozen=True)
@@ -73,25 +78,54 @@ class LlmResult:
 @dataclass
 class _Replica:
     id: str
+    pop: str
     ready_at: float
     busy_until: list[float] = field(default_factory=list)  # one end time per slot in use
     stopped: bool = False
 
 
+@dataclass
+class _Pop:
+    """One PoP's autoscaler view: its replicas, observed load and learned history."""
+
+    name: str
+    keepalive: KeepAliveConfig
+    replicas: list[_Replica] = field(default_factory=list)
+    state: PolicyState = field(default_factory=PolicyState)
+    observations: list[Observation] = field(default_factory=list)
+    last_request_at: float | None = None
+    demand_at: float | None = None
+    histogram: IdleHistogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.histogram = IdleHistogram.empty(self.keepalive)
+
+    def arrival(self, at: float) -> None:
+        elapsed_min = 0.0 if self.last_request_at is None else (at - self.last_request_at) / 60
+        self.histogram = self.histogram.record(elapsed_min, 1)
+        self.last_request_at = at
+
+
 def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: int = 4,
-                 cold_start_s: float = 6.0) -> LlmResult:
+                 cold_start_s: float = 6.0, pops: Sequence[str] = ("pop0",),
+                 client_mix: Sequence[float] | None = None, seed: int = 0) -> LlmResult:
+    """One deployment served from `pops` (one client region beside each, `client_mix` of
+    the requests from each; all PoPs allowed). Each second, waiting requests are routed by
+    the router's own `choose()` (nearest allowed PoP with a free slot, power of two choices
+    within it); one that finds no free slot anywhere waits, counted as load of its nearest
+    PoP — as the router holds it there, or reports it refused — and every PoP's replicas
+    follow `decide()` on that PoP's load."""
+    rng = random.Random(seed)
+    geography = Geography.spread(list(pops))
+    mix = list(client_mix) if client_mix is not None else [1.0] * len(pops)
+    clients = rng.choices(list(pops), weights=mix, k=len(requests))
+    nearest = {c: order_pops(pops, geography.rtt_ms[c]) for c in pops}
+    views = {name: _Pop(name, policy.keepalive) for name in pops}
     horizon = math.ceil(max(r.at for r in requests)) + 1
     queue: list[tuple[float, int, float]] = []  # (arrival, seq, gpu_s) waiting for a slot
-    replicas: list[_Replica] = []
-    alive_since: dict[str, float] = {}
-    state = PolicyState()
-    observations: list[Observation] = []
     waits: list[float] = []
     waited = starts = 0
     idle_s = used_s = 0.0
-    last_request_at: float | None = None
-    demand_at: float | None = None
-    histogram = IdleHistogram.empty(policy.keepalive)
     i = 0
     next_id = 0
     tick = -1
@@ -99,61 +133,68 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
     while tick <= horizon or queue or i < len(requests):
         tick += 1
         now = float(tick)
-        # Arrivals of this second join the queue; free slots take them in order.
+        # Arrivals of this second join the queue, in arrival order.
         while i < len(requests) and requests[i].at < now:
             r = requests[i]
-            elapsed_min = 0.0 if last_request_at is None else (r.at - last_request_at) / 60
-            histogram = histogram.record(elapsed_min, 1)
-            last_request_at = r.at
+            views[nearest[clients[i]][0][0]].arrival(r.at)
             heapq.heappush(queue, (r.at, i, r.gpu_s))
             i += 1
-        for rep in replicas:
-            rep.busy_until = [t for t in rep.busy_until if t > now]
-        ready = [r for r in replicas if not r.stopped and r.ready_at <= now]
+        replicas = {name: [r for r in v.replicas if not r.stopped] for name, v in views.items()}
+        for reps in replicas.values():
+            for rep in reps:
+                rep.busy_until = [t for t in rep.busy_until if t > now]
+        by_id = {rep.id: rep for reps in replicas.values() for rep in reps}
+        waiting_for = dict.fromkeys(pops, 0)
+        still: list[tuple[float, int, float]] = []
         while queue:
-            free = [r for r in ready if len(r.busy_until) < capacity]
-            if not free:
-                break
-            arrival, _, gpu_s = heapq.heappop(queue)
-            target = min(free, key=lambda r: len(r.busy_until))
+            arrival, seq, gpu_s = heapq.heappop(queue)
+            routed = choose(nearest[clients[seq]], {
+                name: [RouterReplica(rep.id, name, "", rep.ready_at <= now, capacity,
+                                     len(rep.busy_until)) for rep in reps]
+                for name, reps in replicas.items()}, rng.randrange)
+            if isinstance(routed, NoRoute):
+                waiting_for[nearest[clients[seq]][0][0]] += 1
+                still.append((arrival, seq, gpu_s))
+                continue
+            target = by_id[routed.replica.runner_id]
             start = max(arrival, target.ready_at, now - 1.0)
             wait = max(0.0, start - arrival)
-            if wait > 0:
-                waited += 1
+            waited += wait > 0
             waits.append(wait)
             target.busy_until.append(start + gpu_s)
             used_s += gpu_s
-        if queue:
-            demand_at = now
-        concurrency = sum(len(r.busy_until) for r in ready) + len(queue)
-        observations.append(Observation(now, float(concurrency)))
-        if len(observations) > 400:
-            del observations[:100]
-        prewarm_s, keepalive_s = (learned_times(histogram, policy.keepalive)
-                                   if policy.learn_keepalive else (0.0, None))
-        views = [ReplicaView(r.id, "ready" if r.ready_at <= now else "starting", len(r.busy_until))
-                 for r in replicas if not r.stopped]
-        decision = decide(Inputs(
-            now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
-            replicas=views, observations=observations, last_request_at=last_request_at,
-            demand_at=demand_at,
-            prewarm_s=prewarm_s, keepalive_s=keepalive_s), state, policy.scale)
-        state = decision.state
-        for _ in range(decision.start):
-            rep = _Replica(f"r{next_id}", now + cold_start_s)
-            next_id += 1
-            replicas.append(rep)
-            alive_since[rep.id] = now
-            starts += 1
-        for rep in replicas:
-            if rep.id in decision.stop:
-                rep.stopped = True
-        # Idle accounting for this second: alive replicas without a request in any slot.
-        for rep in replicas:
-            if not rep.stopped:
-                busy = bool(rep.busy_until) and rep.ready_at <= now
-                idle_s += 0.0 if busy else 1.0
-        replicas = [r for r in replicas if not r.stopped]
+        queue = still
+        heapq.heapify(queue)
+        for name, view in views.items():
+            reps = replicas[name]
+            if waiting_for[name]:
+                view.demand_at = now
+            ready = [r for r in reps if r.ready_at <= now]
+            concurrency = sum(len(r.busy_until) for r in ready) + waiting_for[name]
+            view.observations.append(Observation(now, float(concurrency)))
+            if len(view.observations) > 400:
+                del view.observations[:100]
+            prewarm_s, keepalive_s = (learned_times(view.histogram, policy.keepalive)
+                                      if policy.learn_keepalive else (0.0, None))
+            decision = decide(Inputs(
+                now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
+                replicas=[ReplicaView(r.id, "ready" if r.ready_at <= now else "starting",
+                                      len(r.busy_until)) for r in reps],
+                observations=view.observations, last_request_at=view.last_request_at,
+                demand_at=view.demand_at, prewarm_s=prewarm_s, keepalive_s=keepalive_s),
+                view.state, policy.scale)
+            view.state = decision.state
+            for _ in range(decision.start):
+                reps.append(_Replica(f"r{next_id}", name, now + cold_start_s))
+                next_id += 1
+                starts += 1
+            for rep in reps:
+                if rep.id in decision.stop:
+                    rep.stopped = True
+                else:  # idle accounting for this second: alive, no request in any slot
+                    busy = bool(rep.busy_until) and rep.ready_at <= now
+                    idle_s += 0.0 if busy else 1.0
+            view.replicas = [r for r in reps if not r.stopped]
     waits.sort()
     p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))] if waits else 0.0
     return LlmResult(policy.name, policy.parameter, len(requests), waited, p99, idle_s, used_s,
@@ -184,7 +225,8 @@ def llm_policies() -> list[LlmPolicy]:
     return [*fixed, kpa, hpa, *ours]
 
 
-def run_llm(trace: Path) -> list[LlmResult]:
+def run_llm(trace: Path, pops: Sequence[str] = ("pop0",),
+            client_mix: Sequence[float] | None = None) -> list[LlmResult]:
     requests = load_llm_trace(trace)
-    return [simulate_llm(requests, p) for p in llm_policies()]
+    return [simulate_llm(requests, p, pops=pops, client_mix=client_mix) for p in llm_policies()]
 

@@ -181,17 +181,22 @@ def main(argv: list[str] | None = None) -> int:
         print("  target: " + target_check(results))
     llm_trace = args.trace_dir / "azure-llm-inference-2023-code.csv"
     if llm_trace.exists():
-        started = time.perf_counter()
-        llm_results = run_llm(llm_trace)
-        print(f"\nAzure LLM code trace ({llm_results[0].requests} requests, 57 min, one PoP) "
-              f"through autoscaler.decide(), one step per second, "
-              f"{time.perf_counter() - started:.1f} s")
-        print(f"{'policy':28s} {'parameter':36s} {'waited %':>9s} {'p99 wait':>8s} "
-              f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'starts':>7s}")
-        for lr in llm_results:
-            print(f"{lr.policy:28s} {lr.parameter:36s} {100 * lr.waited / lr.requests:9.1f} "
-                  f"{lr.p99_wait_s:7.1f}s {lr.idle_gpu_s / 3600:10.2f} {lr.used_gpu_s / 3600:10.2f} "
-                  f"{lr.cold_starts:7d}")
+        # One PoP, then three with clients split 50/30/20 %: a request finding no free slot
+        # near its client is routed (router.policy.choose) to a farther PoP with one.
+        for pops, mix in ((("pop0",), None), (("eu-west", "us-east", "ap-south"), (0.5, 0.3, 0.2))):
+            started = time.perf_counter()
+            llm_results = run_llm(llm_trace, pops, mix)
+            where = "one PoP" if len(pops) == 1 else (
+                f"{len(pops)} PoPs, clients " + "/".join(f"{m:.0%}" for m in mix or ()))
+            print(f"\nAzure LLM code trace ({llm_results[0].requests} requests, 57 min, {where}) "
+                  f"through router.choose() and autoscaler.decide(), one step per second, "
+                  f"{time.perf_counter() - started:.1f} s")
+            print(f"{'policy':28s} {'parameter':36s} {'waited %':>9s} {'p99 wait':>8s} "
+                  f"{'idle GPU-h':>10s} {'used GPU-h':>10s} {'starts':>7s}")
+            for lr in llm_results:
+                print(f"{lr.policy:28s} {lr.parameter:36s} {100 * lr.waited / lr.requests:9.1f} "
+                      f"{lr.p99_wait_s:7.1f}s {lr.idle_gpu_s / 3600:10.2f} "
+                      f"{lr.used_gpu_s / 3600:10.2f} {lr.cold_starts:7d}")
     return 0
 
 

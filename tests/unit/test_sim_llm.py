@@ -32,3 +32,15 @@ def test_the_trace_format_loads_with_token_proportional_gpu_time(tmp_path: Path)
     requests = load_llm_trace(trace, prefill_s_per_token=0.001, decode_s_per_token=0.01)
     assert [round(r.at, 3) for r in requests] == [0.0, 0.052, 60.0]
     assert [round(r.gpu_s, 3) for r in requests] == [4.908, 3.26, 2.1]
+
+
+def test_a_request_with_no_free_slot_nearby_is_routed_to_a_farther_pop() -> None:
+    # One warm replica (capacity 1) in each PoP from the start; two long requests from the
+    # first PoP's region at once: the router's choose() sends the second abroad.
+    requests = [Request(10.0, 20.0), Request(10.01, 20.0)]
+    policy = LlmPolicy("floor", "test", ScaleConfig(), min_replicas=1)
+    one_pop = simulate_llm(requests, policy, capacity=1, cold_start_s=5.0)
+    two_pops = simulate_llm(requests, policy, capacity=1, cold_start_s=5.0,
+                            pops=("near", "far"), client_mix=(1.0, 0.0))
+    assert one_pop.waited == 1  # the second waits for the first, or for a new replica
+    assert two_pops.waited == 0 and two_pops.used_gpu_s == pytest.approx(40.0)
