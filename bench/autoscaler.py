@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -40,7 +41,7 @@ POPS = {"eu-west": Pop("eu-west", "eu-west", "eu")}
 
 
 async def trial(nats_url: str, scenario: str) -> float:
-    subjects = Subjects("b" + new_id()[:8])
+    subjects = Subjects("b" + secrets.token_hex(4))  # a fresh namespace per trial
     nc = await connect(nats_url, "bench-autoscaler")
     await ensure_streams(nc.jetstream(), subjects)
     d = Deployment(id="dep_b", tenant_id="ten_b", name="b", model_name="m", model_version="1",
