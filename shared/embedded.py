@@ -8,13 +8,22 @@ machine may already run NATS on 4222 and PostgreSQL on 5432.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
+
+log = logging.getLogger(__name__)
 
 
 def free_port() -> int:
@@ -64,12 +73,16 @@ class EmbeddedNats:
 def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
+    pid_file = state_dir / "nats-server.pid"
+    stop_orphan(pid_file, store)
     port = port or free_port()
     log = open(state_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store),
+         "-P", str(pid_file)],
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent_thread(),
     )
     try:
         wait_for_port(port, timeout=15)
@@ -77,6 +90,43 @@ def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
         process.kill()
         raise RuntimeError(f"nats-server did not start; see {state_dir / 'nats-server.log'}") from None
     return EmbeddedNats(process, f"nats://127.0.0.1:{port}")
+
+
+def stop_orphan(pid_file: Path, store: Path) -> None:
+    """Stop a nats-server an earlier, hard-killed run left on this store: two servers on one
+    JetStream store directory would both write its files."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        process = psutil.Process(pid)
+        cmdline = process.cmdline()
+    except (FileNotFoundError, ValueError, psutil.Error):
+        return
+    if not cmdline or "nats-server" not in Path(cmdline[0]).name or str(store) not in cmdline:
+        return  # the pid was reused by something else
+    log.warning("stopping nats-server pid %d, left running on %s by an earlier run", pid, store)
+    process.terminate()
+    try:
+        process.wait(10)
+    except psutil.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def die_with_parent_thread() -> Callable[[], None] | None:
+    """On Linux, a child that gets SIGTERM when this process dies — even by SIGKILL, which
+    runs no cleanup. The kernel ties it to the *thread* that forks, so only the main thread
+    (alive as long as the process) may use it; elsewhere `stop_orphan` cleans up later."""
+    if sys.platform != "linux" or threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def set_parent_death_signal() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_parent_death_signal
+
+
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass

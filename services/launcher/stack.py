@@ -130,7 +130,10 @@ class Stack:
             self.nats_url = p.nats_url
         else:
             log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
-            self.embedded_nats = await asyncio.to_thread(start_nats, p.state_dir)
+            # In this, the main thread, not a worker thread: the kernel's parent-death signal
+            # that stops the server if we are SIGKILLed belongs to the thread that starts it
+            # (a short block of the loop, before anything else runs on it).
+            self.embedded_nats = start_nats(p.state_dir)
             self.nats_url = self.embedded_nats.url
         if p.database_url:
             self.database_url = p.database_url

@@ -1,0 +1,60 @@
+"""The embedded nats-server never outlives `edgeinfer up`, and never shares its store with a
+server an earlier, hard-killed run left behind (two servers on one JetStream store would
+both write its files)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from shared.embedded import free_port, nats_server_binary, start_nats
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_sigkilled_parent_takes_its_nats_server_with_it(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from shared.embedded import start_nats;"
+         "n = start_nats(Path(sys.argv[1])); print(n.process.pid, flush=True); time.sleep(600)",
+         str(tmp_path)],
+        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    assert parent.stdout is not None
+    nats_pid = int(parent.stdout.readline())
+    assert psutil.pid_exists(nats_pid)
+    parent.kill()  # SIGKILL: no atexit, no finally
+    parent.wait()
+    assert wait_gone(nats_pid), "nats-server outlived its SIGKILLed parent"
+
+
+def test_an_orphaned_server_on_the_same_store_is_stopped_first(tmp_path: Path) -> None:
+    store = tmp_path / "nats"
+    store.mkdir()
+    orphan = subprocess.Popen(  # as a hard-killed run on another OS would leave it
+        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(free_port()), "-sd", str(store),
+         "-P", str(tmp_path / "nats-server.pid")], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "nats-server.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fresh = start_nats(tmp_path)
+        try:
+            assert orphan.wait(10) is not None  # stopped before the new one started
+            assert fresh.process.poll() is None
+        finally:
+            fresh.stop()
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
