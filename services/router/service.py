@@ -5,8 +5,9 @@ NATS), admit (suspension 403, budget hard stop 402, concurrency and rate limits 
 resolve the deployment (registry over NATS, cached), pick a replica with the pure policy
 (policy.py) over the table built from runner heartbeats (table.py), and forward.
 
-- A replica that refuses the connection (or answers 503 before taking the request) never
-  started it, so the router retries once on the next best. A replica that fails after
+- A replica that refuses the connection (or answers 503 before taking the request: it is
+  draining) never started it, so the router retries once on the next best — or, with none
+  ready, holds it as below. A replica that fails after
   taking the request is not retried (the model may not be idempotent): 502, not charged.
 - No replica ready in any allowed PoP: publish a demand signal (the autoscaler's wake-up)
   and hold the request until a replica's first ready heartbeat or the tenant's
@@ -295,10 +296,8 @@ class RouterService:
                 self._service_s[deployment.id] = 0.8 * mean + 0.2 * upstream.seconds
                 response = self._answer(upstream, request_id, route.replica, held, waited_s)
                 return response, route.replica.pop, upstream.seconds + waited_s
-            if tried:
-                raise Refusal(503, "no_replica_available",
-                              "the replica tried did not accept the request and no other is"
-                              " ready; retry shortly", headers={"Retry-After": "1"})
+            # A replica that refused (draining, or gone) and no other ready: the same as cold
+            # — hold the request and wake the deployment — unless the rest are full.
             if route.reason == "saturated":
                 await self._note_saturation(deployment.id, ordered[0][0] if ordered else "")
                 raise Refusal(503, "saturated",

@@ -153,6 +153,18 @@ class Runner:
                           "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id,
                           "batch_requests": part.batch_requests, self.model.unit: work.units}}
 
+    @bentoml.api(route="/drain")
+    async def drain(self) -> dict[str, Any]:
+        """Stop taking requests (they get 503, which routers retry elsewhere or hold), tell
+        the routers at once with a draining heartbeat, and report what is still in flight:
+        the executor calls this until nothing is, then stops the process. Stopping without
+        it lets a router send to a runner whose server is already closing connections."""
+        if self.state == "ready":
+            self.state = "draining"
+            with contextlib.suppress(Exception):
+                await self._beat()
+        return {"state": self.state, "in_flight": self.in_flight}
+
     def _book(self, request: tuple[str, str], part: BatchPart) -> UsageEvent:
         """Charge one request's part of a batch and spool its usage event (before the answer:
         what a client was answered is never lost)."""
