@@ -94,6 +94,10 @@ def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -
                         "env": env_list, "resources": resources,
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 3000},
                                            "periodSeconds": 2},
+                        # Drain before SIGTERM (shared/drain.py), as the local executor does.
+                        "lifecycle": {"preStop": {"exec": {"command": [
+                            "python", "-m", "shared.drain", "http://127.0.0.1:3000",
+                            str(config.drain_timeout_s)]}}},
                     }],
                 },
             },

@@ -16,16 +16,15 @@ import secrets
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
-import aiohttp
 import psutil
 
 from services.autoscaler.executor import Replica
 from shared.config import ConfigError
+from shared.drain import drain
 from shared.embedded import free_port
 from shared.events import Deployment
 from shared.topology import Pop
@@ -155,30 +154,6 @@ class LocalProcessExecutor:
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(r) for r in list(self.running()) + self.exited()))
-
-
-# After the runner's draining heartbeat, before its server starts closing connections: time
-# for every router to have taken the runner out of its table.
-ROUTERS_CATCH_UP_S = 0.5
-
-
-async def drain(url: str, timeout_s: float) -> bool:
-    """Ask a runner to drain and wait until nothing is in flight (True), or the timeout, or
-    the runner does not answer (False: SIGTERM's own drain is then all there is)."""
-    deadline = time.monotonic() + timeout_s
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while time.monotonic() < deadline:
-                async with http.post(f"{url}/drain", json={}) as resp:
-                    if resp.status != 200:
-                        return False
-                    if (await resp.json())["in_flight"] == 0:
-                        await asyncio.sleep(ROUTERS_CATCH_UP_S)
-                        return True
-                await asyncio.sleep(0.05)
-    except (aiohttp.ClientError, TimeoutError, KeyError, ValueError) as exc:
-        log.info("runner at %s did not drain (%s); stopping it anyway", url, exc)
-    return False
 
 
 def _stop_tree(popen: subprocess.Popen[bytes], timeout_s: float) -> None:
