@@ -62,8 +62,9 @@ async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresourc
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # one process per GPU
     assert pod["nodeSelector"] == {"edgeinfer.io/gpu-class": "l40s"}
     # Drained before SIGTERM, within the grace period, as the local executor does.
-    assert container["lifecycle"]["preStop"]["exec"]["command"][:3] == ["python", "-m", "shared.drain"]
-    assert pod["terminationGracePeriodSeconds"] > float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[:3] == ["python", "-m", "shared.drain"]
+    assert pod["terminationGracePeriodSeconds"] > float(pre_stop[-1])
     assert fake.deployments[("edgeinfer-us-east", object_name(d.id, "us-east"))]["spec"]["replicas"] == 1
 
     await k8s.stop(first)
