@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import csv
 import heapq
+import itertools
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -85,6 +86,20 @@ class _Replica:
 
 
 @dataclass
+class _Tally:
+    waits: list[float] = field(default_factory=list)
+    waited: int = 0
+    starts: int = 0
+    idle_s: float = 0.0
+    used_s: float = 0.0
+
+    def served(self, wait: float, gpu_s: float) -> None:
+        self.waits.append(wait)
+        self.waited += wait > 0
+        self.used_s += gpu_s
+
+
+@dataclass
 class _Pop:
     """One PoP's autoscaler view: its replicas, observed load and learned history."""
 
@@ -105,6 +120,64 @@ class _Pop:
         self.histogram = self.histogram.record(elapsed_min, 1)
         self.last_request_at = at
 
+    def scale(self, now: float, waiting: int, policy: LlmPolicy, capacity: int,
+              cold_start_s: float, new_id: Callable[[], str], tally: _Tally) -> None:
+        """One autoscaler tick here: observe this PoP's load, `decide()`, apply; count the
+        second's idle replica time."""
+        if waiting:
+            self.demand_at = now
+        ready = [r for r in self.replicas if r.ready_at <= now]
+        concurrency = sum(len(r.busy_until) for r in ready) + waiting
+        self.observations.append(Observation(now, float(concurrency)))
+        if len(self.observations) > 400:
+            del self.observations[:100]
+        prewarm_s, keepalive_s = (learned_times(self.histogram, policy.keepalive)
+                                  if policy.learn_keepalive else (0.0, None))
+        decision = decide(Inputs(
+            now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
+            replicas=[ReplicaView(r.id, "ready" if r.ready_at <= now else "starting",
+                                  len(r.busy_until)) for r in self.replicas],
+            observations=self.observations, last_request_at=self.last_request_at,
+            demand_at=self.demand_at, prewarm_s=prewarm_s, keepalive_s=keepalive_s),
+            self.state, policy.scale)
+        self.state = decision.state
+        for _ in range(decision.start):
+            self.replicas.append(_Replica(new_id(), self.name, now + cold_start_s))
+            tally.starts += 1
+        for rep in self.replicas:
+            if rep.id in decision.stop:
+                rep.stopped = True
+            elif not (rep.busy_until and rep.ready_at <= now):
+                tally.idle_s += 1.0  # alive this second with no request in any slot
+        self.replicas = [r for r in self.replicas if not r.stopped]
+
+
+def _route_waiting(queue: list[tuple[float, int, float]], views: dict[str, _Pop],
+                   nearest: Callable[[int], list[tuple[str, float]]], capacity: int, now: float,
+                   draw: Callable[[int], int], tally: _Tally) -> dict[str, int]:
+    """Route the waiting requests, first come first served, with the router's `choose()`;
+    the rest stay in `queue`. Returns how many still wait for each (nearest) PoP."""
+    by_id = {rep.id: rep for v in views.values() for rep in v.replicas}
+    waiting_for = dict.fromkeys(views, 0)
+    still: list[tuple[float, int, float]] = []
+    while queue:
+        arrival, seq, gpu_s = heapq.heappop(queue)
+        routed = choose(nearest(seq), {
+            name: [RouterReplica(rep.id, name, "", rep.ready_at <= now, capacity,
+                                 len(rep.busy_until)) for rep in v.replicas]
+            for name, v in views.items()}, draw)
+        if isinstance(routed, NoRoute):
+            waiting_for[nearest(seq)[0][0]] += 1
+            still.append((arrival, seq, gpu_s))
+            continue
+        target = by_id[routed.replica.runner_id]
+        start = max(arrival, target.ready_at, now - 1.0)
+        target.busy_until.append(start + gpu_s)
+        tally.served(max(0.0, start - arrival), gpu_s)
+    queue.extend(still)
+    heapq.heapify(queue)
+    return waiting_for
+
 
 def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: int = 4,
                  cold_start_s: float = 6.0, pops: Sequence[str] = ("pop0",),
@@ -119,86 +192,40 @@ def simulate_llm(requests: Sequence[Request], policy: LlmPolicy, *, capacity: in
     geography = Geography.spread(list(pops))
     mix = list(client_mix) if client_mix is not None else [1.0] * len(pops)
     clients = rng.choices(list(pops), weights=mix, k=len(requests))
-    nearest = {c: order_pops(pops, geography.rtt_ms[c]) for c in pops}
+    by_region = {c: order_pops(pops, geography.rtt_ms[c]) for c in pops}
+
+    def nearest(seq: int) -> list[tuple[str, float]]:
+        return by_region[clients[seq]]
+
+    ids = itertools.count()
+
+    def new_id() -> str:
+        return f"r{next(ids)}"
+
     views = {name: _Pop(name, policy.keepalive) for name in pops}
     horizon = math.ceil(max(r.at for r in requests)) + 1
     queue: list[tuple[float, int, float]] = []  # (arrival, seq, gpu_s) waiting for a slot
-    waits: list[float] = []
-    waited = starts = 0
-    idle_s = used_s = 0.0
+    tally = _Tally()
     i = 0
-    next_id = 0
     tick = -1
     # Until every request has arrived and been served: none is dropped at the trace's end.
     while tick <= horizon or queue or i < len(requests):
         tick += 1
         now = float(tick)
-        # Arrivals of this second join the queue, in arrival order.
-        while i < len(requests) and requests[i].at < now:
-            r = requests[i]
-            views[nearest[clients[i]][0][0]].arrival(r.at)
-            heapq.heappush(queue, (r.at, i, r.gpu_s))
+        while i < len(requests) and requests[i].at < now:  # this second's arrivals
+            views[nearest(i)[0][0]].arrival(requests[i].at)
+            heapq.heappush(queue, (requests[i].at, i, requests[i].gpu_s))
             i += 1
-        replicas = {name: [r for r in v.replicas if not r.stopped] for name, v in views.items()}
-        for reps in replicas.values():
-            for rep in reps:
+        for view in views.values():
+            for rep in view.replicas:
                 rep.busy_until = [t for t in rep.busy_until if t > now]
-        by_id = {rep.id: rep for reps in replicas.values() for rep in reps}
-        waiting_for = dict.fromkeys(pops, 0)
-        still: list[tuple[float, int, float]] = []
-        while queue:
-            arrival, seq, gpu_s = heapq.heappop(queue)
-            routed = choose(nearest[clients[seq]], {
-                name: [RouterReplica(rep.id, name, "", rep.ready_at <= now, capacity,
-                                     len(rep.busy_until)) for rep in reps]
-                for name, reps in replicas.items()}, rng.randrange)
-            if isinstance(routed, NoRoute):
-                waiting_for[nearest[clients[seq]][0][0]] += 1
-                still.append((arrival, seq, gpu_s))
-                continue
-            target = by_id[routed.replica.runner_id]
-            start = max(arrival, target.ready_at, now - 1.0)
-            wait = max(0.0, start - arrival)
-            waited += wait > 0
-            waits.append(wait)
-            target.busy_until.append(start + gpu_s)
-            used_s += gpu_s
-        queue = still
-        heapq.heapify(queue)
+        waiting_for = _route_waiting(queue, views, nearest, capacity, now, rng.randrange, tally)
         for name, view in views.items():
-            reps = replicas[name]
-            if waiting_for[name]:
-                view.demand_at = now
-            ready = [r for r in reps if r.ready_at <= now]
-            concurrency = sum(len(r.busy_until) for r in ready) + waiting_for[name]
-            view.observations.append(Observation(now, float(concurrency)))
-            if len(view.observations) > 400:
-                del view.observations[:100]
-            prewarm_s, keepalive_s = (learned_times(view.histogram, policy.keepalive)
-                                      if policy.learn_keepalive else (0.0, None))
-            decision = decide(Inputs(
-                now=now, capacity=capacity, min_replicas=policy.min_replicas, max_replicas=64,
-                replicas=[ReplicaView(r.id, "ready" if r.ready_at <= now else "starting",
-                                      len(r.busy_until)) for r in reps],
-                observations=view.observations, last_request_at=view.last_request_at,
-                demand_at=view.demand_at, prewarm_s=prewarm_s, keepalive_s=keepalive_s),
-                view.state, policy.scale)
-            view.state = decision.state
-            for _ in range(decision.start):
-                reps.append(_Replica(f"r{next_id}", name, now + cold_start_s))
-                next_id += 1
-                starts += 1
-            for rep in reps:
-                if rep.id in decision.stop:
-                    rep.stopped = True
-                else:  # idle accounting for this second: alive, no request in any slot
-                    busy = bool(rep.busy_until) and rep.ready_at <= now
-                    idle_s += 0.0 if busy else 1.0
-            view.replicas = [r for r in reps if not r.stopped]
-    waits.sort()
+            view.scale(now, waiting_for[name], policy, capacity, cold_start_s, new_id, tally)
+    waits = sorted(tally.waits)
     p99 = waits[min(len(waits) - 1, int(0.99 * len(waits)))] if waits else 0.0
-    return LlmResult(policy.name, policy.parameter, len(requests), waited, p99, idle_s, used_s,
-                     starts)
+    return LlmResult(policy.name, policy.parameter, len(requests), tally.waited, p99,
+                     tally.idle_s, tally.used_s, tally.starts)
 
 
 def llm_policies() -> list[LlmPolicy]:
