@@ -280,7 +280,10 @@ class RouterService:
             route = choose(ordered, self.table.by_pop(deployment.id, time.monotonic()),
                            self._random.randrange, frozenset(tried))
             if isinstance(route, Route):
-                await self._note_activity(deployment.id, route.replica.pop)
+                # Counted once per request, at its first attempt: one refused by a draining
+                # replica and sent again is still one request served.
+                await self._note_activity(deployment.id, route.replica.pop,
+                                          requests=1 if attempts == 0 else 0)
                 attempts += 1
                 try:
                     upstream = await self._forward(deployment.id, route.replica, forward)
@@ -339,12 +342,12 @@ class RouterService:
         self.metrics.cold_start_wait.labels(deployment_id).observe(waited)
         return waited
 
-    async def _note_activity(self, deployment_id: str, pop: str) -> None:
+    async def _note_activity(self, deployment_id: str, pop: str, requests: int = 1) -> None:
         """Tell the autoscaler the deployment is in use in this PoP, at most once a second:
         without it a deployment that scales to zero would be stopped while serving."""
         now = time.monotonic()
         key = (deployment_id, pop)
-        self._served[key] += 1
+        self._served[key] += requests
         if now - self._activity_sent.get(key, float("-inf")) >= 1.0:
             self._activity_sent[key] = now
             await self._signal_demand(deployment_id, pop, held=0, served=self._served.pop(key))
