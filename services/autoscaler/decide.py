@@ -16,7 +16,6 @@ Load-driven in the manner of Knative's KPA:
   later (pre-warm): unload right after the load ends, start a replica `prewarm_lead_s`
   before the next request is expected, keep it for the keep-alive.
 - Floors and ceiling: `min_replicas`, the tenant's active schedules, `max_replicas`.
-
 - Waiting requests panic at once: when the load right now exceeds what the ready
   replicas take (requests held or refused), the panic window counts that load, not only
   its 6-s average (Knative's KPA waits for the average; `panic_on_waiting=False`).

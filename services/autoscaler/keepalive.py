@@ -113,11 +113,16 @@ def percentile_bin(counts: tuple[int, ...], percentile: float) -> int:
     return len(counts) - 1
 
 
-def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
+def trusted(histogram: IdleHistogram, config: KeepAliveConfig) -> bool:
+    """Enough idle times, mostly within the histogram's range, to learn a window from."""
     samples = histogram.samples
     seen = samples + histogram.out_of_bounds
-    if samples < config.min_samples or (
-            seen and histogram.out_of_bounds / seen > config.max_out_of_bounds):
+    return samples >= config.min_samples and not (
+        seen and histogram.out_of_bounds / seen > config.max_out_of_bounds)
+
+
+def window(histogram: IdleHistogram, config: KeepAliveConfig) -> Window:
+    if not trusted(histogram, config):
         return Window(0, config.fixed_keepalive_min, "fixed: thin or out-of-range history")
     if config.cold_start_weight is not None:
         return cheapest_window(histogram, config.cold_start_weight, config.prior_idle_times)
@@ -193,9 +198,7 @@ def prior_idle_times(bins: int, total: float) -> tuple[np.ndarray, float, float]
 def learned_times(histogram: IdleHistogram | None, config: KeepAliveConfig) -> tuple[float, float | None]:
     """(pre-warm seconds, keep-alive seconds) for the live policy: (0, None) — use the fixed
     fallback — until the histogram can be trusted."""
-    if histogram is None:
+    if histogram is None or not trusted(histogram, config):
         return 0.0, None
     w = window(histogram, config)
-    if not w.reason.startswith("histogram"):
-        return 0.0, None
     return w.prewarm_min * 60.0, w.keepalive_min * 60.0

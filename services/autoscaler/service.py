@@ -146,6 +146,8 @@ class AutoscalerService:
         self._demand_at: dict[tuple[str, str], float] = {}
         self._last_request_at: dict[tuple[str, str], float] = {}
         self._idle: dict[tuple[str, str], IdleHistogram] = {}
+        # The window each histogram gives, worked out once per change, not on every tick.
+        self._learned: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._history = KeepAliveHistory(nc.jetstream(), subjects.keepalive_bucket)
         self._unsaved: set[tuple[str, str]] = set()
         self._saved_at = float("-inf")
@@ -197,7 +199,8 @@ class AutoscalerService:
         (keepalive.py) its idle times (gaps of a minute or more) and request rate."""
         last = self._last_request_at.get(key)
         histogram = self._idle.get(key) or IdleHistogram.empty(self.config.keepalive)
-        self._idle[key] = histogram.record(0.0 if last is None else (now - last) / 60, requests)
+        self._set_history(key, histogram.record(0.0 if last is None else (now - last) / 60,
+                                                requests))
         self._last_request_at[key] = now
         self._unsaved.add(key)
 
@@ -206,7 +209,7 @@ class AutoscalerService:
         await self._history.open()
         now, wall = self._clock(), time.time()
         for key, record in (await self._history.load()).items():
-            self._idle[key] = record.histogram(self.config.keepalive)
+            self._set_history(key, record.histogram(self.config.keepalive))
             self._last_request_at[key] = now - max(0.0, wall - record.last_request_wall)
         if self._idle:
             log.info("keep-alive history restored for %d deployment × PoP pairs", len(self._idle))
@@ -223,6 +226,15 @@ class AutoscalerService:
             except Exception:
                 self._unsaved.add(key)  # try again next time
                 raise
+
+    def _set_history(self, key: tuple[str, str], histogram: IdleHistogram) -> None:
+        self._idle[key] = histogram
+        self._learned.pop(key, None)
+
+    def _learned_times(self, key: tuple[str, str]) -> tuple[float, float | None]:
+        if key not in self._learned:
+            self._learned[key] = learned_times(self._idle.get(key), self.config.keepalive)
+        return self._learned[key]
 
     def idle_history(self, deployment_id: str, pop: str) -> IdleHistogram | None:
         """What the keep-alive has learned for (deployment, PoP) so far."""
@@ -312,7 +324,7 @@ class AutoscalerService:
                 self._observations[key].append(Observation(now, load.get(key, 0.0)))
             pairs[pop] = self._replicas(d.id, pop)
             replicas = [view for _, view in pairs[pop]]
-            prewarm_s, keepalive_s = learned_times(self._idle.get(key), self.config.keepalive)
+            prewarm_s, keepalive_s = self._learned_times(key)
             inputs = Inputs(
                 now=now, capacity=self.config.runner_capacity, min_replicas=d.min_replicas,
                 max_replicas=d.max_replicas, replicas=replicas,

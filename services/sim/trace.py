@@ -72,14 +72,13 @@ def split_across_pops(functions: list[tuple[str, np.ndarray, float]], pops: list
     jurisdictions = sorted(set(geography.jurisdiction.values()))
     streams = []
     for name, counts, duration_s in functions:
+        allowed = pops
         if len(pops) == 1:
             per_region = counts[None, :]
-            allowed = pops
         else:
             mix = rng.dirichlet(np.full(len(pops), 0.5))
             per_region = np.stack([rng.multinomial(c, mix) if c else np.zeros(len(pops), np.int64)
                                    for c in counts], axis=1)
-            allowed = pops
             if rng.random() < pinned_share:
                 home = jurisdictions[rng.integers(len(jurisdictions))]
                 allowed = [p for p in pops if geography.jurisdiction[p] == home]

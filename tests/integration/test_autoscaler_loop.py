@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -143,21 +143,34 @@ async def test_demand_wakes_from_zero_at_once_and_missing_metrics_hold(nc: NATS,
         await service.stop()
 
 
+async def started_autoscaler(nc: NATS, subjects: Subjects,
+                             clock: Callable[[], float]) -> AutoscalerService:
+    """A started autoscaler on a test clock with a 30 s tick: only signals drive it."""
+    await ensure_streams(nc.jetstream(), subjects)
+    service = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
+                                AutoscalerConfig(tick_s=30), clock=clock)
+    await service.start()
+    return service
+
+
+async def activity_at(nc: NATS, subjects: Subjects, now: list[float],
+                      served_at: Iterable[tuple[float, int]]) -> None:
+    """The router's activity signals: `requests` served, at each test-clock time."""
+    for at, requests in served_at:
+        now[0] = at
+        await signal_demand(nc, subjects, requests=requests)
+        await asyncio.sleep(0.1)
+
+
 async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_counts(
         nc: NATS, namespace: str) -> None:
     subjects = Subjects(namespace)
-    await ensure_streams(nc.jetstream(), subjects)
     await serve_deployments(nc, subjects, deployment(min_replicas=0))
     now = [1000.0]
-    service = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
-                                AutoscalerConfig(tick_s=30), clock=lambda: now[0])
-    await service.start()
+    service = await started_autoscaler(nc, subjects, clock=lambda: now[0])
     try:
         # The router's activity signals: 5 requests, then 3 more 90 s later, then 4 after 20 s.
-        for at, served in ((1000.0, 5), (1090.0, 3), (1110.0, 4)):
-            now[0] = at
-            await signal_demand(nc, subjects, requests=served)
-            await asyncio.sleep(0.1)
+        await activity_at(nc, subjects, now, ((1000.0, 5), (1090.0, 3), (1110.0, 4)))
         history = service.idle_history("dep_loop", "eu-west")
         assert history is not None
         assert (history.requests, history.span_min, history.samples) == (12, 110 / 60, 1)
@@ -169,23 +182,16 @@ async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_coun
 async def test_a_restarted_autoscaler_resumes_the_keep_alive_it_had_learned(
         nc: NATS, namespace: str) -> None:
     subjects = Subjects(namespace)
-    await ensure_streams(nc.jetstream(), subjects)
     await serve_deployments(nc, subjects, deployment(min_replicas=0))
     now = [1000.0]
-    first = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
-                              AutoscalerConfig(tick_s=30), clock=lambda: now[0])
-    await first.start()
-    for at in (1000.0, 1600.0, 2200.0, 2800.0):  # every 10 minutes
-        now[0] = at
-        await signal_demand(nc, subjects, requests=2)
-        await asyncio.sleep(0.1)
+    first = await started_autoscaler(nc, subjects, clock=lambda: now[0])
+    # Every 10 minutes, 2 requests.
+    await activity_at(nc, subjects, now, ((at, 2) for at in (1000.0, 1600.0, 2200.0, 2800.0)))
     learned = first.idle_history("dep_loop", "eu-west")
     assert learned is not None and learned.counts[10] == 3
     await first.stop()  # saves what it learned
 
-    second = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
-                               AutoscalerConfig(tick_s=30), clock=lambda: 50.0)
-    await second.start()
+    second = await started_autoscaler(nc, subjects, clock=lambda: 50.0)
     try:
         assert second.idle_history("dep_loop", "eu-west") == learned
         # The last request is as long ago as it was in wall time (just now), on the new clock.
