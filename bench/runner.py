@@ -150,15 +150,18 @@ def paired_ratio(ours: list[tuple[float, str, str, float]],
     return f"paired over {len(ours)} rounds: req/s {rate}; 1 / CPU per request {cpu}"
 
 
-async def start_bare(work: Path, framework: str, name: str) -> tuple[int, subprocess.Popen[bytes]]:
+async def start_bare(work: Path, framework: str, name: str,
+                     command_prefix: tuple[str, ...] = ()) -> tuple[int, subprocess.Popen[bytes]]:
     """The bare BentoML service on a free port, once its /readyz answers. Its log goes to a
     file, as the edgeinfer runner's does (BentoML writes an access-log line per request;
-    /dev/null would make the reference cheaper than it is)."""
+    /dev/null would make the reference cheaper than it is). Same environment as the
+    local executor gives a runner, except edgeinfer's own keys."""
     port = free_port()
     env = {**os.environ, "BARE_MODEL_PATH": str(work / "model.bin"), "BARE_FRAMEWORK": framework,
-           "BENTOML_HOME": str(work / f"{name}-home"), "OMP_NUM_THREADS": "1"}
+           "BENTOML_HOME": str(work / f"{name}-home"), "BENTOML_DO_NOT_TRACK": "True",
+           "OMP_NUM_THREADS": "1"}
     with open(work / f"{name}.log", "ab") as log:
-        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve",
+        process = subprocess.Popen([*command_prefix, sys.executable, "-m", "bentoml", "serve",
                                     "bench.bare_runner:BareRunner", "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=ROOT, env=env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True)

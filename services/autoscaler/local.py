@@ -42,6 +42,9 @@ class LocalExecutorConfig:
     stop_timeout_s: float = 30.0
     # The machine's GPUs as (class, CUDA index): one runner process per GPU.
     gpus: tuple[tuple[str, str], ...] = ()
+    # Put before each runner's command line, e.g. ("taskset", "-c", "1") or a profiler:
+    # bench/runner_instructions.py runs the runner under valgrind this way.
+    command_prefix: tuple[str, ...] = ()
 
 
 class NoFreeDevice(RuntimeError):
@@ -131,7 +134,8 @@ class LocalProcessExecutor:
         }
         log_file = open(logs / f"runner-{pop}-{runner_id}.log", "ab")
         popen = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
+            [*c.command_prefix, sys.executable, "-m", "bentoml", "serve",
+             "services.runner.service:Runner",
              "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)

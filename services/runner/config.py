@@ -31,6 +31,7 @@ class RunnerConfig:
     spool_dir: Path = Path(".edgeinfer/spool")
     cache_dir: Path = Path(".edgeinfer/artifacts")
     drain_timeout_s: float = 20.0
+    outbox_linger_s: float = 0.2
 
 
 def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig:
@@ -70,4 +71,6 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         cache_dir=Path(env_str(env, "EDGEINFER_ARTIFACT_CACHE", str(RunnerConfig.cache_dir))),
         drain_timeout_s=env_float(env, "EDGEINFER_DRAIN_TIMEOUT_S", RunnerConfig.drain_timeout_s,
                                   lo=0, hi=600),
+        outbox_linger_s=env_float(env, "EDGEINFER_OUTBOX_LINGER_S", RunnerConfig.outbox_linger_s,
+                                  lo=0, hi=60),
     )

@@ -115,7 +115,8 @@ class Runner:
         warm = self.model.warm_input()
         for _ in range(5):  # warm-up is never charged
             run_alone(self.model, warm)
-        self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id)
+        self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id,
+                              linger_s=c.outbox_linger_s)
         self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book)
         self._tasks = [asyncio.create_task(self._outbox.run()),
                        asyncio.create_task(self._batcher.run()),
