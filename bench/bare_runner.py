@@ -7,6 +7,7 @@ batcher, without edgeinfer's accounting, usage events, outbox, metrics or heartb
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from typing import Any
 
@@ -32,6 +33,8 @@ class BareRunner:
     @bentoml.on_startup
     async def start(self) -> None:
         self._task = asyncio.create_task(self.batcher.run())
+        gc.collect()  # as the runner does once it is loaded: the startup heap out of GC's way
+        gc.freeze()
 
     @bentoml.api(route="/infer")
     async def infer(self, tenant_id: str, request_id: str, deployment_id: str,

@@ -51,6 +51,7 @@ from shared.subjects import Subjects
 from shared.topology import pops_from_env
 
 WORKER = "_bentoml_impl.worker.service"
+GC = "gc_collect_main"  # CPython's cyclic collector, with what it calls
 
 
 def callgrind(out_dir: Path) -> tuple[str, ...]:
@@ -84,19 +85,22 @@ class Window:
         control(self.pid, "-i", "on")
         self.started = time.monotonic()
 
-    def close(self) -> tuple[int, float, Counter[str]]:
+    def close(self) -> tuple[int, float, Counter[str], int]:
+        """(instructions, seconds, exclusive instructions by function, of which in Python's
+        cyclic garbage collector)."""
         control(self.pid, "-i", "off")
         seconds = time.monotonic() - self.started
         before = set(self.out_dir.glob(f"cg.{self.pid}.*"))
         control(self.pid, "-d")
         dump = (set(self.out_dir.glob(f"cg.{self.pid}.*")) - before).pop()
         total = int(re.search(r"^totals: (\d+)", dump.read_text(), re.M).group(1))
-        return total, seconds, functions(dump)
+        return total, seconds, functions(dump), functions(dump, inclusive=True)[GC]
 
 
-def functions(dump: Path) -> Counter[str]:
-    """Exclusive instructions per C function (file path and object dropped)."""
-    out = subprocess.run(["callgrind_annotate", "--threshold=100", str(dump)],
+def functions(dump: Path, inclusive: bool = False) -> Counter[str]:
+    """Instructions per C function, exclusive or inclusive (file path and object dropped)."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100",
+                          f"--inclusive={'yes' if inclusive else 'no'}", str(dump)],
                          capture_output=True, text=True, check=True).stdout
     counts: Counter[str] = Counter()
     for line in out.splitlines():
@@ -190,33 +194,43 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
         idle_rate: dict[str, float] = {}
         for name, (url, pid) in services.items():
             await send(url, body, warm_up, max(concurrencies))  # not counted
+            await asyncio.sleep(linger_s + 1)  # the warm-up's usage published before the window
             window = Window(work, pid)
             window.open()
             await asyncio.sleep(idle_s)
-            instructions, seconds, _ = window.close()
+            instructions, seconds, _, _ = window.close()
             idle_rate[name] = instructions / seconds
         print(f"idle (heartbeats, supervisor check, NATS): bare {idle_rate['bare'] / 1e6:.2f} M "
               f"instructions/s, edgeinfer {idle_rate['edgeinfer'] / 1e6:.2f} M/s")
         for c in concurrencies:
             per_request: dict[str, float] = {}
             per_function: dict[str, Counter[str]] = {}
+            gc_share: dict[str, float] = {}
             for name, (url, pid) in services.items():
                 if name == "edgeinfer":
                     published.clear()
                 window = Window(work, pid)
                 window.open()
                 await send(url, body, requests, c)
-                instructions, seconds, by_function = window.close()
+                instructions, seconds, by_function, gc = window.close()
                 per_request[name] = (instructions - idle_rate[name] * seconds) / requests
                 per_function[name] = by_function
+                gc_share[name] = gc / requests
                 print(f"  c={c:<3d} {name:10s} {per_request[name] / 1e6:7.3f} M instructions "
                       f"per request ({requests} requests in {seconds:.0f} s under callgrind; "
-                      f"{idle_rate[name] * seconds / 1e6:.0f} M of idle-rate work taken out)")
+                      f"{idle_rate[name] * seconds / 1e6:.0f} M of idle-rate work taken out), "
+                      f"of which cyclic GC {gc_share[name] / 1e3:.0f} k")
             await asyncio.sleep(linger_s + 1)  # the last linger's publish
             extra = per_request["edgeinfer"] - per_request["bare"]
             print(f"  c={c:<3d} edgeinfer adds {extra / 1e3:.0f} k instructions per request: "
                   f"{extra / per_request['bare']:+.2%} of bare BentoML's; the outbox published "
                   f"{published['events']} events in {published['messages']} messages")
+            # A full collection walks the whole heap (~10 ms) every few thousand requests: one
+            # more or fewer in a window moves that window's figure, so it is also shown without.
+            no_gc = {name: per_request[name] - gc_share[name] for name in per_request}
+            print(f"  c={c:<3d} without cyclic GC: edgeinfer adds "
+                  f"{(no_gc['edgeinfer'] - no_gc['bare']) / 1e3:.0f} k instructions per request: "
+                  f"{no_gc['edgeinfer'] / no_gc['bare'] - 1:+.2%}")
             diff = Counter({f: (per_function["edgeinfer"][f] - per_function["bare"][f]) / requests
                             for f in per_function["edgeinfer"].keys() | per_function["bare"].keys()})
             print(f"  c={c:<3d} where (exclusive instructions per request, edgeinfer − bare): "

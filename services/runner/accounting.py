@@ -16,24 +16,27 @@ Worked example, share 0.5, busy 3, 3, 3 µs: cumulative 1.5 → 1, 3 → 3, 4.5 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from decimal import Decimal
 
+import msgspec
 
-@dataclass(frozen=True)
-class Ledger:
-    """A runner's cumulative counters (all integers, microseconds)."""
+
+class Ledger(msgspec.Struct, frozen=True):
+    """A runner's cumulative counters (all integers, microseconds).
+
+    A msgspec struct rather than a frozen dataclass: charge() makes one per request, and a
+    frozen dataclass's __init__ costs ~4× as much (one object.__setattr__ per field)."""
 
     share: Decimal
     busy_us: int = 0
     charged_us: int = 0
     requests: int = 0
     # The share as an exact integer ratio, computed once: charge() runs for every request.
-    _ratio: tuple[int, int] = field(default=(0, 1), repr=False, compare=False)
+    _ratio: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         if self._ratio == (0, 1):
-            object.__setattr__(self, "_ratio", self.share.as_integer_ratio())
+            msgspec.structs.force_setattr(self, "_ratio", self.share.as_integer_ratio())
 
     def charge(self, busy_us: int) -> tuple[Ledger, int]:
         """Book one request's busy time; returns the new ledger and what that request is charged."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -101,6 +102,7 @@ class Runner:
         self._outbox: Outbox | None = None
         self._metrics: _RunnerMetrics | None = None
         self._batcher: MicroBatcher | None = None
+        self._event_template: UsageEvent | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -122,6 +124,17 @@ class Runner:
                        asyncio.create_task(self._batcher.run()),
                        asyncio.create_task(self._heartbeats()),
                        asyncio.create_task(self._watch_supervisor())]
+        now = datetime.now(UTC)
+        self._event_template = UsageEvent(  # what every usage event of this runner shares
+            id="", source=f"runner/{c.pop}/{c.runner_id}", time=now, tenant_id="", request_id="",
+            deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
+            pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
+            gpu_us=0, started_at=now, ended_at=now)
+        # Everything loaded so far (BentoML, the model, NATS) lives as long as the process:
+        # moved out of the cyclic collector's reach, a full collection walks only what
+        # requests made since, instead of the whole ~260k-object heap (a ~10 ms pause).
+        gc.collect()
+        gc.freeze()
         self.state = "ready"
         self.ready_ns = time.monotonic_ns()
         await self._beat()  # announce readiness at once, not a tick later
@@ -169,16 +182,13 @@ class Runner:
     def _book(self, request: tuple[str, str], part: BatchPart) -> UsageEvent:
         """Charge one request's part of a batch and spool its usage event (before the answer:
         what a client was answered is never lost)."""
-        c = self.config
         tenant_id, request_id = request
         self.ledger, gpu_us = self.ledger.charge(part.busy_us)
-        event = UsageEvent(
-            id=new_id(), source=f"runner/{c.pop}/{c.runner_id}", time=part.ended_at,
-            tenant_id=tenant_id, request_id=request_id, deployment_id=c.deployment_id,
-            model_version=c.model_version, runner_id=c.runner_id, pop=c.pop, region=c.region,
-            gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=part.busy_us, gpu_us=gpu_us,
+        assert self._outbox is not None and self._event_template is not None
+        event = msgspec.structs.replace(
+            self._event_template, id=new_id(), time=part.ended_at, tenant_id=tenant_id,
+            request_id=request_id, busy_us=part.busy_us, gpu_us=gpu_us,
             started_at=part.started_at, ended_at=part.ended_at)
-        assert self._outbox is not None
         self._outbox.append(event.id, encode(event))
         return event
 
