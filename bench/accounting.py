@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
+import msgspec
+
 from services.registry.demo_model import digits_onnx, sample_digit
 from services.runner.accounting import Ledger, ns_to_us
 from services.runner.models.base import run_alone
@@ -36,18 +38,21 @@ def main() -> None:
 
     spool = Spool(Path(tempfile.mkdtemp()), "bench")
     ledger = Ledger(share=Decimal("0.5"))
-    share = Decimal("0.5")
+    now = datetime.now(UTC)
+    template = UsageEvent(  # as the runner builds it once at start (runner/service.py)
+        id="", source="runner/eu-west/r1", time=now, tenant_id="", request_id="",
+        deployment_id="dep_x", model_version="1", runner_id="r1", pop="eu-west",
+        region="eu-west", gpu_class="cpu", gpu_share=Decimal("0.5"), busy_us=0, gpu_us=0,
+        started_at=now, ended_at=now)
     t0 = time.perf_counter_ns()
     for i in range(N):
         started = datetime.now(UTC)
         busy_us = ns_to_us(100_000 + i)
         ended = datetime.now(UTC)
         ledger, gpu_us = ledger.charge(busy_us)
-        event = UsageEvent(
-            id=new_id(), source="runner/eu-west/r1", time=ended, tenant_id="ten_x",
-            request_id="req", deployment_id="dep_x", model_version="1", runner_id="r1",
-            pop="eu-west", region="eu-west", gpu_class="cpu", gpu_share=share, busy_us=busy_us,
-            gpu_us=gpu_us, started_at=started, ended_at=ended)
+        event = msgspec.structs.replace(
+            template, id=new_id(), time=ended, tenant_id="ten_x", request_id="req",
+            busy_us=busy_us, gpu_us=gpu_us, started_at=started, ended_at=ended)
         spool.append(encode(event))
     added_us = (time.perf_counter_ns() - t0) / N / 1000
     spool.close()
