@@ -80,9 +80,11 @@ def own_share(url: str, body: str, connections: int, seconds: float, work: Path,
     return own / max(total, 1), total
 
 
-def tree_cpu_s(pid: int) -> float:
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process and its descendants."""
     procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-    return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
+    times = [p.cpu_times() for p in procs]
+    return sum(t.user for t in times), sum(t.system for t in times)
 
 
 # --pin: the servers' process trees on the last CPU, wrk and everything else on the rest, so
@@ -109,8 +111,9 @@ def pin_tree(pid: int) -> None:
 
 
 def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
-        pid: int) -> tuple[float, str, str, float]:
-    """(req/s, p50, p99, CPU µs the server's process tree spent per request)."""
+        pid: int) -> tuple[float, str, str, float, float]:
+    """(req/s, p50, p99, CPU µs the server's process tree spent per request, of which in
+    the kernel)."""
     pin_tree(pid)  # BentoML may have replaced a worker since the last run
     cpu_before = tree_cpu_s(pid)
     script = work / "post.lua"
@@ -120,18 +123,20 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}",
                           f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
-    cpu_s = tree_cpu_s(pid) - cpu_before
+    user_s, system_s = (after - before for after, before in zip(tree_cpu_s(pid), cpu_before, strict=True))
     rate = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
     requests = int(next(line.split()[0] for line in out.splitlines() if " requests in " in line))
     pcts = {line.split()[0]: line.split()[1] for line in out.splitlines()
             if line.strip().startswith(("50%", "99%"))}
     if "Non-2xx" in out:
         print("    " + next(line for line in out.splitlines() if "Non-2xx" in line).strip())
-    return rate, pcts.get("50%", "?"), pcts.get("99%", "?"), cpu_s * 1e6 / max(1, requests)
+    per_request = 1e6 / max(1, requests)
+    return (rate, pcts.get("50%", "?"), pcts.get("99%", "?"), (user_s + system_s) * per_request,
+            system_s * per_request)
 
 
-def paired_ratio(ours: list[tuple[float, str, str, float]],
-                 reference: list[tuple[float, str, str, float]]) -> str:
+def paired_ratio(ours: list[tuple[float, str, str, float, float]],
+                 reference: list[tuple[float, str, str, float, float]]) -> str:
     """Per-round ratios of req/s and of CPU per request (its inverse: what a CPU-bound
     worker's throughput follows), as medians with a bootstrap 95 % interval.
 
@@ -252,7 +257,7 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
                        ("edgeinfer", f"{replica.url}/infer", ours_pid)]
             if twin is not None:
                 targets.insert(1, ("bare-2", f"http://127.0.0.1:{twin_port}/infer", twin.pid))
-            runs: dict[str, list[tuple[float, str, str, float]]] = {t[0]: [] for t in targets}
+            runs: dict[str, list[tuple[float, str, str, float, float]]] = {t[0]: [] for t in targets}
             for round_ in range(rounds):
                 for name, url, pid in targets if round_ % 2 == 0 else targets[::-1]:
                     runs[name].append(await asyncio.to_thread(wrk, url, body, c, seconds, work, pid))
@@ -263,8 +268,10 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
                 p50s = ", ".join(r[1] for r in results)
                 p99s = ", ".join(r[2] for r in results)
                 cpu = statistics.median(r[3] for r in results)
+                kernel = statistics.median(r[4] for r in results)
                 print(f"  c={c:<3d} {name:10s} median {medians[name]:7.0f} req/s  "
-                      f"(runs {rates})  p50 {p50s}  p99 {p99s}  CPU {cpu:.0f} µs/request")
+                      f"(runs {rates})  p50 {p50s}  p99 {p99s}  CPU {cpu:.0f} µs/request "
+                      f"({kernel:.0f} in the kernel)")
             print(f"  c={c:<3d} edgeinfer / bare: {medians['edgeinfer'] / medians['bare'] - 1:+.1%} "
                   f"req/s (medians); {paired_ratio(runs['edgeinfer'], runs['bare'])}")
             if twin is not None:

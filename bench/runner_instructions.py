@@ -54,12 +54,20 @@ WORKER = "_bentoml_impl.worker.service"
 GC = "gc_collect_main"  # CPython's cyclic collector, with what it calls
 
 
-def callgrind(out_dir: Path) -> tuple[str, ...]:
+def callgrind(out_dir: Path, cache_sim: bool) -> tuple[str, ...]:
     # Counting starts switched off (imports and model loading are not measured) and is
     # switched on per window with callgrind_control; children are followed because the
     # BentoML worker is a child of its arbiter.
     return ("valgrind", "--tool=callgrind", "--instr-atstart=no", "--trace-children=yes",
-            f"--callgrind-out-file={out_dir}/cg.%p")
+            f"--callgrind-out-file={out_dir}/cg.%p", f"--cache-sim={'yes' if cache_sim else 'no'}")
+
+
+def estimated_cycles(events: dict[str, int]) -> int:
+    """KCachegrind's cycle estimate from callgrind's cache model: an L1 miss costs ~10
+    cycles, a last-level miss ~100, on top of one per instruction. Instruction counts
+    alone miss what a larger heap or more code costs in cache misses."""
+    return (events["Ir"] + 10 * (events["I1mr"] + events["D1mr"] + events["D1mw"])
+            + 100 * (events["ILmr"] + events["DLmr"] + events["DLmw"]))
 
 
 def worker_of(root_pid: int) -> int:
@@ -85,21 +93,24 @@ class Window:
         control(self.pid, "-i", "on")
         self.started = time.monotonic()
 
-    def close(self) -> tuple[int, float, Counter[str], int]:
-        """(instructions, seconds, exclusive instructions by function, of which in Python's
-        cyclic garbage collector)."""
+    def close(self) -> tuple[dict[str, int], float, Counter[str], int]:
+        """(totals by event: Ir = instructions and, with the cache model, misses; seconds;
+        exclusive instructions by function; instructions in Python's cyclic collector)."""
         control(self.pid, "-i", "off")
         seconds = time.monotonic() - self.started
         before = set(self.out_dir.glob(f"cg.{self.pid}.*"))
         control(self.pid, "-d")
         dump = (set(self.out_dir.glob(f"cg.{self.pid}.*")) - before).pop()
-        total = int(re.search(r"^totals: (\d+)", dump.read_text(), re.M).group(1))
-        return total, seconds, functions(dump), functions(dump, inclusive=True)[GC]
+        text = dump.read_text()
+        names = re.search(r"^events: (.+)$", text, re.M).group(1).split()
+        totals = map(int, re.search(r"^totals: (.+)$", text, re.M).group(1).split())
+        events = dict(zip(names, totals, strict=True))
+        return events, seconds, functions(dump), functions(dump, inclusive=True)[GC]
 
 
 def functions(dump: Path, inclusive: bool = False) -> Counter[str]:
     """Instructions per C function, exclusive or inclusive (file path and object dropped)."""
-    out = subprocess.run(["callgrind_annotate", "--threshold=100",
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--show=Ir",
                           f"--inclusive={'yes' if inclusive else 'no'}", str(dump)],
                          capture_output=True, text=True, check=True).stdout
     counts: Counter[str] = Counter()
@@ -137,7 +148,7 @@ def spool_write_us(line: bytes, appends: int = 20_000) -> float:
 
 
 async def main(model_name: str, requests: int, warm_up: int, concurrencies: list[int],
-               idle_s: float, linger_s: float, top: int) -> None:
+               idle_s: float, linger_s: float, top: int, cache_sim: bool) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install valgrind")
     framework, artifact, inputs = MODELS[model_name]
@@ -172,7 +183,7 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
 
     await nc.subscribe(subjects.heartbeat_wildcard, cb=on_beat)
     await nc.subscribe(subjects.usage("eu-west"), cb=on_usage)
-    prefix = callgrind(work)
+    prefix = callgrind(work, cache_sim)
     os.environ["EDGEINFER_OUTBOX_LINGER_S"] = str(linger_s)  # the runner inherits it
     executor = LocalProcessExecutor(LocalExecutorConfig(
         nats.url, "edgeinfer", work, pops_from_env(), Decimal(1), command_prefix=prefix,
@@ -192,28 +203,35 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
         body = {"tenant_id": "ten_bench", "request_id": "b", "deployment_id": "dep_bench",
                 "inputs": inputs()}
         idle_rate: dict[str, float] = {}
+        idle_cycles: dict[str, float] = {}
         for name, (url, pid) in services.items():
             await send(url, body, warm_up, max(concurrencies))  # not counted
             await asyncio.sleep(linger_s + 1)  # the warm-up's usage published before the window
             window = Window(work, pid)
             window.open()
             await asyncio.sleep(idle_s)
-            instructions, seconds, _, _ = window.close()
-            idle_rate[name] = instructions / seconds
+            events, seconds, _, _ = window.close()
+            idle_rate[name] = events["Ir"] / seconds
+            if cache_sim:
+                idle_cycles[name] = estimated_cycles(events) / seconds
         print(f"idle (heartbeats, supervisor check, NATS): bare {idle_rate['bare'] / 1e6:.2f} M "
               f"instructions/s, edgeinfer {idle_rate['edgeinfer'] / 1e6:.2f} M/s")
         for c in concurrencies:
             per_request: dict[str, float] = {}
             per_function: dict[str, Counter[str]] = {}
             gc_share: dict[str, float] = {}
+            cycles: dict[str, float] = {}
             for name, (url, pid) in services.items():
                 if name == "edgeinfer":
                     published.clear()
                 window = Window(work, pid)
                 window.open()
                 await send(url, body, requests, c)
-                instructions, seconds, by_function, gc = window.close()
-                per_request[name] = (instructions - idle_rate[name] * seconds) / requests
+                events, seconds, by_function, gc = window.close()
+                per_request[name] = (events["Ir"] - idle_rate[name] * seconds) / requests
+                if cache_sim:
+                    cycles[name] = (estimated_cycles(events)
+                                    - idle_cycles[name] * seconds) / requests
                 per_function[name] = by_function
                 gc_share[name] = gc / requests
                 print(f"  c={c:<3d} {name:10s} {per_request[name] / 1e6:7.3f} M instructions "
@@ -225,6 +243,10 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
             print(f"  c={c:<3d} edgeinfer adds {extra / 1e3:.0f} k instructions per request: "
                   f"{extra / per_request['bare']:+.2%} of bare BentoML's; the outbox published "
                   f"{published['events']} events in {published['messages']} messages")
+            if cache_sim:
+                print(f"  c={c:<3d} estimated cycles (cache model) per request: bare "
+                      f"{cycles['bare'] / 1e6:.3f} M, edgeinfer {cycles['edgeinfer'] / 1e6:.3f} M: "
+                      f"{cycles['edgeinfer'] / cycles['bare'] - 1:+.2%}")
             # A full collection walks the whole heap (~10 ms) every few thousand requests: one
             # more or fewer in a window moves that window's figure, so it is also shown without.
             no_gc = {name: per_request[name] - gc_share[name] for name in per_request}
@@ -259,7 +281,9 @@ if __name__ == "__main__":
                         help="idle window that measures each worker's per-second work")
     parser.add_argument("--linger-s", type=float, default=8.0,
                         help="the runner's outbox linger under callgrind (0.2 s × its slowdown)")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="also model the caches and print estimated cycles (~2× slower)")
     parser.add_argument("--top", type=int, default=12, help="functions listed in the diff")
     args = parser.parse_args()
     asyncio.run(main(args.model, args.requests, args.warm_up, args.concurrency, args.idle_s, args.linger_s,
-                     args.top))
+                     args.top, args.cache_sim))
