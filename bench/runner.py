@@ -27,6 +27,7 @@ import tempfile
 import time
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -36,7 +37,7 @@ from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
 from services.registry.demo_model import digits_onnx, minilm_artifact, sample_digit
 from shared.artifacts import put_artifact
 from shared.bus import connect, ensure_streams
-from shared.embedded import free_port, start_nats
+from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import Deployment
 from shared.subjects import Subjects
 from shared.topology import pops_from_env
@@ -187,12 +188,13 @@ MODELS = {  # name: (framework, artifact, one request's inputs)
 }
 
 
-async def main(seconds: float, model_name: str, rounds: int, concurrencies: list[int],
-               aa: bool = False, profile: bool = False, pin: bool = False) -> None:
-    if pin:
-        pin_cpus()
-    framework, artifact, inputs = MODELS[model_name]
-    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-runner-"))
+async def set_up(model_name: str, purpose: str) -> tuple[Path, EmbeddedNats, Any, Subjects,
+                                                         Deployment, bytes]:
+    """A work dir with embedded NATS, the model in the registry's artifact store and on
+    disk (`model.bin`, for the bare service), and the deployment a runner serves.
+    Returns (work dir, NATS, its client, subjects, deployment, model bytes)."""
+    framework, artifact, _ = MODELS[model_name]
+    work = Path(tempfile.mkdtemp(prefix=f"edgeinfer-bench-{purpose}-"))
     nats = start_nats(work)
     nc = await connect(nats.url, "bench")
     subjects = Subjects("edgeinfer")
@@ -205,6 +207,15 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
                             model_name=model_name, model_version="1", framework=framework,
                             artifact_digest=digest, gpu_class="cpu", allowed_pops=["eu-west"],
                             min_replicas=1, max_replicas=1)
+    return work, nats, nc, subjects, deployment, model
+
+
+async def main(seconds: float, model_name: str, rounds: int, concurrencies: list[int],
+               aa: bool = False, profile: bool = False, pin: bool = False) -> None:
+    if pin:
+        pin_cpus()
+    framework, _, inputs = MODELS[model_name]
+    work, nats, nc, subjects, deployment, model = await set_up(model_name, "runner")
     ready = asyncio.Event()
     stopped: set[str] = set()
 

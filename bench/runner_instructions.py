@@ -39,15 +39,10 @@ from pathlib import Path
 
 import httpx
 import psutil
-from runner import MODELS, start_bare
+from runner import MODELS, set_up, start_bare
 
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
 from services.runner.outbox import Spool
-from shared.artifacts import put_artifact
-from shared.bus import connect, ensure_streams
-from shared.embedded import start_nats
-from shared.events import Deployment
-from shared.subjects import Subjects
 from shared.topology import pops_from_env
 
 WORKER = "_bentoml_impl.worker.service"
@@ -151,20 +146,8 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
                idle_s: float, linger_s: float, top: int, cache_sim: bool) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("needs valgrind: apt-get install valgrind")
-    framework, artifact, inputs = MODELS[model_name]
-    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-instructions-"))
-    nats = start_nats(work)
-    nc = await connect(nats.url, "bench")
-    subjects = Subjects("edgeinfer")
-    js = nc.jetstream()
-    await ensure_streams(js, subjects)
-    model = artifact()
-    digest = await put_artifact(js, subjects.artifact_bucket, model)
-    (work / "model.bin").write_bytes(model)
-    deployment = Deployment(id="dep_bench", tenant_id="ten_bench", name=model_name,
-                            model_name=model_name, model_version="1", framework=framework,
-                            artifact_digest=digest, gpu_class="cpu", allowed_pops=["eu-west"],
-                            min_replicas=1, max_replicas=1)
+    framework, _, inputs = MODELS[model_name]
+    work, nats, nc, subjects, deployment, _ = await set_up(model_name, "instructions")
     ready = asyncio.Event()
     published = Counter[str]()
     spooled_line = b""
