@@ -83,6 +83,10 @@ def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=die_with_parent_thread(),
+        # Its own process group: Ctrl-C in a terminal signals the whole foreground group, and
+        # a server stopped that way before the runners have flushed their usage outboxes
+        # leaves them retrying until their drain timeout. `stop()` stops it last, in order.
+        process_group=0,
     )
     try:
         wait_for_port(port, timeout=15)

@@ -4,6 +4,7 @@ both write its files)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,16 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_ctrl_c_in_a_terminal_does_not_reach_the_nats_server(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C goes to its whole foreground process group; the server must be
+    left for `edgeinfer up` to stop after the runners have flushed their usage."""
+    nats = start_nats(tmp_path)
+    try:
+        assert os.getpgid(nats.process.pid) != os.getpgid(0)
+    finally:
+        nats.stop()
 
 
 def test_a_sigkilled_parent_takes_its_nats_server_with_it(tmp_path: Path) -> None:
