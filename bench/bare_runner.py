@@ -17,6 +17,11 @@ from services.runner.batcher import MicroBatcher
 from services.runner.device import Device, MonotonicTimer
 from services.runner.models import load_model
 from services.runner.models.base import run_alone
+from services.runner.traffic_timeout import install as install_releasing_timeout
+
+# As the runner does: BentoML's request timeout holds every request's objects for 60 s, and
+# the growing heap slows both services alike (services/runner/traffic_timeout.py).
+install_releasing_timeout()
 
 
 @bentoml.service(name="bare_runner", workers=1, traffic={"timeout": 60})

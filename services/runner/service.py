@@ -35,12 +35,15 @@ from services.runner.device import Device, select_device, timer_for
 from services.runner.models import InvalidInput, ServedModel, load_model
 from services.runner.models.base import run_alone
 from services.runner.outbox import Outbox
+from services.runner.traffic_timeout import install as install_releasing_timeout
 from shared.artifacts import get_artifact
 from shared.bus import connect
 from shared.events import RunnerCounters, RunnerHeartbeat, RunnerState, UsageEvent, encode, new_id
 from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer.runner")
+
+install_releasing_timeout()  # BentoML's own holds every request for 60 s (traffic_timeout.py)
 
 
 class _IdOnly(msgspec.Struct):
