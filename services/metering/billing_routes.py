@@ -7,6 +7,7 @@ float cannot hold a price exactly.
 from __future__ import annotations
 
 import re
+import secrets
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,6 @@ from litestar import get, post, put
 from litestar.handlers import HTTPRouteHandler
 
 from services.metering import invoicing
-from shared.events import new_id
 from shared.http import Refusal
 from shared.money import parse_price
 from shared.tenancy import Tenant
@@ -108,7 +108,7 @@ def admin_routes(pool: asyncpg.Pool) -> list[HTTPRouteHandler]:
         amount = _amount(data.amount, "amount", positive=True)
         if not data.reason.strip():
             raise Refusal(400, "invalid_credit", "say why the credit is granted (reason)")
-        grant_id = "crd_" + new_id()
+        grant_id = "crd_" + secrets.token_hex(16)
         await pool.execute(
             "INSERT INTO metering.credit_grants (id, tenant_id, currency, amount, reason,"
             " expires_at) VALUES ($1, $2, $3, $4, $5, $6)", grant_id, tenant_id,

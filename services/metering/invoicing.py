@@ -9,6 +9,7 @@ that has no price in effect is not closed (it is reported) rather than billed at
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,7 +20,6 @@ import asyncpg
 from services.metering import ledger
 from services.metering.invoices import BilledLine, CreditGrant, Draft, compose
 from services.metering.rating import Price, Rated, UsageRow, rate
-from shared.events import new_id
 
 
 def month_start(now: datetime) -> datetime:
@@ -117,7 +117,7 @@ async def _drafts(conn: asyncpg.Connection, tenant_id: str, start: datetime,
 
 async def _store(conn: asyncpg.Connection, tenant_id: str, start: datetime, end: datetime,
                  draft: Draft) -> str:
-    invoice_id = "inv_" + new_id()
+    invoice_id = "inv_" + secrets.token_hex(16)  # random: a public id must not count invoices
     await conn.execute(
         "INSERT INTO metering.invoices (id, tenant_id, period_start, period_end, currency,"
         " subtotal, discounts, total) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
