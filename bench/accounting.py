@@ -1,13 +1,19 @@
-"""The runner's added work per request: accounting, usage event, spool append — timed alone.
+"""The runner's added work per request: accounting, usage event, spool append — timed alone;
+then the outbox's publishing of those events to JetStream, per event.
 
     .venv/bin/python bench/accounting.py
 
 Target (issue #3): under 20 µs per request. The reference in the same run is the model
-call itself (the digits classifier, one row, onnxruntime on one CPU thread).
+call itself (the digits classifier, one row, onnxruntime on one CPU thread). The publish
+runs in the runner's event loop too, off the request's path but on the same core: its CPU
+time in this process (the NATS server's is not the runner's), per event, in batches as a
+busy runner's outbox sends them (the events of one linger, `--per-drain`).
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -20,13 +26,53 @@ from services.registry.demo_model import digits_onnx, sample_digit
 from services.runner.accounting import Ledger, ns_to_us
 from services.runner.models.base import run_alone
 from services.runner.models.onnx import OnnxModel
-from services.runner.outbox import Spool
+from services.runner.outbox import Outbox, Spool
+from shared.bus import connect, ensure_streams
+from shared.embedded import start_nats
 from shared.events import UsageEvent, encode, new_id
+from shared.subjects import Subjects
 
 N = 20_000
 
 
-def main() -> None:
+def usage_event(template: UsageEvent, ledger: Ledger, busy_us: int, started: datetime,
+                ended: datetime) -> tuple[Ledger, UsageEvent]:
+    """What the runner's `_book` does for one request, less the spool append."""
+    ledger, gpu_us = ledger.charge(busy_us)
+    return ledger, msgspec.structs.replace(
+        template, id=new_id(), time=ended, tenant_id="ten_x", request_id="req",
+        busy_us=busy_us, gpu_us=gpu_us, started_at=started, ended_at=ended)
+
+
+async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: int) -> float:
+    """This process's CPU µs per event to publish `events` spooled events to JetStream,
+    `per_drain` at a time, as the outbox does after each linger."""
+    work = Path(tempfile.mkdtemp(prefix="edgeinfer-bench-outbox-"))
+    nats = start_nats(work)
+    nc = await connect(nats.url, "bench-outbox")
+    try:
+        js = nc.jetstream()
+        subjects = Subjects("edgeinfer")
+        await ensure_streams(js, subjects)
+        outbox = Outbox(work / "spool", js, subjects.usage("eu-west"))
+        ledger, now = Ledger(share=Decimal(1)), datetime.now(UTC)
+        cpu = 0.0
+        for _ in range(events // per_drain):
+            for _ in range(per_drain):
+                ledger, event = usage_event(template, ledger, 100, now, now)
+                outbox.append(encode(event))
+            t0 = time.process_time()
+            await outbox.drain_once()
+            cpu += time.process_time() - t0
+        assert outbox.pending_events == 0
+        outbox.close()
+        return cpu / (events // per_drain * per_drain) * 1e6
+    finally:
+        await nc.close()
+        nats.stop()
+
+
+def main(per_drain: int) -> None:
     model = OnnxModel.load(digits_onnx())
     work = model.validate([sample_digit(0)])
     for _ in range(200):
@@ -49,17 +95,20 @@ def main() -> None:
         started = datetime.now(UTC)
         busy_us = ns_to_us(100_000 + i)
         ended = datetime.now(UTC)
-        ledger, gpu_us = ledger.charge(busy_us)
-        event = msgspec.structs.replace(
-            template, id=new_id(), time=ended, tenant_id="ten_x", request_id="req",
-            busy_us=busy_us, gpu_us=gpu_us, started_at=started, ended_at=ended)
+        ledger, event = usage_event(template, ledger, busy_us, started, ended)
         spool.append(encode(event))
     added_us = (time.perf_counter_ns() - t0) / N / 1000
     spool.close()
     print(f"model call (digits, 1 row):                 {model_us:6.1f} µs per request")
     print(f"accounting + usage event + spool append:    {added_us:6.1f} µs per request "
           "(target < 20 µs)")
+    publish_us = asyncio.run(publish_cpu_per_event(template, N, per_drain))
+    print(f"outbox publish to JetStream:                {publish_us:6.1f} µs of CPU per event "
+          f"({per_drain} events per drain)")
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per-drain", type=int, default=200,
+                        help="events per outbox drain: the requests of one linger (0.2 s)")
+    main(parser.parse_args().per_drain)

@@ -50,14 +50,14 @@ async def publish(js, subjects: Subjects, batch: list[UsageEvent], dup_every: in
         # As the runner's outbox does: up to BATCH events per message.
         for start in range(0, len(batch), BATCH):
             chunk = batch[start:start + BATCH]
-            msg = UsageBatch(id=batch_id([e.id for e in chunk]), source="bench",
+            msg = UsageBatch(id=batch_id([encode(e) for e in chunk]), source="bench",
                              time=datetime.now(UTC), events=chunk)
             await js.publish_async(subjects.usage(chunk[0].pop), encode(msg),
                                    headers={"Nats-Msg-Id": msg.id})
             if dup_every:
                 # Duplicates JetStream cannot catch (another msg id): only the ledger can.
                 dups = chunk[::dup_every]
-                again = UsageBatch(id=batch_id([e.id for e in dups]) + "-dup", source="bench",
+                again = UsageBatch(id=batch_id([encode(e) for e in dups]) + "-dup", source="bench",
                                    time=datetime.now(UTC), events=dups)
                 await js.publish_async(subjects.usage(chunk[0].pop), encode(again),
                                        headers={"Nats-Msg-Id": again.id})

@@ -19,9 +19,11 @@ from typing import Literal
 import msgspec
 
 
-def batch_id(event_ids: list[str]) -> str:
-    """A usage batch's id: the same events in the same order always give the same id."""
-    digest = hashlib.sha256("\n".join(event_ids).encode()).hexdigest()[:32]
+def batch_id(encoded_events: list[bytes]) -> str:
+    """A usage batch's id, from its events as encoded: the same events in the same order
+    always give the same id. The outbox republishes a spool's lines byte for byte, so their
+    hash is as stable as their ids, and needs no decoding."""
+    digest = hashlib.sha256(b"\n".join(encoded_events)).hexdigest()[:32]
     return f"b{digest}"
 
 

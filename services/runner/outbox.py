@@ -8,8 +8,12 @@ write, events are published again with the same ids: JetStream's duplicate windo
 beyond it the ledger's unique key, drop the repeats.
 
 Layout: `<spool_dir>/<generation>.jsonl` (events, one JSON line each) and
-`<generation>.offset` (bytes acknowledged). Each runner process writes a new generation;
-at start it drains every older generation it finds, then deletes it.
+`<generation>.offset` (bytes acknowledged, 20 zero-padded digits rewritten in place).
+Each runner process writes a new generation; at start it drains every older generation it
+finds, then deletes it.
+
+A batch's `Nats-Msg-Id` is the hash of its spooled lines (shared.events.batch_id): a
+republish sends the same lines, so it gets the same id without decoding any event.
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,34 +36,48 @@ PUBLISH_CHUNK = 1024  # spooled events read and published per round (in batch me
 ROTATE_BYTES = 4 * 1024 * 1024
 
 
+class OffsetFile:
+    """How many bytes of a generation JetStream has acknowledged.
+
+    Rewritten in place by one pwrite(2) of a fixed width, which a killed process either
+    made or did not (a temporary file and a rename per drain cost more CPU than publishing
+    the drain's events). What a power loss may leave — the old value, or NULs — reads as an
+    offset at or before the true one: events are republished, deduplicated downstream,
+    never skipped."""
+
+    WIDTH = 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def read(self) -> int:
+        digits = os.pread(self._fd, 64, 0).strip(b"\x00 \n")
+        return int(digits) if digits.isdigit() else 0
+
+    def write(self, offset: int) -> None:
+        os.pwrite(self._fd, b"%0*d" % (self.WIDTH, offset), 0)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
 class Spool:
     """One generation's files. Appends are synchronous (no await between write and flush)."""
 
     def __init__(self, directory: Path, generation: str) -> None:
         self.events_path = directory / f"{generation}.jsonl"
-        self.offset_path = directory / f"{generation}.offset"
         # Unbuffered: each append is one write(2) to the kernel, so it survives the process
         # being killed the moment it returns.
         self._file = open(self.events_path, "ab", buffering=0)
+        self.offsets = OffsetFile(self.events_path.with_suffix(".offset"))
 
     def append(self, line: bytes) -> None:
         self._file.write(line + b"\n")
 
     def close(self) -> None:
         self._file.close()
-
-
-def read_offset(path: Path) -> int:
-    try:
-        return int(path.read_text().strip() or 0)
-    except FileNotFoundError:
-        return 0
-
-
-def write_offset(path: Path, offset: int) -> None:
-    partial = path.with_suffix(".offset.partial")
-    partial.write_text(str(offset))
-    os.replace(partial, path)
+        self.offsets.close()
 
 
 def complete_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -85,13 +102,11 @@ def _writer_alive(events_path: Path) -> bool:
 
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
-                 id_of: Callable[[bytes], str], batch_size: int = 64,
-                 linger_s: float = 0.2) -> None:
+                 batch_size: int = 64, linger_s: float = 0.2) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._js = js
         self._subject = subject
-        self._id_of = id_of
         self._batch_size = batch_size
         self._linger_s = linger_s
         generation = f"{time.time_ns():020d}-{os.getpid()}"
@@ -100,9 +115,8 @@ class Outbox:
         self.published = 0
         self.pending_events = 0
 
-    def append(self, event_id: str, payload: bytes) -> None:
-        del event_id  # the id travels inside the payload; kept in the signature for clarity
-        self._spool.append(payload)
+    def append(self, encoded_event: bytes) -> None:
+        self._spool.append(encoded_event)
         self.pending_events += 1
         self._wake.set()
 
@@ -137,8 +151,29 @@ class Outbox:
                 await self._drain_file(events_path)
 
     async def _drain_file(self, events_path: Path) -> None:
-        offset_path = events_path.with_suffix(".offset")
-        offset = read_offset(offset_path)
+        if events_path == self._spool.events_path:
+            offset, _ = await self._publish_from(events_path, self._spool.offsets, current=True)
+            if offset >= ROTATE_BYTES and offset == events_path.stat().st_size:
+                self._rotate()
+            return
+        offsets = OffsetFile(events_path.with_suffix(".offset"))
+        try:
+            _, torn = await self._publish_from(events_path, offsets, current=False)
+        finally:
+            offsets.close()
+        # An older generation, fully acknowledged. A torn last line there is an event whose
+        # write its dead process never finished, so its response was never sent.
+        if torn:
+            log.warning("usage outbox: dropping a torn, never-answered record in %s",
+                        events_path.name)
+        events_path.unlink()
+        offsets.path.unlink(missing_ok=True)
+
+    async def _publish_from(self, events_path: Path, offsets: OffsetFile,
+                            current: bool) -> tuple[int, bool]:
+        """Publish the whole lines past the file's offset, moving the offset after each
+        acknowledged chunk. Returns (the new offset, whether a torn line follows it)."""
+        offset = offsets.read()
         with open(events_path, "rb") as f:
             f.seek(offset)
             data = f.read()
@@ -149,32 +184,19 @@ class Outbox:
                 self._js.publish(self._subject, payload, headers={"Nats-Msg-Id": msg_id},
                                  timeout=5.0)
                 for msg_id, payload in self._messages(chunk)))
-            offset += sum(len(line) + 1 for line in chunk)
-            write_offset(offset_path, offset)
+            offset += sum(map(len, chunk)) + len(chunk)  # each line and its newline
+            offsets.write(offset)
             self.published += len(chunk)
-            if events_path == self._spool.events_path:
+            if current:
                 self.pending_events -= len(chunk)
-        is_current = events_path == self._spool.events_path
-        if not is_current:
-            # An older generation, fully acknowledged. A torn last line there is an event
-            # whose write its dead process never finished, so its response was never sent.
-            if span != len(data):
-                log.warning("usage outbox: dropping a torn, never-answered record in %s",
-                            events_path.name)
-            events_path.unlink()
-            offset_path.unlink(missing_ok=True)
-        elif is_current and offset >= ROTATE_BYTES and offset == events_path.stat().st_size:
-            self._rotate()
+        return offset, span != len(data)
 
     def _messages(self, chunk: list[bytes]) -> list[tuple[str, bytes]]:
         """(Nats-Msg-Id, payload) pairs: batches of up to `batch_size` spooled events."""
         out = []
         for start in range(0, len(chunk), self._batch_size):
             lines = chunk[start:start + self._batch_size]
-            if self._batch_size == 1:
-                out.append((self._id_of(lines[0]), lines[0]))
-                continue
-            msg_id = batch_id([self._id_of(line) for line in lines])
+            msg_id = batch_id(lines)
             head = (b'{"type":"usage.gpu.batch.v1","id":"' + msg_id.encode() +
                     b'","source":"outbox","time":"' +
                     datetime.now(UTC).isoformat().encode() + b'","events":[')
@@ -186,7 +208,7 @@ class Outbox:
         self._spool = Spool(self._dir, f"{time.time_ns():020d}-{os.getpid()}")
         old.close()
         old.events_path.unlink()
-        old.offset_path.unlink(missing_ok=True)
+        old.offsets.path.unlink(missing_ok=True)
 
     async def flush(self, timeout: float) -> bool:
         """Try to publish everything spooled; True when nothing is left pending."""

@@ -38,23 +38,19 @@ from services.runner.outbox import Outbox
 from services.runner.traffic_timeout import install as install_releasing_timeout
 from shared.artifacts import get_artifact
 from shared.bus import connect
-from shared.events import RunnerCounters, RunnerHeartbeat, RunnerState, UsageEvent, encode, new_id
+from shared.events import (
+    RunnerCounters,
+    RunnerHeartbeat,
+    RunnerState,
+    UsageEvent,
+    encode,
+    new_id,
+)
 from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer.runner")
 
 install_releasing_timeout()  # BentoML's own holds every request for 60 s (traffic_timeout.py)
-
-
-class _IdOnly(msgspec.Struct):
-    id: str
-
-
-_id_decoder = msgspec.json.Decoder(_IdOnly)
-
-
-def _event_id(line: bytes) -> str:
-    return _id_decoder.decode(line).id
 
 
 class _RunnerMetrics:
@@ -127,7 +123,7 @@ class Runner:
             deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
             pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
             gpu_us=0, started_at=now, ended_at=now)
-        self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop), _event_id,
+        self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop),
                               linger_s=c.outbox_linger_s)
         self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book)
         self._tasks = [asyncio.create_task(self._outbox.run()),
@@ -193,7 +189,7 @@ class Runner:
             self._event_template, id=new_id(), time=part.ended_at, tenant_id=tenant_id,
             request_id=request_id, busy_us=part.busy_us, gpu_us=gpu_us,
             started_at=part.started_at, ended_at=part.ended_at)
-        self._outbox.append(event.id, encode(event))
+        self._outbox.append(encode(event))
         return event
 
     def counters(self) -> RunnerCounters:

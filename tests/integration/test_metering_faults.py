@@ -17,7 +17,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import msgspec
 import pytest
 
 from services.runner.outbox import Outbox
@@ -40,10 +39,6 @@ def workload(rng: random.Random) -> list[UsageEvent]:
         gpu_class="cpu", gpu_share=Decimal(1), busy_us=(us := rng.randint(1, 90_000)), gpu_us=us,
         started_at=now - timedelta(hours=i % 3), ended_at=now - timedelta(hours=i % 3))
         for i in range(N_EVENTS)]
-
-
-def _id(line: bytes) -> str:
-    return msgspec.json.decode(line)["id"]
 
 
 def start_metering(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -86,13 +81,13 @@ async def test_ledger_is_exact_after_kill_9_and_nats_and_postgres_restarts(tmp_p
     nc = await connect(nats.url, "runner")
     js = nc.jetstream()
     await ensure_streams(js, subjects)
-    outbox = Outbox(tmp_path / "spool", js, subjects.usage("eu-west"), _id)
+    outbox = Outbox(tmp_path / "spool", js, subjects.usage("eu-west"))
     publisher = asyncio.create_task(outbox.run())
     metering = start_metering(env, log)
 
     def feed(chunk: list[UsageEvent]) -> None:
         for e in chunk:
-            outbox.append(e.id, encode(e))
+            outbox.append(encode(e))
 
     async def ledger_count() -> int:
         return (await ledger(pg.url))[0]

@@ -73,6 +73,6 @@ def test_ids_are_unique_per_occurrence() -> None:
 def test_batch_ids_are_stable_and_order_sensitive() -> None:
     from shared.events import batch_id
 
-    assert batch_id(["a", "b"]) == batch_id(["a", "b"])
-    assert batch_id(["a", "b"]) != batch_id(["b", "a"])
-    assert batch_id(["a", "b"]) != batch_id(["a"])
+    assert batch_id([b"a", b"b"]) == batch_id([b"a", b"b"])
+    assert batch_id([b"a", b"b"]) != batch_id([b"b", b"a"])
+    assert batch_id([b"a", b"b"]) != batch_id([b"a"])
