@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -70,6 +71,7 @@ async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: in
     finally:
         await nc.close()
         nats.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main(per_drain: int) -> None:
