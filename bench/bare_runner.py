@@ -13,6 +13,7 @@ from typing import Any
 
 import bentoml
 
+from services.runner.answers import json_answer
 from services.runner.batcher import MicroBatcher
 from services.runner.device import Device, MonotonicTimer
 from services.runner.models import load_model
@@ -45,4 +46,4 @@ class BareRunner:
     async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
                     inputs: list[Any]) -> dict[str, Any]:
         part, _ = await self.batcher.submit(self.model.validate(inputs), request_id)
-        return {"outputs": part.outputs}
+        return json_answer({"outputs": part.outputs})  # type: ignore[return-value]  # as the runner
