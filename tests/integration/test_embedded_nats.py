@@ -6,22 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psutil
-
 from shared.embedded import free_port, nats_server_binary, start_nats
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-            return True
-        time.sleep(0.05)
-    return False
+from tests.integration.parent_death import sigkill_after_start, wait_gone
 
 
 def test_ctrl_c_in_a_terminal_does_not_reach_the_nats_server(tmp_path: Path) -> None:
@@ -35,17 +24,10 @@ def test_ctrl_c_in_a_terminal_does_not_reach_the_nats_server(tmp_path: Path) -> 
 
 
 def test_a_sigkilled_parent_takes_its_nats_server_with_it(tmp_path: Path) -> None:
-    parent = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from pathlib import Path; from shared.embedded import start_nats;"
-         "n = start_nats(Path(sys.argv[1])); print(n.process.pid, flush=True); time.sleep(600)",
-         str(tmp_path)],
-        stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
-    assert parent.stdout is not None
-    nats_pid = int(parent.stdout.readline())
-    assert psutil.pid_exists(nats_pid)
-    parent.kill()  # SIGKILL: no atexit, no finally
-    parent.wait()
+    nats_pid = sigkill_after_start(
+        "import sys, time; from pathlib import Path; from shared.embedded import start_nats;"
+        "n = start_nats(Path(sys.argv[1])); print(n.process.pid, flush=True); time.sleep(600)",
+        tmp_path)
     assert wait_gone(nats_pid), "nats-server outlived its SIGKILLed parent"
 
 

@@ -3,14 +3,10 @@ however that process ends."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import psutil
-
 from shared.embedded import start_postgres
-from tests.integration.test_embedded_nats import wait_gone
+from tests.integration.parent_death import sigkill_after_start, wait_gone
 
 START_AND_WAIT = (
     "import sys, time; from pathlib import Path; from shared.embedded import start_postgres;"
@@ -19,13 +15,7 @@ START_AND_WAIT = (
 
 
 def test_a_sigkilled_parent_takes_its_postgres_with_it(tmp_path: Path) -> None:
-    parent = subprocess.Popen([sys.executable, "-c", START_AND_WAIT, str(tmp_path)],
-                              stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
-    assert parent.stdout is not None
-    postmaster = int(parent.stdout.readline())
-    assert psutil.pid_exists(postmaster)
-    parent.kill()  # SIGKILL: no atexit, no finally
-    parent.wait()
+    postmaster = sigkill_after_start(START_AND_WAIT, tmp_path)
     assert wait_gone(postmaster, timeout=30), "PostgreSQL outlived its SIGKILLed parent"
     assert not (tmp_path / "postgres" / "postmaster.pid").exists(), "a clean shutdown"
 
