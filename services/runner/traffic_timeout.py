@@ -17,20 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from typing import Any
 
 from bentoml._internal.server.http import traffic
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BENTOML_TIMEOUT_MIDDLEWARE = traffic.TimeoutMiddleware  # what install() replaces
 
-Scope = dict[str, Any]
-Receive = Any
-Send = Any
-
 
 class ReleasingTimeoutMiddleware:
-    def __init__(self, app: Any, timeout: float) -> None:
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
         self.app = app
         self.timeout = timeout
 
@@ -46,7 +42,7 @@ class ReleasingTimeoutMiddleware:
         timer = loop.call_later(self.timeout, _time_out, response_started,
                                 context=_NO_CONTEXT)
 
-        async def send_and_mark(message: dict[str, Any]) -> None:
+        async def send_and_mark(message: Message) -> None:
             if not response_started.done():
                 response_started.set_result(None)
             await send(message)
