@@ -21,28 +21,25 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
-
 from services.registry.demo_model import digits_onnx, sample_digit
 from services.runner.accounting import Ledger, ns_to_us
 from services.runner.models.base import run_alone
 from services.runner.models.onnx import OnnxModel
 from services.runner.outbox import Outbox, Spool
+from services.runner.usage_lines import UsageLines
 from shared.bus import connect, ensure_streams
 from shared.embedded import start_nats
-from shared.events import UsageEvent, encode, new_id
+from shared.events import UsageEvent, new_id
 from shared.subjects import Subjects
 
 N = 20_000
 
 
-def usage_event(template: UsageEvent, ledger: Ledger, busy_us: int, started: datetime,
-                ended: datetime) -> tuple[Ledger, UsageEvent]:
+def usage_line(lines: UsageLines, ledger: Ledger, busy_us: int, started: datetime,
+               ended: datetime) -> tuple[Ledger, bytes]:
     """What the runner's `_book` does for one request, less the spool append."""
     ledger, gpu_us = ledger.charge(busy_us)
-    return ledger, msgspec.structs.replace(
-        template, id=new_id(), time=ended, tenant_id="ten_x", request_id="req",
-        busy_us=busy_us, gpu_us=gpu_us, started_at=started, ended_at=ended)
+    return ledger, lines.line(new_id(), "ten_x", "req", busy_us, gpu_us, started, ended)
 
 
 async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: int) -> float:
@@ -56,12 +53,12 @@ async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: in
         subjects = Subjects("edgeinfer")
         await ensure_streams(js, subjects)
         outbox = Outbox(work / "spool", js, subjects.usage("eu-west"))
-        ledger, now = Ledger(share=Decimal(1)), datetime.now(UTC)
+        ledger, now, lines = Ledger(share=Decimal(1)), datetime.now(UTC), UsageLines(template)
         cpu = 0.0
         for _ in range(events // per_drain):
             for _ in range(per_drain):
-                ledger, event = usage_event(template, ledger, 100, now, now)
-                outbox.append(encode(event))
+                ledger, line = usage_line(lines, ledger, 100, now, now)
+                outbox.append(line)
             t0 = time.process_time()
             await outbox.drain_once()
             cpu += time.process_time() - t0
@@ -92,13 +89,14 @@ def main(per_drain: int) -> None:
         deployment_id="dep_x", model_version="1", runner_id="r1", pop="eu-west",
         region="eu-west", gpu_class="cpu", gpu_share=Decimal("0.5"), busy_us=0, gpu_us=0,
         started_at=now, ended_at=now)
+    lines = UsageLines(template)
     t0 = time.perf_counter_ns()
     for i in range(N):
         started = datetime.now(UTC)
         busy_us = ns_to_us(100_000 + i)
         ended = datetime.now(UTC)
-        ledger, event = usage_event(template, ledger, busy_us, started, ended)
-        spool.append(encode(event))
+        ledger, line = usage_line(lines, ledger, busy_us, started, ended)
+        spool.append(line)
     added_us = (time.perf_counter_ns() - t0) / N / 1000
     spool.close()
     print(f"model call (digits, 1 row):                 {model_us:6.1f} µs per request")

@@ -21,11 +21,13 @@ from decimal import Decimal
 import msgspec
 
 
-class Ledger(msgspec.Struct, frozen=True):
+class Ledger(msgspec.Struct, frozen=True, gc=False):
     """A runner's cumulative counters (all integers, microseconds).
 
     A msgspec struct rather than a frozen dataclass: charge() makes one per request, and a
-    frozen dataclass's __init__ costs ~4× as much (one object.__setattr__ per field)."""
+    frozen dataclass's __init__ costs ~4× as much (one object.__setattr__ per field). Not
+    tracked by the cyclic GC (gc=False): its fields are numbers, so it can be in no cycle,
+    and one made per request would otherwise count towards every young collection."""
 
     share: Decimal
     busy_us: int = 0

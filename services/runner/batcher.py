@@ -13,6 +13,7 @@ the parts add up to the whole.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from typing import Any
 from services.runner.accounting import ns_to_us, split_batch
 from services.runner.device import DeviceTimer
 from services.runner.models.base import ServedModel, Work
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class _Ran:
 class MicroBatcher:
     """`book(request, part)` charges a request's part and spools its usage event; it is
     called for every part, even when the client has gone away: the device did the work,
-    and conservation (charged == busy × share) must hold."""
+    and conservation (charged == busy × share) must hold. A part that `book` refuses (it
+    raises) fails its own request only."""
 
     def __init__(self, model: ServedModel, timer: DeviceTimer,
                  book: Callable[[Any, BatchPart], Any]) -> None:
@@ -96,7 +100,13 @@ class MicroBatcher:
             parts = split_batch(ns_to_us(ran.busy_ns), [w.units for w in works])
             for pending, outputs, busy_us in zip(batch, ran.outputs, parts, strict=True):
                 part = BatchPart(outputs, busy_us, ran.started_at, ran.ended_at, len(batch))
-                booked = self._book(pending.request, part)
+                try:
+                    booked = self._book(pending.request, part)
+                except Exception as exc:  # unbooked (the spool failed): that request fails
+                    log.exception("could not book a request's usage; failing the request")
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                    continue
                 if not pending.future.done():
                     pending.future.set_result((part, booked))
 

@@ -67,16 +67,28 @@ class Spool:
 
     def __init__(self, directory: Path, generation: str) -> None:
         self.events_path = directory / f"{generation}.jsonl"
-        # Unbuffered: each append is one write(2) to the kernel, so it survives the process
-        # being killed the moment it returns.
-        self._file = open(self.events_path, "ab", buffering=0)
+        # One write(2) per append, no user-space buffer: a line is in the kernel, and
+        # survives the process being killed, the moment append returns.
+        self._fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
         self.offsets = OffsetFile(self.events_path.with_suffix(".offset"))
 
     def append(self, line: bytes) -> None:
-        self._file.write(line + b"\n")
+        if not line.endswith(b"\n"):
+            raise ValueError("a spool line is one event's JSON and its newline")
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(f"short write to the usage spool ({written} of {len(line)} bytes)")
+        except OSError:
+            # Disk full or failing: take back any part of the line, so that the next append
+            # does not start in the middle of a torn one, and let the request fail unbooked.
+            os.ftruncate(self._fd, self._size)
+            raise
+        self._size += written
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         self.offsets.close()
 
 
@@ -115,8 +127,9 @@ class Outbox:
         self.published = 0
         self.pending_events = 0
 
-    def append(self, encoded_event: bytes) -> None:
-        self._spool.append(encoded_event)
+    def append(self, line: bytes) -> None:
+        """Spool one event: its JSON and a newline (`encode(event) + b"\\n"`, UsageLines.line)."""
+        self._spool.append(line)
         self.pending_events += 1
         self._wake.set()
 

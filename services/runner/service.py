@@ -25,7 +25,6 @@ from decimal import Decimal
 from typing import Any
 
 import bentoml
-import msgspec
 from bentoml.exceptions import InvalidArgument
 
 from services.runner.accounting import Ledger
@@ -37,6 +36,7 @@ from services.runner.models import InvalidInput, ServedModel, load_model
 from services.runner.models.base import run_alone
 from services.runner.outbox import Outbox
 from services.runner.traffic_timeout import install as install_releasing_timeout
+from services.runner.usage_lines import UsageLines
 from shared.artifacts import get_artifact
 from shared.bus import connect
 from shared.events import (
@@ -103,7 +103,7 @@ class Runner:
         self._outbox: Outbox | None = None
         self._metrics: _RunnerMetrics | None = None
         self._batcher: MicroBatcher | None = None
-        self._event_template: UsageEvent | None = None
+        self._usage_lines: UsageLines | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -119,11 +119,11 @@ class Runner:
         for _ in range(5):  # warm-up is never charged
             run_alone(self.model, warm)
         now = datetime.now(UTC)
-        self._event_template = UsageEvent(  # what every usage event of this runner shares
+        self._usage_lines = UsageLines(UsageEvent(  # what every usage event of this runner shares
             id="", source=self.source, time=now, tenant_id="", request_id="",
             deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
             pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
-            gpu_us=0, started_at=now, ended_at=now)
+            gpu_us=0, started_at=now, ended_at=now))
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop),
                               linger_s=c.outbox_linger_s)
         self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book)
@@ -160,12 +160,12 @@ class Runner:
             raise InvalidArgument(str(exc)) from None
         self.in_flight += 1
         try:
-            part, event = await self._batcher.submit(work, (tenant_id, request_id))
+            part, (event_id, gpu_us) = await self._batcher.submit(work, (tenant_id, request_id))
         finally:
             self.in_flight -= 1
         return json_answer({  # type: ignore[return-value]  # the same JSON object, ready
             "outputs": part.outputs,
-            "usage": {"event_id": event.id, "gpu_us": event.gpu_us, "busy_us": event.busy_us,
+            "usage": {"event_id": event_id, "gpu_us": gpu_us, "busy_us": part.busy_us,
                       "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id,
                       "batch_requests": part.batch_requests, self.model.unit: work.units}})
 
@@ -181,18 +181,22 @@ class Runner:
                 await self._beat()
         return {"state": self.state, "in_flight": self.in_flight}
 
-    def _book(self, request: tuple[str, str], part: BatchPart) -> UsageEvent:
-        """Charge one request's part of a batch and spool its usage event (before the answer:
-        what a client was answered is never lost)."""
+    def _book(self, request: tuple[str, str], part: BatchPart) -> tuple[str, int]:
+        """Charge one request's part of a batch and spool its usage event before the answer
+        (what a client was answered is never lost). Returns (event id, µs charged).
+
+        The ledger moves only once the event is spooled: a request whose event could not be
+        written (disk full) fails, and its device time is neither charged nor counted busy,
+        like any attempt that fails through the platform's fault."""
         tenant_id, request_id = request
-        self.ledger, gpu_us = self.ledger.charge(part.busy_us)
-        assert self._outbox is not None and self._event_template is not None
-        event = msgspec.structs.replace(
-            self._event_template, id=new_id(), time=part.ended_at, tenant_id=tenant_id,
-            request_id=request_id, busy_us=part.busy_us, gpu_us=gpu_us,
-            started_at=part.started_at, ended_at=part.ended_at)
-        self._outbox.append(encode(event))
-        return event
+        ledger, gpu_us = self.ledger.charge(part.busy_us)
+        event_id = new_id()
+        assert self._outbox is not None and self._usage_lines is not None
+        self._outbox.append(self._usage_lines.line(event_id, tenant_id, request_id,
+                                                   part.busy_us, gpu_us, part.started_at,
+                                                   part.ended_at))
+        self.ledger = ledger
+        return event_id, gpu_us
 
     def counters(self) -> RunnerCounters:
         if self.ready_ns is None:

@@ -87,7 +87,7 @@ async def test_ledger_is_exact_after_kill_9_and_nats_and_postgres_restarts(tmp_p
 
     def feed(chunk: list[UsageEvent]) -> None:
         for e in chunk:
-            outbox.append(encode(e))
+            outbox.append(encode(e) + b"\n")
 
     async def ledger_count() -> int:
         return (await ledger(pg.url))[0]

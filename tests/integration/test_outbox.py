@@ -21,7 +21,7 @@ async def test_republish_after_a_crash_is_deduplicated(nats_url: str, namespace:
         await ensure_streams(js, subjects)
         first = Outbox(tmp_path, js, subjects.usage("eu-west"), batch_size=64)
         for i in range(300):
-            first.append(msgspec.json.encode({"id": f"{namespace}-{i}", "n": i}))
+            first.append(msgspec.json.encode({"id": f"{namespace}-{i}", "n": i}) + b"\n")
         assert await first.flush(timeout=10)
         first.close()
         # The process "died" before its offset reached disk, and left a torn last line.

@@ -145,3 +145,29 @@ async def test_a_failing_model_fails_every_request_of_its_batch_and_charges_noth
         task.cancel()
     assert isinstance(outcome[0], RuntimeError)
     assert booked == []
+
+
+async def test_a_request_that_cannot_be_booked_fails_alone_and_the_batcher_goes_on() -> None:
+    """`book` raising (the usage spool failed) fails that request, unanswered with usage
+    that was never recorded; the rest of its batch and later batches are served."""
+
+    def book(request: str, part: BatchPart) -> str:
+        if request == "unbookable":
+            raise OSError("No space left on device")
+        return request
+
+    batcher = MicroBatcher(FakeModel(sleeping(0.03)), MonotonicTimer(), book)
+    batcher.inline_below_ns = 0
+    task = asyncio.create_task(batcher.run())
+    try:
+        first = asyncio.create_task(batcher.submit(rows(1.0), "first"))
+        await asyncio.sleep(0.01)  # the next two queue behind it: one batch
+        outcome = await asyncio.gather(first, batcher.submit(rows(2.0), "unbookable"),
+                                       batcher.submit(rows(3.0), "same batch"),
+                                       return_exceptions=True)
+        later = await batcher.submit(rows(4.0), "later")
+    finally:
+        task.cancel()
+    assert isinstance(outcome[1], OSError)
+    assert [o[1] for o in (outcome[0], outcome[2], later)] == ["first", "same batch", "later"]
+    assert outcome[2][0].batch_requests == 2
