@@ -81,7 +81,7 @@ def main(per_drain: int) -> None:
         run_alone(model, work)
     model_us = (time.perf_counter_ns() - t0) / N / 1000
 
-    spool = Spool(Path(tempfile.mkdtemp()), "bench")
+    spool = Spool(Path(tempfile.mkdtemp()) / "bench.jsonl", capacity=64 << 20)
     ledger = Ledger(share=Decimal("0.5"))
     now = datetime.now(UTC)
     template = UsageEvent(  # as the runner builds it once at start (runner/service.py)

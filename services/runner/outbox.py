@@ -1,16 +1,17 @@
 """The usage outbox: an append-only spool on local disk, drained to JetStream.
 
-A request's usage event is appended (and flushed to the kernel) before its response is
-returned, so a killed runner process loses nothing it answered. A publisher drains the
+A request's usage event is appended (handed to the kernel's page cache) before its response
+is returned, so a killed runner process loses nothing it answered. A publisher drains the
 spool to JetStream with the event id as `Nats-Msg-Id` and moves a durable offset past an
 event only after JetStream has acknowledged it. After a crash between publish and offset
 write, events are published again with the same ids: JetStream's duplicate window, and
 beyond it the ledger's unique key, drop the repeats.
 
-Layout: `<spool_dir>/<generation>.jsonl` (events, one JSON line each) and
-`<generation>.offset` (bytes acknowledged, 20 zero-padded digits rewritten in place).
-Each runner process writes a new generation; at start it drains every older generation it
-finds, then deletes it.
+Layout: `<spool_dir>/<generation>.jsonl` (events, one JSON line each, then NULs up to the
+generation's preallocated size while it is written) and `<generation>.offset` (bytes
+acknowledged, 20 zero-padded digits rewritten in place). A runner process starts a new
+generation at start and whenever one is full; it drains every older generation it finds
+(its own, and those of dead processes), then deletes it.
 
 A batch's `Nats-Msg-Id` is the hash of its spooled lines (shared.events.batch_id): a
 republish sends the same lines, so it gets the same id without decoding any event.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import mmap
 import os
 import time
 from datetime import UTC, datetime
@@ -33,7 +35,7 @@ from shared.events import batch_id
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 1024  # spooled events read and published per round (in batch messages)
-ROTATE_BYTES = 4 * 1024 * 1024
+GENERATION_BYTES = 4 * 1024 * 1024  # ~7,000 events; a full generation rotates at the next append
 
 
 class OffsetFile:
@@ -62,34 +64,73 @@ class OffsetFile:
         os.close(self._fd)
 
 
-class Spool:
-    """One generation's files. Appends are synchronous (no await between write and flush)."""
+class SpoolFull(Exception):
+    """The generation has no room for the line: start a new one."""
 
-    def __init__(self, directory: Path, generation: str) -> None:
-        self.events_path = directory / f"{generation}.jsonl"
-        # One write(2) per append, no user-space buffer: a line is in the kernel, and
-        # survives the process being killed, the moment append returns.
-        self._fd = os.open(self.events_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
-        self.offsets = OffsetFile(self.events_path.with_suffix(".offset"))
+
+class Spool:
+    """One generation's events file, written through a shared memory map.
+
+    Why a map: a write(2) per request cost a CPU-bound runner ~1.3 % of its throughput,
+    though the call itself takes ~1 µs (docs/decisions/0009-usage-spool-is-memory-mapped.md).
+    A store into a MAP_SHARED mapping is a store into the file's page cache: once `append`
+    returns, the line is the kernel's and survives this process being killed, as after a
+    write(2). (Neither survives a power loss without fsync, which the spool never did.)
+
+    The file is written full of zeros when created, so every block is allocated and in the
+    page cache before the first store: a store can never meet a full disk (which, through a
+    map, would be SIGBUS instead of an error), and the first store to a page is a cheap
+    fault. After the last line come NULs, which no JSON line contains: the data of a file
+    left by a killed process ends at its first NUL; a closed one is cut to its lines.
+    """
+
+    def __init__(self, events_path: Path, capacity: int = GENERATION_BYTES) -> None:
+        self.events_path = events_path
+        self.capacity = capacity
+        self.size = 0
+        fd = os.open(events_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            zeros = bytes(min(capacity, 1 << 20))
+            filled = 0
+            while filled < capacity:
+                filled += os.write(fd, zeros[:capacity - filled])
+            self._map = mmap.mmap(fd, capacity)
+        except BaseException:
+            os.close(fd)
+            events_path.unlink(missing_ok=True)
+            raise
+        self._fd = fd
 
     def append(self, line: bytes) -> None:
         if not line.endswith(b"\n"):
             raise ValueError("a spool line is one event's JSON and its newline")
-        try:
-            written = os.write(self._fd, line)
-            if written != len(line):
-                raise OSError(f"short write to the usage spool ({written} of {len(line)} bytes)")
-        except OSError:
-            # Disk full or failing: take back any part of the line, so that the next append
-            # does not start in the middle of a torn one, and let the request fail unbooked.
-            os.ftruncate(self._fd, self._size)
-            raise
-        self._size += written
+        end = self.size + len(line)
+        if end > self.capacity:
+            if len(line) > self.capacity:
+                raise ValueError(f"a usage event of {len(line)} bytes is larger than a spool "
+                                 f"generation ({self.capacity} bytes)")
+            raise SpoolFull
+        self._map[self.size:end] = line
+        self.size = end
+
+    def read(self, start: int) -> bytes:
+        """The lines spooled from byte `start` on."""
+        return self._map[start:self.size]
 
     def close(self) -> None:
+        self._map.close()
+        os.ftruncate(self._fd, self.size)
         os.close(self._fd)
-        self.offsets.close()
+
+
+def spooled_data(events_path: Path, start: int) -> bytes:
+    """What a generation that is not being written holds from byte `start` on: up to its
+    first NUL (a killed writer leaves the preallocated rest of the file as NULs)."""
+    with open(events_path, "rb") as f:
+        f.seek(start)
+        data = f.read()
+    end = data.find(b"\x00")
+    return data if end < 0 else data[:end]
 
 
 def complete_lines(data: bytes) -> tuple[list[bytes], int]:
@@ -114,22 +155,35 @@ def _writer_alive(events_path: Path) -> bool:
 
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
-                 batch_size: int = 64, linger_s: float = 0.2) -> None:
+                 batch_size: int = 64, linger_s: float = 0.2,
+                 generation_bytes: int = GENERATION_BYTES) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self._dir = directory
         self._js = js
         self._subject = subject
         self._batch_size = batch_size
         self._linger_s = linger_s
-        generation = f"{time.time_ns():020d}-{os.getpid()}"
-        self._spool = Spool(directory, generation)
+        self._generation_bytes = generation_bytes
+        self._own: set[Path] = set()  # generations this outbox wrote, not yet drained
+        self._spool = self._new_spool()
         self._wake = asyncio.Event()
         self.published = 0
-        self.pending_events = 0
+        self.pending_events = 0  # this outbox's events not yet acknowledged
+
+    def _new_spool(self) -> Spool:
+        spool = Spool(self._dir / f"{time.time_ns():020d}-{os.getpid()}.jsonl",
+                      self._generation_bytes)
+        self._own.add(spool.events_path)
+        return spool
 
     def append(self, line: bytes) -> None:
         """Spool one event: its JSON and a newline (`encode(event) + b"\\n"`, UsageLines.line)."""
-        self._spool.append(line)
+        try:
+            self._spool.append(line)
+        except SpoolFull:
+            full, self._spool = self._spool, self._new_spool()
+            full.close()  # drained, then deleted, as an older generation
+            self._spool.append(line)
         self.pending_events += 1
         self._wake.set()
 
@@ -164,16 +218,16 @@ class Outbox:
                 await self._drain_file(events_path)
 
     async def _drain_file(self, events_path: Path) -> None:
-        if events_path == self._spool.events_path:
-            offset, _ = await self._publish_from(events_path, self._spool.offsets, current=True)
-            if offset >= ROTATE_BYTES and offset == events_path.stat().st_size:
-                self._rotate()
-            return
+        writing = events_path == self._spool.events_path
         offsets = OffsetFile(events_path.with_suffix(".offset"))
         try:
-            _, torn = await self._publish_from(events_path, offsets, current=False)
+            offset = offsets.read()
+            data = self._spool.read(offset) if writing else spooled_data(events_path, offset)
+            torn = await self._publish(data, offset, offsets, events_path in self._own)
         finally:
             offsets.close()
+        if writing:
+            return
         # An older generation, fully acknowledged. A torn last line there is an event whose
         # write its dead process never finished, so its response was never sent.
         if torn:
@@ -181,15 +235,11 @@ class Outbox:
                         events_path.name)
         events_path.unlink()
         offsets.path.unlink(missing_ok=True)
+        self._own.discard(events_path)
 
-    async def _publish_from(self, events_path: Path, offsets: OffsetFile,
-                            current: bool) -> tuple[int, bool]:
-        """Publish the whole lines past the file's offset, moving the offset after each
-        acknowledged chunk. Returns (the new offset, whether a torn line follows it)."""
-        offset = offsets.read()
-        with open(events_path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
+    async def _publish(self, data: bytes, offset: int, offsets: OffsetFile, own: bool) -> bool:
+        """Publish the whole lines of `data` (what follows `offset`), moving the offset after
+        each acknowledged chunk. Returns whether a torn line follows them."""
         lines, span = complete_lines(data)
         for start in range(0, len(lines), PUBLISH_CHUNK):
             chunk = lines[start:start + PUBLISH_CHUNK]
@@ -200,9 +250,9 @@ class Outbox:
             offset += sum(map(len, chunk)) + len(chunk)  # each line and its newline
             offsets.write(offset)
             self.published += len(chunk)
-            if current:
+            if own:
                 self.pending_events -= len(chunk)
-        return offset, span != len(data)
+        return span != len(data)
 
     def _messages(self, chunk: list[bytes]) -> list[tuple[str, bytes]]:
         """(Nats-Msg-Id, payload) pairs: batches of up to `batch_size` spooled events."""
@@ -215,13 +265,6 @@ class Outbox:
                     datetime.now(UTC).isoformat().encode() + b'","events":[')
             out.append((msg_id, head + b",".join(lines) + b"]}"))
         return out
-
-    def _rotate(self) -> None:
-        old = self._spool
-        self._spool = Spool(self._dir, f"{time.time_ns():020d}-{os.getpid()}")
-        old.close()
-        old.events_path.unlink()
-        old.offsets.path.unlink(missing_ok=True)
 
     async def flush(self, timeout: float) -> bool:
         """Try to publish everything spooled; True when nothing is left pending."""

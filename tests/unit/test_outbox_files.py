@@ -1,6 +1,6 @@
 """The outbox's files: the acknowledged offset survives what a killed or powered-off
-process can leave, only whole lines are ever published, and a failed append leaves none
-half-written."""
+process can leave, only whole lines are ever published, and every line appended before a
+kill is there for the next process."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runner.outbox import OffsetFile, Spool, complete_lines
+from services.runner.outbox import OffsetFile, Spool, complete_lines, spooled_data
 
 
 def test_an_offset_reads_back_what_was_last_written(tmp_path: Path) -> None:
@@ -52,39 +52,82 @@ def test_only_whole_lines_are_taken() -> None:
     assert complete_lines(b"") == ([], 0)
 
 
-def test_a_line_the_disk_cannot_take_is_taken_back_whole(tmp_path: Path) -> None:
-    """A write cut short (here by RLIMIT_FSIZE, as by a full disk) raises, and leaves no
-    torn line for the next append to be glued to."""
-    script = textwrap.dedent(f"""
-        import resource, signal
+def run_python(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+
+
+def test_every_line_appended_before_a_kill_is_in_the_file(tmp_path: Path) -> None:
+    """The spool's guarantee: once append returns, the line outlives the process."""
+    run = run_python(f"""
+        import os, signal
         from pathlib import Path
         from services.runner.outbox import Spool
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
-        line = b'{{"id":"' + b"x" * 90 + b'"}}\\n'  # 100 bytes
-        spool = Spool(Path({str(tmp_path)!r}), "g")
-        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (250, hard))
-        spool.append(line)
-        spool.append(line)
-        try:
-            spool.append(line)  # 50 of its 100 bytes fit
-        except OSError as exc:
-            print("refused:", exc)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
-        spool.append(line.replace(b"x", b"y"))
-        spool.close()
+        spool = Spool(Path({str(tmp_path / "g.jsonl")!r}), capacity=64 * 1024)
+        for i in range(100):
+            spool.append(b'{{"n":%d}}\\n' % i)
+        os.kill(os.getpid(), signal.SIGKILL)
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert run.returncode == -9, run.stderr
+    data = spooled_data(tmp_path / "g.jsonl", 0)
+    lines, span = complete_lines(data)
+    assert [json.loads(line)["n"] for line in lines] == list(range(100))
+    assert span == len(data), "no torn line"
+    assert (tmp_path / "g.jsonl").stat().st_size == 64 * 1024, "the NUL tail was never cut"
+
+
+def test_a_closed_generation_is_cut_to_its_lines(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "g.jsonl", capacity=4096)
+    spool.append(b'{"n":1}\n')
+    assert spool.read(0) == b'{"n":1}\n'
+    spool.close()
+    assert (tmp_path / "g.jsonl").read_bytes() == b'{"n":1}\n'
+
+
+def test_a_torn_line_of_a_killed_writer_ends_at_the_first_nul(tmp_path: Path) -> None:
+    (tmp_path / "g.jsonl").write_bytes(b'{"n":1}\n{"n":' + bytes(100))
+    data = spooled_data(tmp_path / "g.jsonl", 0)
+    assert complete_lines(data) == ([b'{"n":1}'], 8)
+    assert len(data) == 13, "the torn line is there, to be reported"
+
+
+def test_a_full_disk_refuses_a_new_generation_and_the_outbox_recovers(tmp_path: Path) -> None:
+    """Blocks are allocated when a generation is made, so a full disk (here RLIMIT_FSIZE)
+    is an error there, never a SIGBUS on a store. The outbox keeps the full generation
+    current and tries again at the next append."""
+    run = run_python(f"""
+        import resource, signal
+        from pathlib import Path
+        from services.runner.outbox import Outbox
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        outbox = Outbox(Path({str(tmp_path)!r}), None, "usage", generation_bytes=1000)
+        line = b'{{"id":"' + b"x" * 390 + b'"}}\\n'  # 400 bytes: two a generation
+        outbox.append(line)
+        outbox.append(line)
+        _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (500, hard))
+        try:
+            outbox.append(line)
+        except OSError as exc:
+            print("refused:", exc.strerror)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+        outbox.append(line.replace(b"x", b"y"))
+        print("pending", outbox.pending_events)
+        outbox.close()
+    """)
     assert run.returncode == 0, run.stderr
-    assert "refused: short write" in run.stdout
-    lines = (tmp_path / "g.jsonl").read_bytes().splitlines()
-    assert [json.loads(line)["id"][0] for line in lines] == ["x", "x", "y"]
+    assert "refused: File too large" in run.stdout
+    assert "pending 3" in run.stdout
+    files = sorted(tmp_path.glob("*.jsonl"))
+    assert [[json.loads(line)["id"][0] for line in f.read_bytes().splitlines()]
+            for f in files] == [["x", "x"], ["y"]]
 
 
 def test_a_spool_line_without_its_newline_is_refused(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, "g")
+    spool = Spool(tmp_path / "g.jsonl", capacity=4096)
     with pytest.raises(ValueError, match="newline"):
         spool.append(b'{"id":"a"}')
+    with pytest.raises(ValueError, match="larger than a spool generation"):
+        spool.append(b"x" * 5000 + b"\n")
     spool.close()
     assert (tmp_path / "g.jsonl").read_bytes() == b""
