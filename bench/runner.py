@@ -7,8 +7,12 @@ Reports per concurrency (wrk, 1 / 8 / 64 connections): req/s, p50 and p99; cold 
 (process spawn → ready: edgeinfer's first ready heartbeat, bare BentoML's /readyz); peak
 RSS of each process tree under load. Needs Debian's wrk. Prints figures; not a test.
 With several rounds it also prints the median of the per-round ratios with a bootstrap
-95 % interval (sides of a round run back to back); --aa adds a second bare service, whose
-interval is the noise floor. On a shared 2-core VM use e.g. --rounds 30 --seconds 2 --pin.
+95 % interval (sides of a round run back to back). --aa adds a second process of each side:
+the A/A ratios are the noise floor, and the pooled ratio (both edgeinfer processes against
+both bare ones) halves what one process's luck adds. That luck is real here: two identical
+runner processes started together differ by ~1 % for as long as they live (code and heap
+layout), so one invocation's single-pair ratio moved between −1 % and −5 % for one build.
+On a shared 2-core VM use e.g. --rounds 20 --seconds 2 --pin --aa.
 """
 
 from __future__ import annotations
@@ -136,8 +140,16 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
             system_s * per_request)
 
 
-def paired_ratio(ours: list[tuple[float, str, str, float, float]],
-                 reference: list[tuple[float, str, str, float, float]]) -> str:
+WrkRun = tuple[float, str, str, float, float]
+
+
+def pooled(a: list[WrkRun], b: list[WrkRun]) -> list[WrkRun]:
+    """Two processes' runs of one round as one: mean req/s and mean CPU per request."""
+    return [((x[0] + y[0]) / 2, "", "", (x[3] + y[3]) / 2, (x[4] + y[4]) / 2)
+            for x, y in zip(a, b, strict=True)]
+
+
+def paired_ratio(ours: list[WrkRun], reference: list[WrkRun]) -> str:
     """Per-round ratios of req/s and of CPU per request (its inverse: what a CPU-bound
     worker's throughput follows), as medians with a bootstrap 95 % interval.
 
@@ -154,6 +166,13 @@ def paired_ratio(ours: list[tuple[float, str, str, float, float]],
     rate = summary([o[0] / r[0] for o, r in zip(ours, reference, strict=True)])
     cpu = summary([r[3] / o[3] for o, r in zip(ours, reference, strict=True)])
     return f"paired over {len(ours)} rounds: req/s {rate}; 1 / CPU per request {cpu}"
+
+
+def runner_pid(runner_id: str) -> int:
+    """The BentoML arbiter the local executor started for this runner."""
+    return next(p.pid for p in psutil.process_iter(["environ"])
+                if (p.info["environ"] or {}).get("EDGEINFER_RUNNER_ID") == runner_id
+                and p.parent() and p.parent().pid == os.getpid())
 
 
 async def start_bare(work: Path, framework: str, name: str,
@@ -216,42 +235,46 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
         pin_cpus()
     framework, _, inputs = MODELS[model_name]
     work, nats, nc, subjects, deployment, model = await set_up(model_name, "runner")
-    ready = asyncio.Event()
-    stopped: set[str] = set()
+    ready_ids: set[str] = set()
 
     async def on_beat(msg) -> None:
         beat = json.loads(msg.data)
-        if beat["state"] == "ready" and beat["runner_id"] not in stopped:
-            ready.set()
+        if beat["state"] == "ready":
+            ready_ids.add(beat["runner_id"])
+
+    async def until_ready(runner_id: str) -> None:
+        async with asyncio.timeout(300):
+            while runner_id not in ready_ids:
+                await asyncio.sleep(0.01)
 
     await nc.subscribe(subjects.heartbeat_wildcard, cb=on_beat)
     executor = LocalProcessExecutor(LocalExecutorConfig(nats.url, "edgeinfer", work,
                                                         pops_from_env(), Decimal(1)))
     bare = twin = None
+    ours_twin: tuple[str, int] | None = None  # (url, arbiter pid) of a second runner, with --aa
     try:
         t0 = time.monotonic()
         replica = await executor.start(deployment, "eu-west", 0)
-        await asyncio.wait_for(ready.wait(), 300)
+        await until_ready(replica.runner_id)
         ours_first = time.monotonic() - t0  # fetches the artifact from the object store
-        stopped.add(replica.runner_id)
         await executor.stop(replica)
-        ready.clear()
         t0 = time.monotonic()
         replica = await executor.start(deployment, "eu-west", 0)
-        await asyncio.wait_for(ready.wait(), 300)
+        await until_ready(replica.runner_id)
         ours_cold = time.monotonic() - t0  # the PoP's disk cache has it
 
         t0 = time.monotonic()
         bare_port, bare = await start_bare(work, framework, "bare")
         bare_cold = time.monotonic() - t0
-        if aa:  # a second, identical bare service: the A/A difference is the noise floor
+        if aa:  # a second process of each side: A/A noise, and pooled ratios
             twin_port, twin = await start_bare(work, framework, "bare-2")
+            second = await executor.start(deployment, "eu-west", 1)
+            await until_ready(second.runner_id)
+            ours_twin = (f"{second.url}/infer", runner_pid(second.runner_id))
 
         body = json.dumps({"tenant_id": "ten_bench", "request_id": "b",
                            "deployment_id": "dep_bench", "inputs": inputs()})
-        ours_pid = next(p.pid for p in psutil.process_iter(["environ"])
-                        if (p.info["environ"] or {}).get("EDGEINFER_RUNNER_ID") == replica.runner_id
-                        and p.parent() and p.parent().pid == os.getpid())
+        ours_pid = runner_pid(replica.runner_id)
         rss = {"edgeinfer": PeakRss(ours_pid), "bare": PeakRss(bare.pid)}
         for watcher in rss.values():
             watcher.start()
@@ -266,9 +289,10 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
         for c in concurrencies:
             targets = [("bare", f"http://127.0.0.1:{bare_port}/infer", bare.pid),
                        ("edgeinfer", f"{replica.url}/infer", ours_pid)]
-            if twin is not None:
+            if twin is not None and ours_twin is not None:
                 targets.insert(1, ("bare-2", f"http://127.0.0.1:{twin_port}/infer", twin.pid))
-            runs: dict[str, list[tuple[float, str, str, float, float]]] = {t[0]: [] for t in targets}
+                targets.append(("edgeinfer-2", *ours_twin))
+            runs: dict[str, list[WrkRun]] = {t[0]: [] for t in targets}
             for round_ in range(rounds):
                 for name, url, pid in targets if round_ % 2 == 0 else targets[::-1]:
                     runs[name].append(await asyncio.to_thread(wrk, url, body, c, seconds, work, pid))
@@ -285,10 +309,15 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
                       f"({kernel:.0f} in the kernel)")
             print(f"  c={c:<3d} edgeinfer / bare: {medians['edgeinfer'] / medians['bare'] - 1:+.1%} "
                   f"req/s (medians); {paired_ratio(runs['edgeinfer'], runs['bare'])}")
-            if twin is not None:
+            if "bare-2" in runs:
                 print(f"  c={c:<3d} A/A noise, bare-2 / bare: "
-                      f"{medians['bare-2'] / medians['bare'] - 1:+.1%} req/s (medians); "
                       f"{paired_ratio(runs['bare-2'], runs['bare'])}")
+                print(f"  c={c:<3d} A/A noise, edgeinfer-2 / edgeinfer: "
+                      f"{paired_ratio(runs['edgeinfer-2'], runs['edgeinfer'])}")
+                ours_pooled = pooled(runs["edgeinfer"], runs["edgeinfer-2"])
+                bare_pooled = pooled(runs["bare"], runs["bare-2"])
+                print(f"  c={c:<3d} pooled, both edgeinfer / both bare: "
+                      f"{paired_ratio(ours_pooled, bare_pooled)}")
         if profile:
             if py_spy() is None:
                 print("py-spy not found: pip install -e '.[bench]' for the CPU-sample breakdown")
@@ -321,7 +350,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--aa", action="store_true",
-                        help="also run a second bare service, to show the A/A noise")
+                        help="a second process of each side: A/A noise and pooled ratios")
     parser.add_argument("--pin", action="store_true",
                         help="servers on the last CPU, wrk, NATS and this script on the others")
     parser.add_argument("--profile", action="store_true",
