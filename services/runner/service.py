@@ -51,6 +51,8 @@ from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer.runner")
 
+MAX_ID_CHARS = 256  # router-made ids are ~32; a line must fit a spool generation (4 MiB)
+
 install_releasing_timeout()  # BentoML's own holds every request for 60 s (traffic_timeout.py)
 
 
@@ -154,6 +156,9 @@ class Runner:
             raise bentoml.exceptions.ServiceUnavailable(f"runner is {self.state}")
         if deployment_id != c.deployment_id:
             raise InvalidArgument(f"this runner serves {c.deployment_id}, not {deployment_id}")
+        if len(tenant_id) > MAX_ID_CHARS or len(request_id) > MAX_ID_CHARS:
+            raise InvalidArgument(f"tenant_id and request_id are at most {MAX_ID_CHARS} "
+                                  "characters")  # each is spooled with every usage event
         try:
             work = self.model.validate(inputs)
         except InvalidInput as exc:

@@ -171,6 +171,10 @@ def test_runner_keeps_usage_through_nats_outage_and_kill(stack: Stack, stack_dat
 
     for i in range(200):
         call(i)
+    too_long = httpx.post(f"{runner.url}/infer", timeout=30, json={
+        "tenant_id": stack.ready["tenant_id"], "request_id": "x" * 257, "deployment_id": digits,
+        "inputs": [sample_digit(0)]})
+    assert too_long.status_code == 400 and "at most 256" in too_long.text, too_long.text
     private_nats.stop()
     for i in range(200, 500):  # answered while NATS is down: the outbox holds the usage
         call(i)
