@@ -39,7 +39,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from runner import MODELS, set_up, start_bare
+from runner import MODELS, runner_pid, set_up, start_bare
 
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
 from services.runner.outbox import Spool
@@ -180,8 +180,7 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
         await asyncio.wait_for(ready.wait(), 600)
         print(f"model {model_name} ({framework}); both workers under callgrind, ready in "
               f"{time.monotonic() - t0:.0f} s; outbox linger {linger_s} s")
-        ours_root = next(p.pid for p in psutil.Process().children()
-                         if p.environ().get("EDGEINFER_RUNNER_ID") == replica.runner_id)
+        ours_root = runner_pid(replica.runner_id)
         services = {"bare": (f"http://127.0.0.1:{bare_port}/infer", worker_of(bare.pid)),
                     "edgeinfer": (f"{replica.url}/infer", worker_of(ours_root))}
         body = {"tenant_id": "ten_bench", "request_id": "b", "deployment_id": "dep_bench",

@@ -35,7 +35,7 @@ from shared.events import batch_id
 log = logging.getLogger(__name__)
 
 PUBLISH_CHUNK = 1024  # spooled events read and published per round (in batch messages)
-GENERATION_BYTES = 4 * 1024 * 1024  # ~7,000 events; a full generation rotates at the next append
+GENERATION_BYTES = 4 * 1024 * 1024  # ~8,500 events of ~490 bytes; full: rotated at the next append
 
 
 class OffsetFile:

@@ -1,13 +1,13 @@
 """A request's usage event as its spool line, filled into the runner's encoded template.
 
-Every usage event of a runner shares 11 of its 17 fields. Building a UsageEvent per request
-and encoding it (msgspec.structs.replace, then encode: the Decimal share, three datetimes,
-seventeen fields) cost ~3 µs per request in a busy worker, where each step runs cache-cold
-after BentoML's own per-request work. Here the template is encoded once, by msgspec, with a
-placeholder in each per-request field; a request's line is then one bytes format of the
-per-request values, each encoded by msgspec as it would be inside the struct. The line is
-byte for byte `encode(UsageEvent(...))` (tests/unit/test_usage_lines.py pins it), so
-everything downstream decodes it as before.
+Every usage event of a runner shares its type tag and 8 of its 16 fields. Building a
+UsageEvent per request and encoding it (msgspec.structs.replace, then encode: the Decimal
+share, three datetimes, sixteen fields) cost ~3 µs per request in a busy worker, where each
+step runs cache-cold after BentoML's own per-request work. Here the template is encoded
+once, by msgspec, with a placeholder in each per-request field; a request's line is then
+one bytes format of the per-request values, each encoded by msgspec as it would be inside
+the struct. The line is byte for byte `encode(UsageEvent(...))`
+(tests/unit/test_usage_lines.py pins it), so everything downstream decodes it as before.
 """
 
 from __future__ import annotations
