@@ -349,19 +349,19 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        result = await load(model, device, Decimal(1), seconds, concurrency, texts,
-                            work / "spool-profiled", seed=3)
+        result = await load(model, device, Decimal(1), seconds, concurrency, texts, work, seed=3)
     activity = gpu_activity(prof)
     busy_us = result.ledger.busy_us
     active_us = union_us(activity)
     kernel_sum_us = sum(e - s for s, e in activity)
-    checks.add("CUPTI: the GPU's recorded activity is no more than what was charged",
+    checks.add(f"CUPTI at concurrency {concurrency}: GPU activity is no more than what was charged",
                active_us <= busy_us + len(result.windows),
                f"GPU activity (union) {active_us / 1e6:.3f} s, kernel+copy sum "
                f"{kernel_sum_us / 1e6:.3f} s, charged busy {busy_us / 1e6:.3f} s over "
                f"{result.batches} batches")
     summary: dict[str, Any] = {
         "batches": result.batches, "requests": result.requests, "busy_s": busy_us / 1e6,
+        "busy_us_per_batch": round(busy_us / max(1, result.batches), 1),
         "gpu_active_union_s": active_us / 1e6, "kernel_sum_s": kernel_sum_us / 1e6,
         "active_over_busy": round(active_us / busy_us, 4) if busy_us else None,
         "gpu_events": len(activity)}
@@ -384,7 +384,7 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
                                                                    strict=True) if busy > 0)
         summary |= {f"per_batch_active_over_busy_p{q}": round(fractions[len(fractions) * q // 100], 4)
                     for q in (10, 50, 90)}
-        checks.add("CUPTI: the GPU's activity happens inside the charged batches' windows",
+        checks.add(f"CUPTI at concurrency {concurrency}: GPU activity is inside the batches' windows",
                    inside >= 0.98 * active_us,
                    f"{inside / active_us:.2%} of {active_us / 1e6:.3f} s")
     else:
@@ -399,11 +399,32 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
 
     timer = timer_for(device)
     torch = _torch() if device.kind == "cuda" else None
-    n = 2000
-    t0 = time.perf_counter_ns()
-    for _ in range(n):
-        timer.measure(lambda x: x, None)
-    empty_us = (time.perf_counter_ns() - t0) / n / 1000
+
+    def host_us(measure: Any, n: int = 2000) -> float:
+        """Host µs per call of `measure` around nothing: what timing costs by itself."""
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            measure(lambda x: x, None)
+        return round((time.perf_counter_ns() - t0) / n / 1000, 2)
+
+    costs = {"shipped_timer": host_us(timer.measure)}
+    if torch is not None:
+        def fresh_events(fn: Any, arg: Any) -> Any:  # the timer before it reused its events
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            result = fn(arg)
+            end.record()
+            end.synchronize()
+            return result, round(start.elapsed_time(end) * 1e6)
+
+        def synchronize_only(fn: Any, arg: Any) -> Any:  # what a bare service does anyway
+            result = fn(arg)
+            torch.cuda.synchronize()
+            return result, 0
+
+        costs |= {"fresh_events_per_call": host_us(fresh_events),
+                  "synchronize_only": host_us(synchronize_only),
+                  "shipped_timer_again": host_us(timer.measure)}
     shapes = {}
     rng = random.Random(7)
     on_gpu = torch is not None
@@ -423,7 +444,7 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
         shapes[f"{texts}x{tokens // texts}tok"] = {
             "events_us_p50": round(float(np.median(events)) / 1000, 1),
             "host_us_p50": round(float(np.median(host)) / 1000, 1)}
-    return {"empty_measure_host_us": round(empty_us, 2), "forward_by_shape": shapes}
+    return {"timing_host_us": costs, "forward_by_shape": shapes}
 
 
 def load_model_on(data: Path, device: Any) -> Any:
@@ -456,6 +477,24 @@ def worker(data: Path, share: Decimal, seconds: float, concurrency: int, device_
     return 0
 
 
+class GpuUtilization:
+    """nvidia-smi's utilization.gpu (% of time a kernel ran) sampled every 100 ms."""
+
+    def __enter__(self) -> GpuUtilization:
+        self._proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+             "-lms", "100"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._proc.terminate()
+        out, _ = self._proc.communicate(timeout=10)
+        self.samples = [float(x) for x in out.split() if x.replace(".", "").isdigit()]
+
+    def mean(self) -> float | None:
+        return round(sum(self.samples) / len(self.samples), 1) if self.samples else None
+
+
 def two_processes(data: Path, seconds: float, concurrency: int,
                   device_kind: str = "cuda") -> dict[str, Any]:
     """Two runners time-slicing one GPU (no MIG, no MPS), each told share 0.5.
@@ -470,16 +509,20 @@ def two_processes(data: Path, seconds: float, concurrency: int,
              for _ in range(2)]
     for proc in procs:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    for proc in procs:
-        assert proc.stdin is not None
-        proc.stdin.write("go\n")
-        proc.stdin.flush()
-    results = [json.loads(proc.communicate(timeout=seconds + 120)[0].strip().splitlines()[-1])
-               for proc in procs]
+    with GpuUtilization() as utilization:
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        results = [json.loads(proc.communicate(timeout=seconds + 120)[0].strip().splitlines()[-1])
+                   for proc in procs]
     wall_us = (max(r["ended"] for r in results) - min(r["began"] for r in results)) * 1e6
     busy = [r["busy_us"] for r in results]
     return {"wall_s": round(wall_us / 1e6, 3), "busy_s": [b / 1e6 for b in busy],
             "requests": [r["requests"] for r in results],
+            "req_per_s_total": round(sum(r["requests"] for r in results) / (wall_us / 1e6), 1),
+            "busy_us_per_request": [round(r["busy_us"] / r["requests"], 1) for r in results],
+            "nvidia_smi_utilization": utilization.mean(),
             "sum_busy_over_wall": round(sum(busy) / wall_us, 4),
             "each_busy_over_wall_x_share": [round(b / (0.5 * wall_us), 4) for b in busy],
             "sum_charged_over_wall": round(sum(r["charged_us"] for r in results) / wall_us, 4)}
@@ -555,11 +598,24 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
         ("timer", lambda: report.__setitem__("timer", timer_costs(model, device))),
         ("load", under_load)]
     if device.kind == "cuda" and profile_seconds > 0:
-        sections.append(("cupti", lambda: report.__setitem__("cupti", asyncio.run(
-            profiled_load(model, device, profile_seconds, concurrency, pool, work, checks)))))
+        # Under load (large batches) and lone requests (small ones: launch gaps weigh most).
+        sections.append(("cupti", lambda: report.__setitem__("cupti", {
+            f"concurrency {c}": asyncio.run(profiled_load(model, device, profile_seconds, c,
+                                                          pool, work / f"c{c}", checks))
+            for c in (concurrency, 1)})))
     if device.kind == "cuda" and shared_seconds > 0:
-        sections.append(("two processes", lambda: report.__setitem__(
-            "two_processes_one_gpu", two_processes(data, shared_seconds, concurrency // 2))))
+        def shared_gpu() -> None:
+            with GpuUtilization() as alone:
+                result = asyncio.run(load(model, device, Decimal("0.5"), shared_seconds,
+                                          concurrency // 2, pool, work / "alone", seed=6))
+            report["one_process_same_load"] = {
+                "req_per_s": round(result.requests / result.wall_s, 1),
+                "busy_us_per_request": round(result.ledger.busy_us / result.requests, 1),
+                "busy_over_wall": round(result.ledger.busy_us / (result.wall_s * 1e6), 4),
+                "nvidia_smi_utilization": alone.mean()}
+            report["two_processes_one_gpu"] = two_processes(data, shared_seconds,
+                                                            concurrency // 2)
+        sections.append(("two processes", shared_gpu))
     for name, step in sections:
         # A failing step is reported and the next one still runs: one run on a lent GPU
         # should bring back everything that works.

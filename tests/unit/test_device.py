@@ -42,6 +42,50 @@ def test_cuda_timer_charges_event_time_not_host_time() -> None:
     assert FakeEvent.log == ["record", "work", "record", "synchronize"]
 
 
+class SteppingEvent:
+    """An event whose recorded time is the next tick of a shared clock."""
+
+    clock = 0.0
+
+    def __init__(self) -> None:
+        self.at_ms = -1.0
+
+    def record(self) -> None:
+        self.at_ms = SteppingEvent.clock
+
+    def synchronize(self) -> None:
+        pass
+
+    def elapsed_time(self, end: SteppingEvent) -> float:
+        return end.at_ms - self.at_ms
+
+
+def test_cuda_timer_reuses_event_pairs_but_never_shares_one_between_overlapping_calls() -> None:
+    made: list[SteppingEvent] = []
+
+    def new_event() -> SteppingEvent:
+        made.append(SteppingEvent())
+        return made[-1]
+
+    timer = CudaEventTimer(new_event)
+
+    def work(ms: float) -> None:
+        SteppingEvent.clock += ms
+
+    assert timer.measure(work, 2.0)[1] == 2_000_000
+    assert timer.measure(work, 0.5)[1] == 500_000
+    assert len(made) == 2  # the second call reused the first pair
+
+    def outer(ms: float) -> int:
+        SteppingEvent.clock += ms
+        _, inner_ns = timer.measure(work, 1.0)  # e.g. a batch inline while one runs in a thread
+        return inner_ns
+
+    inner_ns, outer_ns = timer.measure(outer, 3.0)
+    assert (inner_ns, outer_ns) == (1_000_000, 4_000_000)
+    assert len(made) == 4  # the overlapping call got a pair of its own
+
+
 def test_monotonic_timer_measures_the_call() -> None:
     import time
 
