@@ -409,11 +409,31 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
 
     costs = {"shipped_timer": host_us(timer.measure)}
     if torch is not None:
-        def fresh_events(fn: Any, arg: Any) -> Any:  # the timer before it reused its events
+        def fresh_events(fn: Any, arg: Any) -> Any:  # the first timer: new events per call
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             result = fn(arg)
             end.record()
+            end.synchronize()
+            return result, round(start.elapsed_time(end) * 1e6)
+
+        pair = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+
+        def reused_record_looks_up(fn: Any, arg: Any) -> Any:  # the second: each record() looks up
+            start, end = pair
+            start.record()
+            result = fn(arg)
+            end.record()
+            end.synchronize()
+            return result, round(start.elapsed_time(end) * 1e6)
+
+        cached = torch.cuda.current_stream()
+
+        def stream_cached_once(fn: Any, arg: Any) -> Any:  # not shipped: blind to set streams
+            start, end = pair
+            start.record(cached)
+            result = fn(arg)
+            end.record(cached)
             end.synchronize()
             return result, round(start.elapsed_time(end) * 1e6)
 
@@ -423,8 +443,22 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
             return result, 0
 
         costs |= {"fresh_events_per_call": host_us(fresh_events),
+                  "reused_events_record_looks_up_stream": host_us(reused_record_looks_up),
+                  "stream_cached_once": host_us(stream_cached_once),
                   "synchronize_only": host_us(synchronize_only),
                   "shipped_timer_again": host_us(timer.measure)}
+        pieces = {"current_stream": lambda: torch.cuda.current_stream(),
+                  "record_on_stream": lambda: pair[0].record(cached),
+                  "elapsed_time": lambda: pair[0].elapsed_time(pair[1])}
+        pair[1].record(cached)
+        pair[1].synchronize()
+        for name, call in pieces.items():
+            torch.cuda.synchronize()  # elapsed_time needs both events complete
+            t0 = time.perf_counter_ns()
+            for _ in range(2000):
+                call()
+            costs[f"piece_{name}"] = round((time.perf_counter_ns() - t0) / 2000 / 1000, 2)
+        torch.cuda.synchronize()
     shapes = {}
     rng = random.Random(7)
     on_gpu = torch is not None
@@ -444,7 +478,33 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
         shapes[f"{texts}x{tokens // texts}tok"] = {
             "events_us_p50": round(float(np.median(events)) / 1000, 1),
             "host_us_p50": round(float(np.median(host)) / 1000, 1)}
+        if torch is not None:
+            shapes[f"{texts}x{tokens // texts}tok"]["cuda_graph"] = graph_replay(
+                torch, model, collated, timer)
     return {"timing_host_us": costs, "forward_by_shape": shapes}
+
+
+def graph_replay(torch: Any, model: Any, collated: Any, timer: Any) -> dict[str, Any]:
+    """Not what the runner does (yet): the same forward captured once as a CUDA graph and
+    replayed, to see how much of an eager batch's event time is launch gaps."""
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                model.forward(collated)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model.forward(collated)
+        eager = model.forward(collated)
+        graph.replay()
+        torch.cuda.synchronize()
+        delta = float((static_out - eager).abs().max())
+        times = [timer.measure(lambda _: graph.replay(), None)[1] for _ in range(30)]
+        return {"events_us_p50": round(float(np.median(times)) / 1000, 1), "max_abs_diff": delta}
+    except Exception as exc:  # capture can fail on a host sync inside the model
+        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
 
 
 def load_model_on(data: Path, device: Any) -> Any:

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,7 +39,7 @@ class MonotonicTimer:
 class CudaEvent(Protocol):
     """The part of `torch.cuda.Event(enable_timing=True)` the timer uses."""
 
-    def record(self) -> None: ...
+    def record(self, stream: Any = None) -> None: ...
 
     def synchronize(self) -> None: ...
 
@@ -50,21 +50,25 @@ class CudaEventTimer:
     """Events before and after the work on the current stream; the end event is waited for,
     so the result (and the time) is complete when `measure` returns.
 
-    Event pairs are reused: creating two CUDA events per batch cost more host time than
-    recording and reading them (bench/gpu_check.py, on an H200). A pair is taken from a
-    free list for the length of one call, so overlapping calls never share one."""
+    Host time is the cost here (bench/gpu_check.py times it on a GPU): event pairs are
+    reused rather than created per batch, and the calling thread's current stream is looked
+    up once per call rather than by each `record()`. A pair is taken from a free list for
+    the length of one call, so overlapping calls never share one."""
 
-    def __init__(self, new_event: Callable[[], CudaEvent]) -> None:
+    def __init__(self, new_event: Callable[[], CudaEvent],
+                 current_stream: Callable[[], Any] = lambda: None) -> None:
         self._new_event = new_event
+        self._current_stream = current_stream
         self._free: list[tuple[CudaEvent, CudaEvent]] = []
 
     def measure(self, fn: Callable[[T], R], arg: T) -> tuple[R, int]:
         # list.pop and list.append are atomic: a batch in a worker thread and one inline
         # can each take a pair.
         start, end = self._free.pop() if self._free else (self._new_event(), self._new_event())
-        start.record()
+        stream = self._current_stream()
+        start.record(stream)
         result = fn(arg)
-        end.record()
+        end.record(stream)
         end.synchronize()
         busy_ns = round(start.elapsed_time(end) * 1_000_000)
         self._free.append((start, end))
@@ -101,7 +105,8 @@ def timer_for(device: Device) -> DeviceTimer:
     if device.kind == "cuda":
         import torch
 
-        return CudaEventTimer(lambda: torch.cuda.Event(enable_timing=True))
+        return CudaEventTimer(lambda: torch.cuda.Event(enable_timing=True),
+                              torch.cuda.current_stream)
     return MonotonicTimer()
 
 

@@ -16,8 +16,8 @@ class FakeEvent:
     def __init__(self, at_ms: float) -> None:
         self.at_ms = at_ms
 
-    def record(self) -> None:
-        FakeEvent.log.append("record")
+    def record(self, stream: object = None) -> None:
+        FakeEvent.log.append(f"record on {stream}")
 
     def synchronize(self) -> None:
         FakeEvent.log.append("synchronize")
@@ -29,7 +29,7 @@ class FakeEvent:
 def test_cuda_timer_charges_event_time_not_host_time() -> None:
     clock = iter([10.0, 10.0 + 3.2505])  # the device worked 3.2505 ms
     FakeEvent.log = []
-    timer = CudaEventTimer(lambda: FakeEvent(next(clock)))
+    timer = CudaEventTimer(lambda: FakeEvent(next(clock)), current_stream=lambda: "stream 7")
 
     def launch(x: int) -> int:
         FakeEvent.log.append("work")
@@ -39,7 +39,8 @@ def test_cuda_timer_charges_event_time_not_host_time() -> None:
     assert result == 42
     assert busy_ns == 3_250_500
     # The end event is recorded after the work and waited for before the time is read.
-    assert FakeEvent.log == ["record", "work", "record", "synchronize"]
+    # Both on the caller's current stream, looked up once.
+    assert FakeEvent.log == ["record on stream 7", "work", "record on stream 7", "synchronize"]
 
 
 class SteppingEvent:
@@ -50,7 +51,7 @@ class SteppingEvent:
     def __init__(self) -> None:
         self.at_ms = -1.0
 
-    def record(self) -> None:
+    def record(self, stream: object = None) -> None:
         self.at_ms = SteppingEvent.clock
 
     def synchronize(self) -> None:
