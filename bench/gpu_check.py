@@ -160,6 +160,8 @@ class LoadResult:
     answered_busy_us: int
     spooled: list[dict[str, Any]]
     outer_cuda_ms: float | None
+    book_ns: int
+    concurrency: int
 
 
 async def load(model: Any, device: Any, share: Decimal, seconds: float, concurrency: int,
@@ -181,13 +183,17 @@ async def load(model: Any, device: Any, share: Decimal, seconds: float, concurre
     state: dict[str, Any] = {"ledger": Ledger(share=share)}
     windows: list[tuple[datetime, datetime, int]] = []
 
+    book_ns = [0]
+
     def book(request: tuple[str, str], part: BatchPart) -> tuple[str, int]:
-        """Runner._book: charge, spool the event, then move the ledger."""
+        """Runner._book: charge, spool the event, then move the ledger (and its own time)."""
+        t0 = time.perf_counter_ns()
         ledger, gpu_us = state["ledger"].charge(part.busy_us)
         event_id = new_id()
         outbox.append(lines.line(event_id, request[0], request[1], part.busy_us, gpu_us,
                                  part.started_at, part.ended_at))
         state["ledger"] = ledger
+        book_ns[0] += time.perf_counter_ns() - t0
         if not windows or windows[-1][:2] != (part.started_at, part.ended_at):
             windows.append((part.started_at, part.ended_at, 0))
         start, end, busy = windows[-1]
@@ -242,7 +248,8 @@ async def load(model: Any, device: Any, share: Decimal, seconds: float, concurre
         spooled += [_as_dict(usage_decoder.decode(line)) for line in events]
     return LoadResult(share, wall_s, totals["requests"], totals["texts"], totals["tokens"],
                       batcher.batches, latencies, timer.batches_ns, windows, state["ledger"],
-                      totals["gpu_us"], totals["busy_us"], spooled, outer_ms)
+                      totals["gpu_us"], totals["busy_us"], spooled, outer_ms, book_ns[0],
+                      concurrency)
 
 
 def _as_dict(event: Any) -> dict[str, Any]:
@@ -260,7 +267,7 @@ def check_conservation(result: LoadResult, checks: Checks) -> dict[str, Any]:
     from services.runner.accounting import ns_to_us
 
     r, ledger, share = result, result.ledger, result.share
-    tag = f"share {share}"
+    tag = f"share {share}, c={r.concurrency}"
     batch_busy_us = sum(ns_to_us(ns) for ns in r.batch_busy_ns)
     checks.add(f"{tag}: request parts add up to the batches' busy time",
                r.answered_busy_us == batch_busy_us == ledger.busy_us,
@@ -303,6 +310,8 @@ def check_conservation(result: LoadResult, checks: Checks) -> dict[str, Any]:
         "busy_over_wall": round(ledger.busy_us / (r.wall_s * 1e6), 4),
         "outer_cuda_s": None if r.outer_cuda_ms is None else round(r.outer_cuda_ms / 1e3, 3),
         "busy_per_batch_us_p50": int(np.median([ns / 1000 for ns in r.batch_busy_ns])),
+        "concurrency": r.concurrency,
+        "book_us_per_request": round(r.book_ns / max(1, r.requests) / 1000, 2),
     }
 
 
@@ -647,9 +656,11 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
 
     def under_load() -> None:
         report["load"] = []
-        for share, secs in ((Decimal(1), seconds), (Decimal("0.5"), seconds / 2)):
-            result = asyncio.run(load(model, device, share, secs, concurrency, pool,
-                                      work / f"spool-{share}", seed=int(share * 10)))
+        for share, secs, c in ((Decimal(1), seconds, concurrency),
+                               (Decimal("0.5"), seconds / 2, concurrency),
+                               (Decimal(1), seconds / 2, 1)):  # lone requests: book cache-cold
+            result = asyncio.run(load(model, device, share, secs, c, pool,
+                                      work / f"spool-{share}-{c}", seed=int(share * 10) + c))
             report["load"].append(check_conservation(result, checks))
             print(json.dumps(report["load"][-1]), flush=True)
 
