@@ -263,11 +263,11 @@ def _torch() -> Any:
     return torch
 
 
-def check_conservation(result: LoadResult, checks: Checks) -> dict[str, Any]:
+def check_conservation(result: LoadResult, checks: Checks, label: str = "") -> dict[str, Any]:
     from services.runner.accounting import ns_to_us
 
     r, ledger, share = result, result.ledger, result.share
-    tag = f"share {share}, c={r.concurrency}"
+    tag = f"{label}share {share}, c={r.concurrency}"
     batch_busy_us = sum(ns_to_us(ns) for ns in r.batch_busy_ns)
     checks.add(f"{tag}: request parts add up to the batches' busy time",
                r.answered_busy_us == batch_busy_us == ledger.busy_us,
@@ -353,7 +353,8 @@ def inside_windows_us(intervals: list[tuple[float, float]],
 
 
 async def profiled_load(model: Any, device: Any, seconds: float, concurrency: int,
-                        texts: list[str], work: Path, checks: Checks) -> dict[str, Any]:
+                        texts: list[str], work: Path, checks: Checks,
+                        label: str = "") -> dict[str, Any]:
     """Charged vs the GPU's own record of its activity, under the same concurrent load."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -363,7 +364,7 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
     busy_us = result.ledger.busy_us
     active_us = union_us(activity)
     kernel_sum_us = sum(e - s for s, e in activity)
-    checks.add(f"CUPTI at concurrency {concurrency}: GPU activity is no more than what was charged",
+    checks.add(f"CUPTI, {label}concurrency {concurrency}: GPU activity is no more than charged",
                active_us <= busy_us + len(result.windows),
                f"GPU activity (union) {active_us / 1e6:.3f} s, kernel+copy sum "
                f"{kernel_sum_us / 1e6:.3f} s, charged busy {busy_us / 1e6:.3f} s over "
@@ -393,7 +394,7 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
                                                                    strict=True) if busy > 0)
         summary |= {f"per_batch_active_over_busy_p{q}": round(fractions[len(fractions) * q // 100], 4)
                     for q in (10, 50, 90)}
-        checks.add(f"CUPTI at concurrency {concurrency}: GPU activity is inside the batches' windows",
+        checks.add(f"CUPTI, {label}concurrency {concurrency}: GPU activity is inside the batches' windows",
                    inside >= 0.98 * active_us,
                    f"{inside / active_us:.2%} of {active_us / 1e6:.3f} s")
     else:
@@ -402,7 +403,7 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
     return summary
 
 
-def timer_costs(model: Any, device: Any) -> dict[str, Any]:
+def timer_costs(model: Any, device: Any, eager: Any = None) -> dict[str, Any]:
     """The timer's own host cost, and event-measured vs host-measured time per batch shape."""
     from services.runner.device import timer_for
 
@@ -487,41 +488,22 @@ def timer_costs(model: Any, device: Any) -> dict[str, Any]:
         shapes[f"{texts}x{tokens // texts}tok"] = {
             "events_us_p50": round(float(np.median(events)) / 1000, 1),
             "host_us_p50": round(float(np.median(host)) / 1000, 1)}
-        if torch is not None:
-            shapes[f"{texts}x{tokens // texts}tok"]["cuda_graph"] = graph_replay(
-                torch, model, collated, timer)
+        shapes[f"{texts}x{tokens // texts}tok"]["padded_to"] = list(collated[0].shape)
+        if eager is not None and eager is not model:
+            eager_collated = eager.collate([eager.validate(batch)])
+            eager_ns = [timer.measure(eager.forward, eager_collated)[1] for _ in range(30)]
+            shapes[f"{texts}x{tokens // texts}tok"]["eager_events_us_p50"] = round(
+                float(np.median(eager_ns)) / 1000, 1)
     return {"timing_host_us": costs, "forward_by_shape": shapes}
 
 
-def graph_replay(torch: Any, model: Any, collated: Any, timer: Any) -> dict[str, Any]:
-    """Not what the runner does (yet): the same forward captured once as a CUDA graph and
-    replayed, to see how much of an eager batch's event time is launch gaps."""
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                model.forward(collated)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = model.forward(collated)
-        eager = model.forward(collated)
-        graph.replay()
-        torch.cuda.synchronize()
-        delta = float((static_out - eager).abs().max())
-        times = [timer.measure(lambda _: graph.replay(), None)[1] for _ in range(30)]
-        return {"events_us_p50": round(float(np.median(times)) / 1000, 1), "max_abs_diff": delta}
-    except Exception as exc:  # capture can fail on a host sync inside the model
-        return {"error": f"{type(exc).__name__}: {exc}"[:300]}
-
-
-def load_model_on(data: Path, device: Any) -> Any:
+def load_model_on(data: Path, device: Any, cuda_graphs: bool = True) -> Any:
     from services.runner.models import load_model
     from services.runner.models.base import run_alone
     from shared.model_formats import pack_embedding_model
 
-    model = load_model("sentence-embedding", pack_embedding_model(data / "minilm"), device)
+    model = load_model("sentence-embedding", pack_embedding_model(data / "minilm"), device,
+                       cuda_graphs)
     warm = model.warm_input()
     for _ in range(5):  # as the runner warms up, uncharged
         run_alone(model, warm)
@@ -630,8 +612,19 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
     print(f"device: {device.name}", flush=True)
 
     t0 = time.perf_counter()
-    model = load_model_on(data, device)
+    try:
+        model = load_model_on(data, device)
+    except Exception:  # report it, and check the rest on the eager path
+        checks.add("load with CUDA graphs", False, traceback.format_exc())
+        model = load_model_on(data, device, cuda_graphs=False)
     report["load_and_warm_s"] = round(time.perf_counter() - t0, 2)
+    graphs = getattr(model, "graphs", None)
+    if graphs is not None:
+        report["cuda_graphs"] = {
+            "captured": len(graphs.captured), "capture_s": round(graphs.capture_s, 2),
+            "memory_reserved_mib": round(torch.cuda.memory_reserved() / 2**20)}
+        print(json.dumps(report["cuda_graphs"]), flush=True)
+    eager = load_model_on(data, device, cuda_graphs=False) if graphs is not None else model
 
     work = Path(tempfile.mkdtemp(prefix="edgeinfer-gpu-check-"))
     pool = corpus(2000, seed=2)
@@ -653,27 +646,50 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
             delta = float(np.abs(got - on_cpu).max())
             checks.add("CUDA and CPU agree on the same weights", delta < 1e-4,
                        f"max |Δ| {delta:.2e}")
+        if graphs is not None:
+            rng, worst, replayed = random.Random(11), 0.0, 0
+            for n in (1, 2, 3, 5, 8, 13, 21, 32, 33, 48):
+                batch = rng.sample(pool, n)
+                work_items = [model.validate([t]) for t in batch]
+                replayed += tuple(model.collate(work_items)[0].shape) in graphs.captured
+                a = np.concatenate([np.asarray(o["embeddings"]) for o in model.split(
+                    model.forward(model.collate(work_items)), work_items)])
+                b = np.concatenate([np.asarray(o["embeddings"]) for o in eager.split(
+                    eager.forward(eager.collate(work_items)), work_items)])
+                worst = max(worst, float(np.abs(a - b).max()))
+            checks.add("CUDA-graph replay (padded to buckets) matches the eager forward",
+                       worst < 1e-4 and replayed > 0,
+                       f"max |Δ| {worst:.2e} over 10 batches of 1–48 texts, {replayed} replayed")
 
     def under_load() -> None:
         report["load"] = []
-        for share, secs, c in ((Decimal(1), seconds, concurrency),
-                               (Decimal("0.5"), seconds / 2, concurrency),
-                               (Decimal(1), seconds / 2, 1)):  # lone requests: book cache-cold
-            result = asyncio.run(load(model, device, share, secs, c, pool,
-                                      work / f"spool-{share}-{c}", seed=int(share * 10) + c))
-            report["load"].append(check_conservation(result, checks))
+        runs = [(model, Decimal(1), seconds, concurrency),
+                (model, Decimal("0.5"), seconds / 2, concurrency),
+                (model, Decimal(1), seconds / 2, 1)]  # lone requests: book runs cache-cold
+        if eager is not model:
+            runs.append((eager, Decimal(1), seconds / 2, 1))  # what lone requests cost eagerly
+        for i, (served, share, secs, c) in enumerate(runs):
+            result = asyncio.run(load(served, device, share, secs, c, pool,
+                                      work / f"spool-{i}", seed=int(share * 10) + c))
+            graphed = getattr(served, "graphs", None) is not None
+            label = "" if eager is model else ("graphs, " if graphed else "eager, ")
+            report["load"].append(check_conservation(result, checks, label)
+                                  | {"cuda_graphs": graphed})
             print(json.dumps(report["load"][-1]), flush=True)
 
     sections: list[tuple[str, Any]] = [
         ("correctness", correctness),
-        ("timer", lambda: report.__setitem__("timer", timer_costs(model, device))),
+        ("timer", lambda: report.__setitem__("timer", timer_costs(model, device, eager))),
         ("load", under_load)]
     if device.kind == "cuda" and profile_seconds > 0:
         # Under load (large batches) and lone requests (small ones: launch gaps weigh most).
         sections.append(("cupti", lambda: report.__setitem__("cupti", {
-            f"concurrency {c}": asyncio.run(profiled_load(model, device, profile_seconds, c,
-                                                          pool, work / f"c{c}", checks))
-            for c in (concurrency, 1)})))
+            f"{label} concurrency {c}": asyncio.run(profiled_load(
+                served, device, profile_seconds, c, pool, work / f"{label}-c{c}", checks,
+                f"{label}, "))
+            for label, served, c in (("graphs", model, concurrency), ("graphs", model, 1),
+                                     ("eager", eager, 1))
+            if label == "graphs" or eager is not model})))
     if device.kind == "cuda" and shared_seconds > 0:
         def shared_gpu() -> None:
             with GpuUtilization() as alone:

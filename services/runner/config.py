@@ -32,6 +32,7 @@ class RunnerConfig:
     cache_dir: Path = Path(".edgeinfer/artifacts")
     drain_timeout_s: float = 20.0
     outbox_linger_s: float = 0.2
+    cuda_graphs: bool = True
 
 
 def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig:
@@ -73,4 +74,5 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
                                   lo=0, hi=600),
         outbox_linger_s=env_float(env, "EDGEINFER_OUTBOX_LINGER_S", RunnerConfig.outbox_linger_s,
                                   lo=0, hi=60),
+        cuda_graphs=env_choice(env, "EDGEINFER_CUDA_GRAPHS", "on", ("on", "off")) == "on",
     )

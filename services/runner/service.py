@@ -116,7 +116,7 @@ class Runner:
         data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
                                   c.cache_dir)
         self.device = select_device(c.gpu_class)
-        self.model = load_model(c.framework, data, self.device)
+        self.model = load_model(c.framework, data, self.device, c.cuda_graphs)
         warm = self.model.warm_input()
         for _ in range(5):  # warm-up is never charged
             run_alone(self.model, warm)

@@ -8,8 +8,10 @@ from services.runner.models.base import InvalidInput, ServedModel, Work
 __all__ = ["InvalidInput", "ServedModel", "Work", "load_model"]
 
 
-def load_model(framework: str, artifact: bytes, device: Device) -> ServedModel:
-    """Imports lazily: a runner of one family never pays another's import time."""
+def load_model(framework: str, artifact: bytes, device: Device,
+               cuda_graphs: bool = True) -> ServedModel:
+    """Imports lazily: a runner of one family never pays another's import time.
+    `cuda_graphs`: on a GPU, replay small batches of text models from CUDA graphs."""
     if framework == "onnx":
         from services.runner.models.onnx import OnnxModel
 
@@ -17,5 +19,5 @@ def load_model(framework: str, artifact: bytes, device: Device) -> ServedModel:
     if framework == "sentence-embedding":
         from services.runner.models.embedding import EmbeddingModel
 
-        return EmbeddingModel.load(artifact, device)
+        return EmbeddingModel.load(artifact, device, cuda_graphs)
     raise ValueError(f"this runner cannot serve framework {framework!r}")

@@ -7,7 +7,8 @@ batch's busy time, so a short text batched with a long one does not pay for the 
 
 Tokenizing and padding happen on the host, outside the timed forward pass; weights come
 from safetensors (no pickle) via `torch` and `transformers`' BertModel, installed with the
-`text` extra.
+`text` extra. On a GPU, small batches are padded to a bucket and replayed from CUDA graphs
+captured at load (cuda_graphs.py: eager launches would be charged as GPU time).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from services.runner.device import Device
 from services.runner.models.base import InvalidInput, Work
+from services.runner.models.cuda_graphs import GraphedForward
 from shared.model_formats import read_embedding_artifact
 
 MAX_TEXTS_PER_REQUEST = 256
@@ -36,9 +38,10 @@ class EmbeddingModel:
     framework: str = "sentence-embedding"
     unit: str = "tokens"
     max_batch_units: int = MAX_BATCH_TOKENS
+    graphs: GraphedForward | None = None
 
     @classmethod
-    def load(cls, artifact: bytes, device: Device) -> EmbeddingModel:
+    def load(cls, artifact: bytes, device: Device, cuda_graphs: bool = True) -> EmbeddingModel:
         try:
             import torch
             from safetensors.torch import load as load_safetensors
@@ -64,7 +67,10 @@ class EmbeddingModel:
         if device.kind == "cpu":
             torch.set_num_threads(1)  # one CPU slot, as for ONNX models
         encoder.eval().to(device.torch_device)
-        return cls(tokenizer, encoder, device.torch_device, max_tokens, config.hidden_size)
+        model = cls(tokenizer, encoder, device.torch_device, max_tokens, config.hidden_size)
+        if device.kind == "cuda" and cuda_graphs:
+            model.graphs = GraphedForward.capture(model.encode, device.torch_device, max_tokens)
+        return model
 
     def validate(self, inputs: list[Any]) -> Work:
         if not inputs:
@@ -89,17 +95,26 @@ class EmbeddingModel:
 
         rows = [ids for work in batch for ids in work.payload]
         width = max(len(ids) for ids in rows)
-        input_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        shape = self.graphs.shape_for(len(rows), width, self.max_tokens) if self.graphs else None
+        padded_rows, padded_width = shape or (len(rows), width)
+        input_ids = torch.zeros((padded_rows, padded_width), dtype=torch.long)
+        mask = torch.zeros((padded_rows, padded_width), dtype=torch.long)
+        mask[len(rows):, 0] = 1  # a padding row attends to one token: never a fully masked row
         for i, ids in enumerate(rows):
             input_ids[i, :len(ids)] = torch.tensor(ids)
             mask[i, :len(ids)] = 1
         return input_ids.to(self.device), mask.to(self.device)
 
     def forward(self, collated: tuple[Any, Any]) -> Any:
+        input_ids, mask = collated
+        if self.graphs is not None and tuple(input_ids.shape) in self.graphs.captured:
+            return self.graphs.run(input_ids, mask)
+        return self.encode(input_ids, mask)
+
+    def encode(self, input_ids: Any, mask: Any) -> Any:
+        """The forward pass itself: encoder, mean pooling over real tokens, L2 norm."""
         import torch
 
-        input_ids, mask = collated
         with torch.inference_mode():
             hidden = self.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
             weights = mask.unsqueeze(-1).to(hidden.dtype)
