@@ -15,7 +15,9 @@ It checks and prints:
    spooled events (one per request); busy ≤ every batch's host window; charged ≤ wall × share;
 4. charged vs what CUDA itself measured under the same load: the GPU's kernel and copy
    activity recorded by CUPTI (torch.profiler), in total and inside each batch's window;
-5. the timer's own host cost, and events vs host time per batch shape.
+5. the timer's own host cost, and events vs host time per batch shape;
+6. small batches replayed from CUDA graphs (the runner's default on a GPU) against the
+   eager forward: same outputs, time per shape, lone requests' charge, CUPTI for both.
 
 Prepare here (the GPU machine's Python has torch, transformers and tokenizers, not
 msgspec or nats-py; the MiniLM weights travel as float16 to fit the 64 MiB transfer —

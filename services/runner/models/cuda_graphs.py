@@ -3,10 +3,10 @@
 Why: a request is charged the stream's elapsed time around its model call (decision 0010).
 An eager forward of a small transformer batch is ~100 kernel launches issued from Python,
 and between them the GPU, held for the request, waits: on an H200, one text of 8 tokens
-took 2.2 ms by CUDA events, of which kernels ran ~16 %. The same forward captured once as
-a CUDA graph and replayed took 0.46 ms with identical outputs (bench/gpu_check.py). Large
-batches are compute-bound and gain nothing (128 × 256 tokens: 21.5 ms either way), so they
-stay eager and need no graph memory.
+took 2.2–3.8 ms by CUDA events, of which kernels ran 12–16 %; replayed from a graph it took
+0.5 ms, with the same outputs to 1e-6 (bench/gpu_check.py; docs/models.md has the figures).
+Large batches are compute-bound and gain nothing (128 × 256 tokens: 21.8 ms either way), so
+they stay eager and need no graph memory.
 
 A graph replays fixed shapes, so a batch is padded up to a bucket: rows to a power of two,
 width to one of a few lengths. Padding rows attend to one token each (no all-masked row,
