@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 
@@ -58,6 +59,17 @@ def env_float(env: Mapping[str, str], key: str, default: float, *, lo: float, hi
     if not lo <= value <= hi:
         raise ConfigError(f"{key} = {value}, must be in [{lo}; {hi}] range")
     return value
+
+
+def parse_gpu_share(raw: str, where: str) -> Decimal:
+    """A GPU share: the fraction of a device a runner owns, in (0; 1], as a decimal."""
+    try:
+        share = Decimal(raw.strip())
+    except InvalidOperation:
+        raise ConfigError(f"{where}: GPU share {raw!r} must be a number in (0; 1]") from None
+    if not (share.is_finite() and Decimal(0) < share <= Decimal(1)):
+        raise ConfigError(f"{where}: GPU share {share} must be in (0; 1] range")
+    return share
 
 
 _NAMESPACE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")

@@ -4,7 +4,8 @@ its `scale` subresource with kubernetes-asyncio.
 Each PoP is a namespace (`<prefix><pop>`); the Deployment runs the same image and command
 as the local executor's processes (`edgeinfer run runner`-style: BentoML serving
 `services.runner.service:Runner`), with its assignment in the environment and, for GPU
-classes, one `nvidia.com/gpu` and a node selector on the class. Runner pods heartbeat with
+classes, one `nvidia.com/gpu` and a node selector on the class (or, for a class that is a MIG
+slice, one `nvidia.com/mig-…` device and its share). Runner pods heartbeat with
 their pod name as runner id; the autoscaler pairs them with the replicas it asked for.
 
 The autoscaler asks for one replica more or less at a time; this executor turns that into
@@ -19,12 +20,14 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from services.autoscaler.executor import Replica
+from shared.config import ConfigError, parse_gpu_share
 from shared.events import Deployment
 from shared.topology import Pop
 
@@ -43,6 +46,36 @@ class KubernetesConfig:
     runner_capacity: int = 8
     drain_timeout_s: int = 20
     extra_env: dict[str, str] = field(default_factory=dict)
+    # GPU classes served by MIG slices (the device plugin's "mixed" strategy): class → slice.
+    mig_classes: dict[str, MigSlice] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MigSlice:
+    resource: str  # e.g. nvidia.com/mig-1g.10gb
+    share: Decimal  # of the whole GPU, what the runner charges busy time at
+
+
+_MIG_RESOURCE = re.compile(r"^nvidia\.com/mig-\d+g\.\d+gb(\.[a-z0-9]+)?$")
+
+
+def parse_mig_classes(raw: str) -> dict[str, MigSlice]:
+    """`EDGEINFER_K8S_MIG_CLASSES`: `<class>=<resource>[@<share>]`, comma-separated, e.g.
+    "h100-1g=nvidia.com/mig-1g.10gb@0.142857"."""
+    classes: dict[str, MigSlice] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        gpu_class, sep, rest = item.partition("=")
+        resource, _, raw_share = rest.partition("@")
+        if not sep or not gpu_class or gpu_class == "cpu" or not _MIG_RESOURCE.match(resource):
+            raise ConfigError(f"EDGEINFER_K8S_MIG_CLASSES: {item!r} must be "
+                              "<class>=nvidia.com/mig-<profile>[@<share>], e.g. "
+                              "h100-1g=nvidia.com/mig-1g.10gb@0.142857")
+        if gpu_class in classes:
+            raise ConfigError(f"EDGEINFER_K8S_MIG_CLASSES names {gpu_class!r} twice")
+        share = (parse_gpu_share(raw_share, f"EDGEINFER_K8S_MIG_CLASSES {item!r}") if raw_share
+                 else Decimal(1))
+        classes[gpu_class] = MigSlice(resource, share)
+    return classes
 
 
 def object_name(deployment_id: str, pop: str) -> str:
@@ -72,9 +105,17 @@ def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -
     ]
     resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
     pod_spec: dict[str, Any] = {}
-    if d.gpu_class != "cpu":
+    mig = config.mig_classes.get(d.gpu_class)
+    if mig is not None:  # the slice's resource places the pod; its share prices the time
+        resources["limits"] = {mig.resource: "1"}
+        env_list.append({"name": "EDGEINFER_GPU_SHARE", "value": str(mig.share)})
+    elif d.gpu_class != "cpu":
         resources["limits"] = {"nvidia.com/gpu": "1"}  # one runner process per GPU
         pod_spec["nodeSelector"] = {"edgeinfer.io/gpu-class": d.gpu_class}
+    if d.gpu_class != "cpu":
+        # The device plugin gives the container exactly its device, which CUDA numbers 0
+        # there; the runner refuses a GPU class unless CUDA_VISIBLE_DEVICES names one.
+        env_list.append({"name": "CUDA_VISIBLE_DEVICES", "value": "0"})
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "namespace": config.namespace_prefix + pop, "labels": labels},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from services.autoscaler.executor import Replica
-from shared.config import ConfigError
+from shared.config import ConfigError, parse_gpu_share
 from shared.drain import drain
 from shared.embedded import free_port
 from shared.events import Deployment
@@ -38,10 +39,10 @@ class LocalExecutorConfig:
     namespace: str
     state_dir: Path
     pops: dict[str, Pop]
-    gpu_share: Decimal = Decimal(1)
+    gpu_share: Decimal = Decimal(1)  # of a CPU slot; a GPU's share comes with it (LocalGpu)
     stop_timeout_s: float = 30.0
-    # The machine's GPUs as (class, CUDA index): one runner process per GPU.
-    gpus: tuple[tuple[str, str], ...] = ()
+    # The machine's GPUs and MIG slices: one runner process per device.
+    gpus: tuple[LocalGpu, ...] = ()
     # Put before each runner's command line, e.g. ("taskset", "-c", "1") or a profiler:
     # bench/runner_instructions.py runs the runner under valgrind this way.
     command_prefix: tuple[str, ...] = ()
@@ -51,27 +52,51 @@ class NoFreeDevice(RuntimeError):
     """Every GPU of the deployment's class on this machine already runs a replica."""
 
 
-def parse_local_gpus(raw: str) -> tuple[tuple[str, str], ...]:
-    """`EDGEINFER_LOCAL_GPUS`, e.g. "h100:0,h100:1" → (("h100", "0"), ("h100", "1"))."""
+@dataclass(frozen=True)
+class LocalGpu:
+    """A device the local executor hands to one runner at a time."""
+
+    gpu_class: str
+    device: str  # what CUDA_VISIBLE_DEVICES names: a CUDA index, or a MIG slice's UUID
+    share: Decimal = Decimal(1)
+
+
+# A whole GPU by index, or a MIG slice by the UUID `nvidia-smi -L` prints for it
+# ("MIG-<uuid>", or the older "MIG-GPU-<uuid>/<gi>/<ci>").
+_DEVICE = re.compile(r"^(\d+|MIG-[0-9A-Za-z-]+(/\d+/\d+)?)$")
+
+
+def parse_local_gpus(raw: str) -> tuple[LocalGpu, ...]:
+    """`EDGEINFER_LOCAL_GPUS`: `<class>:<device>[@<share>]`, comma-separated, e.g.
+    "h100:0,h100:1" or "h100-1g:MIG-4f1c…@0.142857". A share below 1 must be a MIG slice:
+    two runners time-slicing one GPU would each be charged the other's kernels
+    (docs/decisions/0010-gpu-share-is-a-hardware-partition.md)."""
     gpus = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        gpu_class, sep, index = item.partition(":")
-        if not sep or not gpu_class or not index.isdigit():
-            raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} must be <class>:<index>, e.g. h100:0")
-        gpus.append((gpu_class, index))
-    if len({index for _, index in gpus}) != len(gpus):
-        raise ConfigError("EDGEINFER_LOCAL_GPUS names a GPU index twice")
+        spec, _, raw_share = item.partition("@")
+        gpu_class, sep, device = spec.partition(":")
+        if not sep or not gpu_class or not _DEVICE.match(device):
+            raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} must be <class>:<device>[@<share>], "
+                              "the device a CUDA index or a MIG UUID, e.g. h100:0")
+        share = parse_gpu_share(raw_share, f"EDGEINFER_LOCAL_GPUS {item!r}") if raw_share else Decimal(1)
+        if share < 1 and not device.startswith("MIG-"):
+            raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} gives a share of a whole GPU; a "
+                              "fraction must be a MIG slice (runners time-slicing one GPU would "
+                              "each be charged the other's kernels: decision 0010)")
+        gpus.append(LocalGpu(gpu_class, device, share))
+    if len({gpu.device for gpu in gpus}) != len(gpus):
+        raise ConfigError("EDGEINFER_LOCAL_GPUS names a device twice")
     return tuple(gpus)
 
 
-def assign_device(gpu_class: str, gpus: tuple[tuple[str, str], ...], in_use: set[str]) -> str:
-    """CUDA_VISIBLE_DEVICES for a new replica: "" (no GPU) for the cpu class, else a free GPU
+def assign_device(gpu_class: str, gpus: tuple[LocalGpu, ...], in_use: set[str]) -> LocalGpu | None:
+    """The device for a new replica: None (a CPU slot) for the cpu class, else a free device
     of the class."""
     if gpu_class == "cpu":
-        return ""
-    for candidate_class, index in gpus:
-        if candidate_class == gpu_class and index not in in_use:
-            return index
+        return None
+    for gpu in gpus:
+        if gpu.gpu_class == gpu_class and gpu.device not in in_use:
+            return gpu
     raise NoFreeDevice(f"no free {gpu_class} GPU on this machine (EDGEINFER_LOCAL_GPUS)")
 
 
@@ -97,7 +122,8 @@ class LocalProcessExecutor:
     async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
         c = self._config
         in_use = {p.device for p in self._processes.values() if p.device}
-        device = assign_device(deployment.gpu_class, c.gpus, in_use)
+        gpu = assign_device(deployment.gpu_class, c.gpus, in_use)
+        device = gpu.device if gpu else ""
         port = free_port()
         runner_id = "r" + secrets.token_hex(5)
         url = f"http://127.0.0.1:{port}"
@@ -121,7 +147,7 @@ class LocalProcessExecutor:
             # Exactly the assigned GPU (none for a CPU slot): the runner sees it as cuda:0.
             "CUDA_VISIBLE_DEVICES": device,
             "EDGEINFER_GPU_CLASS": deployment.gpu_class,
-            "EDGEINFER_GPU_SHARE": str(c.gpu_share),
+            "EDGEINFER_GPU_SHARE": str(gpu.share if gpu else c.gpu_share),
             "EDGEINFER_SPOOL_DIR": str(spool.resolve()),
             "EDGEINFER_ARTIFACT_CACHE": str((c.state_dir / "artifacts" / pop).resolve()),
             "EDGEINFER_SUPERVISOR_PID": str(os.getpid()),

@@ -200,7 +200,11 @@ class Stack:
         from kubernetes_asyncio import config as k8s_config
         from kubernetes_asyncio.client import ApiClient
 
-        from services.autoscaler.kubernetes import KubernetesConfig, KubernetesExecutor
+        from services.autoscaler.kubernetes import (
+            KubernetesConfig,
+            KubernetesExecutor,
+            parse_mig_classes,
+        )
 
         image = env_optional(os.environ, "EDGEINFER_K8S_IMAGE")
         if image is None:
@@ -211,7 +215,8 @@ class Stack:
             await k8s_config.load_kube_config()
         return KubernetesExecutor(ApiClient(), KubernetesConfig(
             image=image, nats_url=self.nats_url, namespace=p.namespace, pops=dict(c.pops),
-            namespace_prefix=env_str(os.environ, "EDGEINFER_K8S_NAMESPACE_PREFIX", "edgeinfer-")))
+            namespace_prefix=env_str(os.environ, "EDGEINFER_K8S_NAMESPACE_PREFIX", "edgeinfer-"),
+            mig_classes=parse_mig_classes(os.environ.get("EDGEINFER_K8S_MIG_CLASSES", ""))))
 
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from pathlib import Path
 
-from shared.config import ConfigError, env_choice, env_float, env_int, env_str
+from shared.config import ConfigError, env_choice, env_float, env_int, env_str, parse_gpu_share
 from shared.model_formats import FRAMEWORKS
 
 
@@ -45,13 +45,7 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         if not value:
             raise ConfigError(f"{key} is required by the runner (the executor sets it)")
         required[key] = value
-    raw_share = env_str(env, "EDGEINFER_GPU_SHARE", "1")
-    try:
-        share = Decimal(raw_share)
-    except InvalidOperation:
-        raise ConfigError(f"EDGEINFER_GPU_SHARE = {raw_share!r}, must be a number in (0; 1]") from None
-    if not Decimal(0) < share <= Decimal(1):
-        raise ConfigError(f"EDGEINFER_GPU_SHARE = {share}, must be in (0; 1] range")
+    share = parse_gpu_share(env_str(env, "EDGEINFER_GPU_SHARE", "1"), "EDGEINFER_GPU_SHARE")
     return RunnerConfig(
         runner_id=required["EDGEINFER_RUNNER_ID"],
         pop=required["EDGEINFER_POP"],

@@ -4,12 +4,20 @@ and `scale` endpoints (no API server runs here); the client's models parse every
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from decimal import Decimal
 
 import pytest
 from aiohttp.test_utils import TestServer
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from services.autoscaler.kubernetes import KubernetesConfig, KubernetesExecutor, object_name
+from services.autoscaler.kubernetes import (
+    KubernetesConfig,
+    KubernetesExecutor,
+    MigSlice,
+    object_name,
+    parse_mig_classes,
+)
+from shared.config import ConfigError
 from shared.events import Deployment
 from shared.topology import Pop
 from tests.standins.kubernetes_api import KubernetesStandIn
@@ -37,10 +45,10 @@ async def standin() -> AsyncIterator[tuple[KubernetesStandIn, ApiClient]]:
     await server.close()
 
 
-def executor(api: ApiClient) -> KubernetesExecutor:
+def executor(api: ApiClient, mig_classes: dict[str, MigSlice] | None = None) -> KubernetesExecutor:
     return KubernetesExecutor(api, KubernetesConfig(
         image="registry.example/edgeinfer:0.1.0", nats_url="nats://nats:4222",
-        namespace="edgeinfer", pops=POPS))
+        namespace="edgeinfer", pops=POPS, mig_classes=mig_classes or {}))
 
 
 async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresource(
@@ -61,6 +69,9 @@ async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresourc
     assert env["EDGEINFER_ARTIFACT_DIGEST"] == d.artifact_digest and env["EDGEINFER_POP"] == "eu-west"
     assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # one process per GPU
     assert pod["nodeSelector"] == {"edgeinfer.io/gpu-class": "l40s"}
+    # The device plugin's one GPU is device 0 in the container; without it the runner
+    # would refuse to start (a GPU class with no visible GPU).
+    assert env["CUDA_VISIBLE_DEVICES"] == "0" and "EDGEINFER_GPU_SHARE" not in env
     # Drained before SIGTERM, within the grace period, as the local executor does.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[:3] == ["python", "-m", "shared.drain"]
@@ -86,3 +97,29 @@ async def test_cpu_deployments_ask_for_no_gpu(standin: tuple[KubernetesStandIn, 
     (obj,) = fake.deployments.values()
     pod = obj["spec"]["template"]["spec"]
     assert "limits" not in pod["containers"][0]["resources"] and "nodeSelector" not in pod
+    assert "CUDA_VISIBLE_DEVICES" not in {e["name"] for e in pod["containers"][0]["env"]}
+
+
+async def test_a_mig_class_asks_for_its_slice_and_charges_its_share(
+        standin: tuple[KubernetesStandIn, ApiClient]) -> None:
+    fake, api = standin
+    slices = parse_mig_classes("h100-1g=nvidia.com/mig-1g.10gb@0.142857")
+    await executor(api, slices).start(deployment("h100-1g"), "eu-west", 0)
+    (obj,) = fake.deployments.values()
+    pod = obj["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert container["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": "1"}
+    assert "nodeSelector" not in pod  # the slice resource places the pod
+    assert env["EDGEINFER_GPU_SHARE"] == "0.142857" and env["CUDA_VISIBLE_DEVICES"] == "0"
+
+
+def test_mig_classes_are_validated() -> None:
+    assert parse_mig_classes("a100-3g=nvidia.com/mig-3g.40gb, h100-1g=nvidia.com/mig-1g.10gb@0.5") == {
+        "a100-3g": MigSlice("nvidia.com/mig-3g.40gb", Decimal(1)),
+        "h100-1g": MigSlice("nvidia.com/mig-1g.10gb", Decimal("0.5"))}
+    for bad in ("h100-1g", "h100-1g=nvidia.com/gpu", "cpu=nvidia.com/mig-1g.10gb",
+                "h100-1g=nvidia.com/mig-1g.10gb@0", "h100-1g=nvidia.com/mig-1g.10gb@2",
+                "x=nvidia.com/mig-1g.10gb,x=nvidia.com/mig-2g.20gb"):
+        with pytest.raises(ConfigError, match="EDGEINFER_K8S_MIG_CLASSES"):
+            parse_mig_classes(bad)
