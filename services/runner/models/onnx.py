@@ -35,10 +35,18 @@ class OnnxModel:
         # One intra-op thread: the runner owns one device slot; more threads would make a
         # request's measured time depend on what else runs on the machine.
         options.intra_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if device is not None and device.kind == "cuda":
-            providers.insert(0, "CUDAExecutionProvider")
+        on_gpu = device is not None and device.kind == "cuda"
+        providers = ["CUDAExecutionProvider"] if on_gpu else ["CPUExecutionProvider"]
+        if on_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError("this runner's GPU class needs onnxruntime's CUDA provider, and the "
+                               "installed onnxruntime has none (install onnxruntime-gpu)")
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
+        # onnxruntime falls back to the CPU with only a warning (e.g. CUDA libraries missing):
+        # that would bill CPU work as GPU time, so it is refused.
+        if on_gpu and session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError("onnxruntime could not start its CUDA provider "
+                               f"(running on {session.get_providers()}); refusing to serve a GPU "
+                               "class on the CPU")
         (first,) = session.get_inputs()
         features = first.shape[-1]
         if not isinstance(features, int):
