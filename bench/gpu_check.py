@@ -668,8 +668,8 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
         runs = [(model, Decimal(1), seconds, concurrency),
                 (model, Decimal("0.5"), seconds / 2, concurrency),
                 (model, Decimal(1), seconds / 2, 1)]  # lone requests: book runs cache-cold
-        if eager is not model:
-            runs.append((eager, Decimal(1), seconds / 2, 1))  # what lone requests cost eagerly
+        if eager is not model:  # the same traffic without graphs
+            runs += [(eager, Decimal(1), seconds / 2, concurrency), (eager, Decimal(1), seconds / 2, 1)]
         for i, (served, share, secs, c) in enumerate(runs):
             result = asyncio.run(load(served, device, share, secs, c, pool,
                                       work / f"spool-{i}", seed=int(share * 10) + c))
