@@ -35,6 +35,7 @@ from services.runner.device import Device, select_device, timer_for
 from services.runner.models import InvalidInput, ServedModel, load_model
 from services.runner.models.base import run_alone
 from services.runner.outbox import Outbox
+from services.runner.supervisor import until_gone
 from services.runner.traffic_timeout import install as install_releasing_timeout
 from services.runner.usage_lines import UsageLines
 from shared.artifacts import get_artifact
@@ -235,16 +236,13 @@ class Runner:
 
     async def _watch_supervisor(self) -> None:
         """Exit with the process that started us, so a hard-killed parent leaves no orphan."""
-        supervisor = int(os.environ.get("EDGEINFER_SUPERVISOR_PID", "0"))
-        while supervisor:
-            await asyncio.sleep(1.0)
-            try:
-                os.kill(supervisor, 0)
-            except ProcessLookupError:
-                log.warning("supervisor %d is gone: stopping runner", supervisor)
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(os.getppid(), signal.SIGTERM)  # the BentoML arbiter
-                return
+        pid = int(os.environ.get("EDGEINFER_SUPERVISOR_PID", "0"))
+        if not pid:
+            return
+        await until_gone(pid)
+        log.warning("supervisor %d is gone: stopping runner", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(os.getppid(), signal.SIGTERM)  # the BentoML arbiter
 
     @bentoml.on_shutdown
     async def stop(self) -> None:
@@ -266,3 +264,4 @@ class Runner:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
+

@@ -92,3 +92,17 @@ def _stop_tree(process: subprocess.Popen[bytes]) -> None:
             pass
 
 
+def process_env(p: psutil.Process) -> dict[str, str]:
+    """A process's environment, or {} once it is gone (a zombie too) or not ours to read."""
+    try:
+        return p.environ()
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return {}
+
+
+def process_cmdline(p: psutil.Process) -> list[str]:
+    """A process's command line, or [] once it is gone (a zombie too) or not ours to read."""
+    try:
+        return p.cmdline()
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
+        return []

@@ -18,7 +18,7 @@ from services.registry.demo_model import digits_onnx, sample_digit
 from shared.bus import connect
 from shared.events import BudgetAlert, BudgetState, DemandSignal, encode, new_id
 from shared.subjects import Subjects
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, process_cmdline, process_env
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ def test_a_deployment_in_use_stays_up_and_an_idle_one_scales_to_zero(tenant: Ten
 
 def _runners_of(stack: Stack, deployment_id: str) -> list[psutil.Process]:
     return [p for p in psutil.Process(stack.process.pid).children(recursive=True)
-            if _env(p).get("EDGEINFER_DEPLOYMENT_ID") == deployment_id]
+            if process_env(p).get("EDGEINFER_DEPLOYMENT_ID") == deployment_id]
 
 
 def test_activity_signals_count_every_request_served(tenant: Tenant) -> None:
@@ -305,12 +305,14 @@ def test_a_killed_runner_fails_over_to_the_next_allowed_pop(stack: Stack) -> Non
     us = httpx.post(url, json=BODY, headers={**auth, "X-Client-Region": "us"}, timeout=60)
     assert us.headers["x-edgeinfer-pop"] == "us-east"
     victims = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
-               if _env(p).get("EDGEINFER_POP") == "eu-west"
-               and _env(p).get("EDGEINFER_DEPLOYMENT_ID") == stack.ready["deployment_id"]]
+               if process_env(p).get("EDGEINFER_POP") == "eu-west"
+               and process_env(p).get("EDGEINFER_DEPLOYMENT_ID") == stack.ready["deployment_id"]]
     assert victims, "found no eu-west runner to kill"
     for p in victims:
         p.kill()
-    psutil.wait_procs(victims, timeout=10)  # gone in milliseconds: before any replacement is up
+    # Dead, not reaped: the launcher reaps its runner on its next tick and starts a
+    # replacement at once, which may be ready before a wait for the reap returns.
+    _wait_dead(victims, timeout_s=10)
     resp = httpx.post(url, json=BODY, headers=auth, timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-edgeinfer-pop"] == "us-east"
@@ -326,20 +328,32 @@ def test_metrics_count_requests_by_outcome(stack: Stack) -> None:
     assert "edgeinfer_router_held_requests" in text
 
 
-def _env(p: psutil.Process) -> dict[str, str]:
-    try:
-        return p.environ()
-    except (psutil.AccessDenied, psutil.NoSuchProcess):
-        return {}
+def _wait_dead(procs: list[psutil.Process], timeout_s: float) -> None:
+    """Until every process has exited (a zombie counts: it runs nothing)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    running.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        if not running:
+            return
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {running}"
+        time.sleep(0.005)
+
+
 
 
 def test_a_hard_killed_launcher_leaves_no_runner_behind(stack: Stack) -> None:
     """SIGKILL gives the launcher no chance to stop its runners: they notice their
     supervisor is gone and stop themselves (BentoML workers would otherwise live on)."""
     runners = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
-               if "bentoml" in " ".join(p.cmdline())]
+               if "bentoml" in " ".join(process_cmdline(p))]
     assert runners
     stack.process.kill()
     stack.process.wait()
     _, alive = psutil.wait_procs(runners, timeout=30)
-    assert alive == [], [p.cmdline() for p in alive]
+    assert alive == [], [process_cmdline(p) for p in alive]

@@ -19,7 +19,7 @@ import pytest
 
 from services.registry.demo_model import sample_digit
 from shared.money import line_amount
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, process_cmdline, process_env
 
 pytestmark = pytest.mark.e2e
 
@@ -166,9 +166,9 @@ def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
 async def test_runner_counters_conserve_and_match_the_ledger(stack: Stack, stack_database: str) -> None:
     """Each runner's /metrics: charged == busy × share (share 1 here) and busy ≤ wall × share;
     and what all runners charged equals the tenant's ledger, to the microsecond."""
-    urls = {p.environ()["EDGEINFER_RUNNER_URL"]
+    urls = {env["EDGEINFER_RUNNER_URL"]
             for p in psutil.Process(stack.process.pid).children(recursive=True)
-            if "EDGEINFER_RUNNER_URL" in _environ(p)}
+            if "EDGEINFER_RUNNER_URL" in (env := process_env(p))}
     assert len(urls) == 2
     await asyncio.sleep(1.5)  # a heartbeat refreshes the wall-time gauge
     charged_total = 0
@@ -195,12 +195,6 @@ async def test_runner_counters_conserve_and_match_the_ledger(stack: Stack, stack
     assert all(r["difference_us"] == 0 and r["ledger_us"] > 0 for r in report["runners"])
 
 
-def _environ(p: psutil.Process) -> dict[str, str]:
-    try:
-        return p.environ()
-    except (psutil.AccessDenied, psutil.NoSuchProcess):
-        return {}
-
 
 def _metric(text: str, name: str) -> float:
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -212,8 +206,8 @@ def _metric(text: str, name: str) -> float:
 def test_ctrl_c_stops_everything_and_leaves_no_process(stack: Stack) -> None:
     root = psutil.Process(stack.process.pid)
     tree = root.children(recursive=True)
-    assert any("bentoml" in " ".join(p.cmdline()) for p in tree), "runners were not started"
+    assert any("bentoml" in " ".join(process_cmdline(p)) for p in tree), "runners were not started"
     stack.process.send_signal(signal.SIGINT)
     assert stack.process.wait(timeout=90) == 0, stack.log.read_text()[-3000:]
     _, alive = psutil.wait_procs(tree, timeout=10)
-    assert alive == [], f"left behind: {[p.cmdline() for p in alive]}"
+    assert alive == [], f"left behind: {[process_cmdline(p) for p in alive]}"
