@@ -61,6 +61,17 @@ def env_float(env: Mapping[str, str], key: str, default: float, *, lo: float, hi
     return value
 
 
+def list_items(raw: str) -> list[str]:
+    """The items of a comma-separated setting, blanks and empty items dropped."""
+    return [item for item in (part.strip() for part in raw.split(",")) if item]
+
+
+def split_share(item: str, where: str) -> tuple[str, Decimal]:
+    """`<spec>[@<share>]` → the spec and its GPU share (1, a whole device, when none is named)."""
+    spec, _, raw_share = item.partition("@")
+    return spec, parse_gpu_share(raw_share, where) if raw_share else Decimal(1)
+
+
 def parse_gpu_share(raw: str, where: str) -> Decimal:
     """A GPU share: the fraction of a device a runner owns, in (0; 1], as a decimal."""
     try:

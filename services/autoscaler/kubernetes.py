@@ -27,7 +27,7 @@ from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from services.autoscaler.executor import Replica
-from shared.config import ConfigError, parse_gpu_share
+from shared.config import ConfigError, list_items, split_share
 from shared.events import Deployment
 from shared.topology import Pop
 
@@ -63,17 +63,15 @@ def parse_mig_classes(raw: str) -> dict[str, MigSlice]:
     """`EDGEINFER_K8S_MIG_CLASSES`: `<class>=<resource>[@<share>]`, comma-separated, e.g.
     "h100-1g=nvidia.com/mig-1g.10gb@0.142857"."""
     classes: dict[str, MigSlice] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        gpu_class, sep, rest = item.partition("=")
-        resource, _, raw_share = rest.partition("@")
+    for item in list_items(raw):
+        spec, share = split_share(item, f"EDGEINFER_K8S_MIG_CLASSES {item!r}")
+        gpu_class, sep, resource = spec.partition("=")
         if not sep or not gpu_class or gpu_class == "cpu" or not _MIG_RESOURCE.match(resource):
             raise ConfigError(f"EDGEINFER_K8S_MIG_CLASSES: {item!r} must be "
                               "<class>=nvidia.com/mig-<profile>[@<share>], e.g. "
                               "h100-1g=nvidia.com/mig-1g.10gb@0.142857")
         if gpu_class in classes:
             raise ConfigError(f"EDGEINFER_K8S_MIG_CLASSES names {gpu_class!r} twice")
-        share = (parse_gpu_share(raw_share, f"EDGEINFER_K8S_MIG_CLASSES {item!r}") if raw_share
-                 else Decimal(1))
         classes[gpu_class] = MigSlice(resource, share)
     return classes
 

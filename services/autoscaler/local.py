@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 
 from services.autoscaler.executor import Replica
-from shared.config import ConfigError, parse_gpu_share
+from shared.config import ConfigError, list_items, split_share
 from shared.drain import drain
 from shared.embedded import free_port
 from shared.events import Deployment
@@ -72,13 +72,12 @@ def parse_local_gpus(raw: str) -> tuple[LocalGpu, ...]:
     two runners time-slicing one GPU would each be charged the other's kernels
     (docs/decisions/0010-gpu-share-is-a-hardware-partition.md)."""
     gpus = []
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        spec, _, raw_share = item.partition("@")
+    for item in list_items(raw):
+        spec, share = split_share(item, f"EDGEINFER_LOCAL_GPUS {item!r}")
         gpu_class, sep, device = spec.partition(":")
         if not sep or not gpu_class or not _DEVICE.match(device):
             raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} must be <class>:<device>[@<share>], "
                               "the device a CUDA index or a MIG UUID, e.g. h100:0")
-        share = parse_gpu_share(raw_share, f"EDGEINFER_LOCAL_GPUS {item!r}") if raw_share else Decimal(1)
         if share < 1 and not device.startswith("MIG-"):
             raise ConfigError(f"EDGEINFER_LOCAL_GPUS: {item!r} gives a share of a whole GPU; a "
                               "fraction must be a MIG slice (runners time-slicing one GPU would "

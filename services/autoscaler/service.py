@@ -45,7 +45,7 @@ from services.autoscaler.metrics import (
 )
 from services.autoscaler.placement import place
 from shared.bus import decode_or_warn, request
-from shared.config import ConfigError, env_float, env_int, env_optional
+from shared.config import ConfigError, env_float, env_int, env_optional, list_items
 from shared.events import (
     Deployment,
     ListDeploymentsReply,
@@ -82,7 +82,7 @@ class AutoscalerConfig:
 def parse_pop_capacity(raw: str) -> dict[tuple[str, str], int]:
     """`EDGEINFER_POP_CAPACITY`, e.g. "eu-west:cpu=4,us-east:l40s=2" → GPU slots per PoP and class."""
     out: dict[tuple[str, str], int] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
+    for item in list_items(raw):
         where, _, count = item.partition("=")
         pop, _, gpu_class = where.partition(":")
         if not pop or not gpu_class or not count.isdigit():

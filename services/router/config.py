@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from services.router.location import PrefixTable, parse_prefixes
-from shared.config import ConfigError, env_float, env_int, env_str
+from shared.config import ConfigError, env_float, env_int, env_str, list_items
 
 # client region → PoP → round-trip ms. In production this is fed by measurements.
 DEFAULT_LATENCY_MAP = "eu>eu-west=8,eu>us-east=85,us>us-east=8,us>eu-west=85"
@@ -15,7 +15,7 @@ DEFAULT_LATENCY_MAP = "eu>eu-west=8,eu>us-east=85,us>us-east=8,us>eu-west=85"
 
 def parse_latency_map(raw: str) -> dict[str, dict[str, float]]:
     table: dict[str, dict[str, float]] = {}
-    for entry in filter(None, (e.strip() for e in raw.split(","))):
+    for entry in list_items(raw):
         route, _, ms = entry.partition("=")
         region, _, pop = route.partition(">")
         try:

@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.config import ConfigError
+from shared.config import ConfigError, list_items
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,7 +36,7 @@ class PrefixTable:
 def parse_prefixes(raw: str) -> PrefixTable:
     """`10.1.0.0/16=eu,2001:db8::/32=us` → a table; refuses malformed entries."""
     entries: list[tuple[Network, str]] = []
-    for entry in filter(None, (e.strip() for e in raw.split(","))):
+    for entry in list_items(raw):
         prefix, _, region = entry.partition("=")
         try:
             network = ipaddress.ip_network(prefix.strip(), strict=False)

@@ -264,4 +264,3 @@ class Runner:
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.drain()
-

@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from services.registry.demo_model import digits_onnx, sample_digit
+from services.runner.supervisor import alive
 from shared.bus import connect
 from shared.events import BudgetAlert, BudgetState, DemandSignal, encode, new_id
 from shared.subjects import Subjects
@@ -332,13 +333,7 @@ def _wait_dead(procs: list[psutil.Process], timeout_s: float) -> None:
     """Until every process has exited (a zombie counts: it runs nothing)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        running = []
-        for p in procs:
-            try:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    running.append(p)
-            except psutil.NoSuchProcess:
-                pass
+        running = [p for p in procs if alive(p)]
         if not running:
             return
         assert time.monotonic() < deadline, f"still running after SIGKILL: {running}"
