@@ -198,6 +198,9 @@ class Deployment(msgspec.Struct, frozen=True, kw_only=True):
     min_replicas: int
     max_replicas: int
     schedules: list[Schedule] = msgspec.field(default_factory=list)
+    # The registry-wide change number of its last change (migrations/registry/0004): a gap
+    # between two updates means one was missed. 0 from a registry that predates it.
+    revision: int = 0
 
 
 class DeploymentUpdated(
@@ -290,6 +293,8 @@ class ResolveDeploymentReply(msgspec.Struct, frozen=True, kw_only=True):
 
 class ListDeploymentsReply(msgspec.Struct, frozen=True, kw_only=True):
     deployments: list[Deployment]
+    # The last change number when the list was read: updates after it follow.
+    as_of: int = 0
 
 
 usage_decoder = msgspec.json.Decoder(UsageEvent)

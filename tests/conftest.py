@@ -20,6 +20,7 @@ import pytest
 
 from shared.db import migrate
 from shared.embedded import start_nats, start_postgres
+from tests.debian import debian_program
 
 
 @pytest.fixture(scope="session")
@@ -100,3 +101,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     assert p is not None
     yield p
     await p.close()
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium (Playwright never downloads a browser here)."""
+    return debian_program("chromium")
+
+
+@pytest.fixture(scope="session")
+def prometheus_binary() -> str:
+    return debian_program("prometheus")

@@ -7,7 +7,6 @@ so none of them reads this schema.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,6 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.api import repository
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import (
     KeyRevoked,
     ResolveKeyReply,
@@ -49,8 +49,10 @@ class TenantUpdate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class AccountsService:
-    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects) -> None:
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
+        self._clock = clock
         self._nc = nc
         self._subjects = subjects
         self._subscriptions: list[Subscription] = []
@@ -113,7 +115,7 @@ class AccountsService:
                 raise Refusal(404, "key_not_found", f"no live key {key_id!r} for {tenant_id!r}")
             # Routers drop the key from their caches at once (within a second at worst).
             await announce(subjects.key_revoked, KeyRevoked(
-                id=new_id(), source="api", time=datetime.now(UTC), tenant_id=tenant_id,
+                id=new_id(), source="api", time=self._clock.now(), tenant_id=tenant_id,
                 key_hash=key_hash))
             return {"id": key_id, "revoked": True}
 
@@ -134,7 +136,7 @@ class AccountsService:
                 raise Refusal(404, "tenant_not_found", f"no tenant {tenant_id!r}")
             status, new_limits = updated
             await announce(subjects.tenant_changed, TenantChanged(
-                id=new_id(), source="api", time=datetime.now(UTC), tenant_id=tenant_id,
+                id=new_id(), source="api", time=self._clock.now(), tenant_id=tenant_id,
                 status=status, limits=new_limits))
             return {"id": tenant_id, "status": status, **msgspec.structs.asdict(new_limits)}
 

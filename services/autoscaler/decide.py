@@ -16,6 +16,9 @@ Load-driven in the manner of Knative's KPA:
   later (pre-warm): unload right after the load ends, start a replica `prewarm_lead_s`
   before the next request is expected, keep it for the keep-alive.
 - Floors and ceiling: `min_replicas`, the tenant's active schedules, `max_replicas`.
+- Blind: while the load metrics cannot be read, hold — never scale down on no data,
+  keep the state as it was, and only a router's demand signal may still wake a PoP with
+  nothing running (Knative's `ScaleValid`: no decision is better than a wrong one).
 - Waiting requests panic at once: when the load right now exceeds what the ready
   replicas take (requests held or refused), the panic window counts that load, not only
   its 6-s average (Knative's KPA waits for the average; `panic_on_waiting=False`).
@@ -77,6 +80,7 @@ class Inputs:
     # Learned too: no replica needed for this long after the last request (the head of
     # the idle-time histogram); then one is kept for `keepalive_s`. 0: keep from the start.
     prewarm_s: float = 0.0
+    metrics_ok: bool = True  # False: the load could not be read, `observations` are stale
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,31 @@ def average(observations: Sequence[Observation], now: float, window_s: float) ->
     return sum(values) / len(values) if values else 0.0
 
 
+def replica_changes(target: int, replicas: Sequence[ReplicaView]) -> tuple[int, tuple[str, ...]]:
+    """How to get from `replicas` to `target` live ones: how many to start, and which to
+    stop — only idle ready replicas (they drain), the highest runner ids first, so repeated
+    decisions pick the same ones. Busy and starting replicas are never stopped."""
+    live = sum(r.state != "draining" for r in replicas)
+    excess = live - target
+    if excess <= 0:
+        return target - live, ()
+    idle = sorted((r for r in replicas if r.state == "ready" and r.in_flight == 0),
+                  key=lambda r: r.runner_id, reverse=True)
+    return 0, tuple(r.runner_id for r in idle[:excess])
+
+
+def hold(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
+    """The decision while the load cannot be read: what runs now, and one replica if a
+    router is holding requests for a PoP that has none."""
+    live = sum(r.state != "draining" for r in inputs.replicas)
+    woken = inputs.demand_at is not None and inputs.now - inputs.demand_at < config.stable_window_s
+    desired = max(live, 1 if woken else 0)
+    return Decision(desired, desired - live, (), "load metrics unavailable: holding", state)
+
+
 def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
+    if not inputs.metrics_ok:
+        return hold(inputs, state, config)
     now = inputs.now
     recent_desired = state.recent
     per_replica = max(inputs.capacity * config.target_utilisation, 1e-9)
@@ -169,14 +197,8 @@ def decide(inputs: Inputs, state: PolicyState, config: ScaleConfig) -> Decision:
             desired = held
         state = PolicyState(state.panic_until, state.panic_desired, recent)
 
-    live = ready + starting
-    start = max(0, desired - live)
-    stop: list[str] = []
-    holds: list[str] = []
-    excess = live - desired
-    if excess > 0:
-        idle = [r for r in inputs.replicas if r.state == "ready" and r.in_flight == 0]
-        stop = [r.runner_id for r in sorted(idle, key=lambda r: r.runner_id, reverse=True)][:excess]
-        if len(stop) < excess:
-            holds.append(f"{excess - len(stop)} more to stop once idle (busy or starting)")
-    return Decision(desired, start, tuple(stop), reason, state, stable, panic, tuple(holds))
+    start, stop = replica_changes(desired, inputs.replicas)
+    excess = ready + starting - desired
+    holds = ((f"{excess - len(stop)} more to stop once idle (busy or starting)",)
+             if excess > len(stop) else ())
+    return Decision(desired, start, stop, reason, state, stable, panic, holds)

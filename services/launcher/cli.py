@@ -1,7 +1,7 @@
 """`edgeinfer`: the command line.
 
     edgeinfer up          the whole platform on this machine, with a demo tenant
-    edgeinfer run NAME..  services (api, registry, metering, router, autoscaler; or runner)
+    edgeinfer run NAME..  services (api, registry, metering, billing, router, autoscaler; or runner)
 """
 
 from __future__ import annotations

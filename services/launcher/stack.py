@@ -24,9 +24,14 @@ from services.api.service import AccountsService
 from services.autoscaler.admin import admin_router as autoscaler_admin_router
 from services.autoscaler.executor import ReplicaExecutor
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
-from services.autoscaler.service import AutoscalerService
-from services.metering.portal import TEMPLATES as PORTAL_TEMPLATES
-from services.metering.portal import portal_router
+from services.autoscaler.service import AutoscalerConfig, AutoscalerService, autoscaler_config_from_env
+from services.billing.config import BillingConfig, billing_config_from_env
+from services.billing.portal import TEMPLATES as PORTAL_TEMPLATES
+from services.billing.portal import portal_router
+from services.billing.routes import admin_router as billing_admin_router
+from services.billing.routes import tenant_router as billing_tenant_router
+from services.billing.service import BillingService
+from services.metering.config import MeteringConfig, metering_config_from_env
 from services.metering.service import MeteringService
 from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
@@ -42,7 +47,9 @@ from shared.topology import Pop, pops_from_env
 
 log = logging.getLogger("edgeinfer")
 
-SERVICES = ("api", "registry", "metering", "router", "autoscaler")
+SERVICES = ("api", "registry", "metering", "billing", "router", "autoscaler")
+# The services that answer on the control plane's HTTP server (the API port).
+HTTP_SERVICES = ("api", "registry", "metering", "billing")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,15 @@ class StackConfig:
     platform: PlatformConfig
     pops: dict[str, Pop]
     router: RouterConfig
+    metering: MeteringConfig = field(default_factory=MeteringConfig)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    billing: BillingConfig = field(default_factory=BillingConfig)
+    executor: str = "local"
+    local_gpus: str = ""
+    k8s_image: str | None = None
+    k8s_namespace_prefix: str = "edgeinfer-"
+    k8s_mig_classes: str = ""
+    in_kubernetes: bool = False
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     admin_token: str | None = None
@@ -63,9 +79,19 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         platform=platform,
         pops=pops_from_env(env),
         router=router_config_from_env(env),
+        metering=metering_config_from_env(env),
+        autoscaler=autoscaler_config_from_env(env),
+        billing=billing_config_from_env(env),
+        executor=env_choice(env, "EDGEINFER_EXECUTOR", StackConfig.executor, ("local", "kubernetes")),
+        local_gpus=env_str(env, "EDGEINFER_LOCAL_GPUS", StackConfig.local_gpus),
+        k8s_image=env_optional(env, "EDGEINFER_K8S_IMAGE"),
+        k8s_namespace_prefix=env_str(env, "EDGEINFER_K8S_NAMESPACE_PREFIX",
+                                     StackConfig.k8s_namespace_prefix),
+        k8s_mig_classes=env_str(env, "EDGEINFER_K8S_MIG_CLASSES", StackConfig.k8s_mig_classes),
+        in_kubernetes=bool(env_optional(env, "KUBERNETES_SERVICE_HOST")),
         api_host=env_str(env, "EDGEINFER_API_HOST", StackConfig.api_host),
         api_port=env_int(env, "EDGEINFER_API_PORT", StackConfig.api_port, lo=1, hi=65535),
-        admin_token=env.get("EDGEINFER_ADMIN_TOKEN") or None,
+        admin_token=env_optional(env, "EDGEINFER_ADMIN_TOKEN"),
         services=services,
     )
 
@@ -102,6 +128,7 @@ class Stack:
     accounts: AccountsService | None = None
     registry: RegistryService | None = None
     metering: MeteringService | None = None
+    billing: BillingService | None = None
     router: RouterService | None = None
     autoscaler: AutoscalerService | None = None
     servers: list[uvicorn.Server] = field(default_factory=list)
@@ -119,7 +146,7 @@ class Stack:
         c = self.config
         p = c.platform
         wanted = set(c.services)
-        if "api" in wanted or "registry" in wanted or "metering" in wanted:
+        if wanted & set(HTTP_SERVICES):
             ensure_port_free(c.api_host, c.api_port, "EDGEINFER_API_PORT")
         if "router" in wanted:
             ensure_port_free(c.router.host, c.router.port, "EDGEINFER_ROUTER_PORT")
@@ -161,14 +188,19 @@ class Stack:
             await self.registry.start()
             route_handlers.append(self.registry.router(resolver))
         if "metering" in wanted:
-            self.metering = MeteringService(self.pool, self.nc, subjects)
+            self.metering = MeteringService(self.pool, self.nc, subjects, c.metering)
             await self.metering.start()
             route_handlers.append(self.metering.router(resolver))
             route_handlers.append(self.metering.admin_router(self.admin_token))
+        if "billing" in wanted:
+            self.billing = BillingService(self.pool, self.nc, subjects, c.billing)
+            await self.billing.start()
+            route_handlers.append(billing_tenant_router(self.billing, resolver))
+            route_handlers.append(billing_admin_router(self.billing, self.admin_token))
             # Persisted, so portal sessions survive a restart; any string, hashed to a key.
-            portal_secret = os.environ.get("EDGEINFER_PORTAL_SECRET") or load_or_create_secret(
+            portal_secret = c.billing.portal_secret or load_or_create_secret(
                 p.state_dir / "portal-secret")
-            route_handlers.append(portal_router(self.metering, resolver,
+            route_handlers.append(portal_router(self.billing, resolver,
                                                 hashlib.sha256(portal_secret.encode()).digest()))
         if route_handlers:
             self._serve(control_plane_app(route_handlers), c.api_host, c.api_port)
@@ -178,7 +210,7 @@ class Stack:
             self._serve(self.router.app(), c.router.host, c.router.port)
         if "autoscaler" in wanted:
             executor = await self._executor(subjects)
-            self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops)
+            self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops, c.autoscaler)
             await self.autoscaler.start()
         for server in self.servers:
             while not server.started:
@@ -192,11 +224,10 @@ class Stack:
     async def _executor(self, subjects: Subjects) -> ReplicaExecutor:
         """Local processes (the default), or Kubernetes with EDGEINFER_EXECUTOR=kubernetes."""
         c, p = self.config, self.config.platform
-        kind = env_choice(os.environ, "EDGEINFER_EXECUTOR", "local", ("local", "kubernetes"))
-        if kind == "local":
+        if c.executor == "local":
             return LocalProcessExecutor(LocalExecutorConfig(
                 nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
-                gpus=parse_local_gpus(os.environ.get("EDGEINFER_LOCAL_GPUS", ""))))
+                gpus=parse_local_gpus(c.local_gpus)))
         from kubernetes_asyncio import config as k8s_config
         from kubernetes_asyncio.client import ApiClient
 
@@ -206,17 +237,15 @@ class Stack:
             parse_mig_classes,
         )
 
-        image = env_optional(os.environ, "EDGEINFER_K8S_IMAGE")
-        if image is None:
+        if c.k8s_image is None:
             raise ConfigError("EDGEINFER_EXECUTOR=kubernetes needs EDGEINFER_K8S_IMAGE")
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        if c.in_kubernetes:
             k8s_config.load_incluster_config()
         else:
             await k8s_config.load_kube_config()
         return KubernetesExecutor(ApiClient(), KubernetesConfig(
-            image=image, nats_url=self.nats_url, namespace=p.namespace, pops=dict(c.pops),
-            namespace_prefix=env_str(os.environ, "EDGEINFER_K8S_NAMESPACE_PREFIX", "edgeinfer-"),
-            mig_classes=parse_mig_classes(os.environ.get("EDGEINFER_K8S_MIG_CLASSES", ""))))
+            image=c.k8s_image, nats_url=self.nats_url, namespace=p.namespace, pops=dict(c.pops),
+            namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
 
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
@@ -232,7 +261,7 @@ class Stack:
         for server in self.servers:
             server.should_exit = True
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for service in (self.router, self.metering, self.registry, self.accounts):
+        for service in (self.router, self.billing, self.metering, self.registry, self.accounts):
             if service is not None:
                 with contextlib.suppress(Exception):
                     await service.stop()

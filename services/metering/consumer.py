@@ -13,9 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -26,31 +23,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
 from services.metering import ledger
+from services.metering.config import ConsumerConfig
 from shared.aio import raise_if_cancelled
-from shared.config import env_float, env_int
 from shared.events import UsageBatch, UsageEvent, encode, usage_message_decoder
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ConsumerConfig:
-    batch_size: int = 250  # messages; a runner batch carries up to 64 events
-    writers: int = 2  # batches written at once, each on its own connection
-    fetch_timeout_s: float = 1.0
-    ack_wait_s: float = 60.0
-
-
-def consumer_config_from_env(env: Mapping[str, str] | None = None) -> ConsumerConfig:
-    env = os.environ if env is None else env
-    return ConsumerConfig(
-        batch_size=env_int(env, "EDGEINFER_USAGE_BATCH", ConsumerConfig.batch_size, lo=1, hi=50_000),
-        writers=env_int(env, "EDGEINFER_USAGE_WRITERS", ConsumerConfig.writers, lo=1, hi=16),
-        # How long JetStream waits for an ack before redelivering (after a consumer crash).
-        ack_wait_s=env_float(env, "EDGEINFER_USAGE_ACK_WAIT_S", ConsumerConfig.ack_wait_s,
-                             lo=1, hi=3600),
-    )
 
 
 def problems(event: UsageEvent) -> str | None:
@@ -70,12 +48,12 @@ def problems(event: UsageEvent) -> str | None:
 
 class UsageConsumer:
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
-                 config: ConsumerConfig = ConsumerConfig()) -> None:
+                 config: ConsumerConfig | None = None) -> None:
         self._pool = pool
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
-        self._config = config
+        self._config = config or ConsumerConfig()
         self.recorded = 0
         self.duplicates = 0
         self.dead_lettered = 0

@@ -75,14 +75,9 @@ async def usage_by_deployment(pool: asyncpg.Pool, tenant_id: str, start: datetim
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", tenant_id, start, end)
 
 
-async def hourly_usage(pool: asyncpg.Pool, tenant_id: str, start: datetime,
-                       end: datetime) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        "SELECT deployment_id, pop, region, gpu_class, hour, gpu_us, requests"
-        " FROM metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
-        " ORDER BY hour", tenant_id, start, end)
-
-
-async def price_book(pool: asyncpg.Pool) -> list[asyncpg.Record]:
-    return await pool.fetch(
-        "SELECT gpu_class, region, currency, unit_price, effective_from FROM metering.price_book")
+async def gpu_us_by_runner(pool: asyncpg.Pool, runner_ids: list[str]) -> dict[str, int]:
+    """The ledger's GPU-µs per runner (reconciliation against the runners' own counters)."""
+    rows = await pool.fetch(
+        "SELECT runner_id, sum(gpu_us)::bigint AS us FROM metering.usage_events"
+        " WHERE runner_id = ANY($1::text[]) GROUP BY runner_id", runner_ids)
+    return {r["runner_id"]: r["us"] for r in rows}

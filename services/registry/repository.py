@@ -12,7 +12,7 @@ from shared.events import Deployment, Schedule
 _DEPLOYMENT_SELECT = """
     SELECT d.id, d.tenant_id, d.name, m.name AS model_name, v.version AS model_version,
            m.framework, v.artifact_digest, d.gpu_class, d.allowed_pops,
-           d.min_replicas, d.max_replicas, d.schedules
+           d.min_replicas, d.max_replicas, d.schedules, d.revision
       FROM registry.deployments d
       JOIN registry.model_versions v ON v.id = d.model_version_id
       JOIN registry.models m ON m.id = v.model_id
@@ -26,7 +26,8 @@ def _deployment(row: asyncpg.Record) -> Deployment:
         artifact_digest=row["artifact_digest"], gpu_class=row["gpu_class"],
         allowed_pops=list(row["allowed_pops"]), min_replicas=row["min_replicas"],
         max_replicas=row["max_replicas"],
-        schedules=msgspec.json.decode(row["schedules"], type=list[Schedule]))
+        schedules=msgspec.json.decode(row["schedules"], type=list[Schedule]),
+        revision=row["revision"])
 
 
 async def upsert_model(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
@@ -71,7 +72,8 @@ async def upsert_deployment(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: 
         " ON CONFLICT (tenant_id, name) DO UPDATE SET model_version_id = excluded.model_version_id,"
         " gpu_class = excluded.gpu_class, allowed_pops = excluded.allowed_pops,"
         " min_replicas = excluded.min_replicas, max_replicas = excluded.max_replicas,"
-        " schedules = excluded.schedules, updated_at = now()",
+        " schedules = excluded.schedules, updated_at = now(),"
+        " revision = nextval('registry.deployment_changes')",
         "dep_" + secrets.token_hex(8), tenant_id, name, model_version_id, gpu_class, allowed_pops,
         min_replicas, max_replicas, msgspec.json.encode(schedules or []).decode())
     found = await get_deployment(conn, tenant_id, name)
@@ -91,7 +93,11 @@ async def list_deployments(pool: asyncpg.Pool, tenant_id: str) -> list[Deploymen
     return [_deployment(r) for r in rows]
 
 
-async def list_all_deployments_admin(pool: asyncpg.Pool) -> list[Deployment]:
-    """Crosses tenants: for the autoscaler's placement and the admin API only."""
-    rows = await pool.fetch(_DEPLOYMENT_SELECT + " ORDER BY d.tenant_id, d.name")
-    return [_deployment(r) for r in rows]
+async def list_all_deployments_admin(pool: asyncpg.Pool) -> tuple[list[Deployment], int]:
+    """Crosses tenants: for the autoscaler's placement and the admin API only. With the last
+    change number, read first: every change after it is published after this list."""
+    async with pool.acquire() as conn:
+        as_of = await conn.fetchval("SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+                                    " FROM registry.deployment_changes")
+        rows = await conn.fetch(_DEPLOYMENT_SELECT + " ORDER BY d.tenant_id, d.name")
+    return [_deployment(r) for r in rows], int(as_of)

@@ -7,7 +7,6 @@ the autoscaler, and announces changes on `<ns>.registry.deployment.updated`.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -19,6 +18,7 @@ from nats.aio.subscription import Subscription
 
 from services.registry import repository
 from shared.artifacts import put_artifact
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import (
     Deployment,
     DeploymentUpdated,
@@ -82,8 +82,9 @@ def validate_artifact(framework: str, data: bytes) -> None:
 
 class RegistryService:
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
-                 pops: dict[str, Pop]) -> None:
+                 pops: dict[str, Pop], clock: Clock = SYSTEM_CLOCK) -> None:
         self._pool = pool
+        self._clock = clock
         self._nc = nc
         self._js = nc.jetstream()
         self._subjects = subjects
@@ -111,8 +112,8 @@ class RegistryService:
         await msg.respond(encode(ResolveDeploymentReply(deployment=found)))
 
     async def _on_list(self, msg: Msg) -> None:
-        deployments = await repository.list_all_deployments_admin(self._pool)
-        await msg.respond(encode(ListDeploymentsReply(deployments=deployments)))
+        deployments, as_of = await repository.list_all_deployments_admin(self._pool)
+        await msg.respond(encode(ListDeploymentsReply(deployments=deployments, as_of=as_of)))
 
     # --- operations (used by the routes and by `edgeinfer up`'s demo seed) ----------------
 
@@ -162,7 +163,7 @@ class RegistryService:
                 spec.min_replicas, spec.max_replicas, spec.schedules)
         # Core NATS: subscribers also re-list on start, so a missed update heals itself.
         await self._nc.publish(self._subjects.deployment_updated, encode(DeploymentUpdated(
-            id=new_id(), source="registry", time=datetime.now(UTC), tenant_id=tenant_id,
+            id=new_id(), source="registry", time=self._clock.now(), tenant_id=tenant_id,
             deployment=deployment)))
         return deployment
 

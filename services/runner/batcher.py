@@ -16,12 +16,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from services.runner.accounting import ns_to_us, split_batch
 from services.runner.device import DeviceTimer
 from services.runner.models.base import ServedModel, Work
+from shared.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,9 @@ class MicroBatcher:
     raises) fails its own request only."""
 
     def __init__(self, model: ServedModel, timer: DeviceTimer,
-                 book: Callable[[Any, BatchPart], Any]) -> None:
+                 book: Callable[[Any, BatchPart], Any], clock: Clock = SYSTEM_CLOCK) -> None:
         self._model = model
+        self._clock = clock
         self._timer = timer
         self._book = book
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -112,7 +114,7 @@ class MicroBatcher:
 
     def _run_batch(self, works: list[Work]) -> _Ran:
         collated = self._model.collate(works)
-        started = datetime.now(UTC)
+        started = self._clock.now()
         output, busy_ns = self._timer.measure(self._model.forward, collated)
-        ended = datetime.now(UTC)
+        ended = self._clock.now()
         return _Ran(self._model.split(output, works), busy_ns, started, ended)

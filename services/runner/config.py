@@ -33,6 +33,10 @@ class RunnerConfig:
     drain_timeout_s: float = 20.0
     outbox_linger_s: float = 0.2
     cuda_graphs: bool = True
+    # The device the executor gave this process (one CUDA index or MIG UUID), "" for none.
+    visible_devices: str = ""
+    # The process that started this runner; the runner exits when it is gone. 0: none.
+    supervisor_pid: int = 0
 
 
 def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig:
@@ -45,7 +49,8 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         if not value:
             raise ConfigError(f"{key} is required by the runner (the executor sets it)")
         required[key] = value
-    share = parse_gpu_share(env_str(env, "EDGEINFER_GPU_SHARE", "1"), "EDGEINFER_GPU_SHARE")
+    share = parse_gpu_share(env_str(env, "EDGEINFER_GPU_SHARE", str(RunnerConfig.gpu_share)),
+                            "EDGEINFER_GPU_SHARE")
     return RunnerConfig(
         runner_id=required["EDGEINFER_RUNNER_ID"],
         pop=required["EDGEINFER_POP"],
@@ -69,4 +74,7 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         outbox_linger_s=env_float(env, "EDGEINFER_OUTBOX_LINGER_S", RunnerConfig.outbox_linger_s,
                                   lo=0, hi=60),
         cuda_graphs=env_choice(env, "EDGEINFER_CUDA_GRAPHS", "on", ("on", "off")) == "on",
+        visible_devices=env_str(env, "CUDA_VISIBLE_DEVICES", RunnerConfig.visible_devices),
+        supervisor_pid=env_int(env, "EDGEINFER_SUPERVISOR_PID", RunnerConfig.supervisor_pid,
+                               lo=0, hi=2**31),
     )

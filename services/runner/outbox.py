@@ -24,12 +24,12 @@ import logging
 import mmap
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
 from shared.aio import raise_if_cancelled
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import batch_id
 
 log = logging.getLogger(__name__)
@@ -156,8 +156,9 @@ def _writer_alive(events_path: Path) -> bool:
 class Outbox:
     def __init__(self, directory: Path, js: JetStreamContext, subject: str,
                  batch_size: int = 64, linger_s: float = 0.2,
-                 generation_bytes: int = GENERATION_BYTES) -> None:
+                 generation_bytes: int = GENERATION_BYTES, clock: Clock = SYSTEM_CLOCK) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
         self._dir = directory
         self._js = js
         self._subject = subject
@@ -171,6 +172,8 @@ class Outbox:
         self.pending_events = 0  # this outbox's events not yet acknowledged
 
     def _new_spool(self) -> Spool:
+        # Named by wall time (a file name, not a time input): generations sort in the order
+        # they were made, across restarts of this process and of the machine.
         spool = Spool(self._dir / f"{time.time_ns():020d}-{os.getpid()}.jsonl",
                       self._generation_bytes)
         self._own.add(spool.events_path)
@@ -262,14 +265,14 @@ class Outbox:
             msg_id = batch_id(lines)
             head = (b'{"type":"usage.gpu.batch.v1","id":"' + msg_id.encode() +
                     b'","source":"outbox","time":"' +
-                    datetime.now(UTC).isoformat().encode() + b'","events":[')
+                    self._clock.now().isoformat().encode() + b'","events":[')
             out.append((msg_id, head + b",".join(lines) + b"]}"))
         return out
 
     async def flush(self, timeout: float) -> bool:
         """Try to publish everything spooled; True when nothing is left pending."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self._clock.monotonic() + timeout
+        while self._clock.monotonic() < deadline:
             try:
                 await self.drain_once()
                 if self.pending_events <= 0:

@@ -19,8 +19,6 @@ import gc
 import logging
 import os
 import signal
-import time
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -40,6 +38,7 @@ from services.runner.traffic_timeout import install as install_releasing_timeout
 from services.runner.usage_lines import UsageLines
 from shared.artifacts import get_artifact
 from shared.bus import connect
+from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import (
     RunnerCounters,
     RunnerHeartbeat,
@@ -90,6 +89,9 @@ class _RunnerMetrics:
 
 @bentoml.service(name="edgeinfer_runner", workers=1, traffic={"timeout": 60})
 class Runner:
+    # BentoML constructs the service itself: the clock is a class attribute to swap in tests.
+    clock: Clock = SYSTEM_CLOCK
+
     def __init__(self) -> None:
         self.config: RunnerConfig = runner_config_from_env()
         self.subjects = Subjects(self.config.namespace)
@@ -99,7 +101,7 @@ class Runner:
         self.in_flight = 0
         self.model: ServedModel | None = None
         self.device: Device | None = None
-        self.started_ns = time.monotonic_ns()
+        self.started_ns = self.clock.monotonic_ns()
         self.ready_ns: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._nc: Any = None
@@ -116,20 +118,20 @@ class Runner:
         js = self._nc.jetstream()
         data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
                                   c.cache_dir)
-        self.device = select_device(c.gpu_class)
+        self.device = select_device(c.gpu_class, {"CUDA_VISIBLE_DEVICES": c.visible_devices})
         self.model = load_model(c.framework, data, self.device, c.cuda_graphs)
         warm = self.model.warm_input()
         for _ in range(5):  # warm-up is never charged
             run_alone(self.model, warm)
-        now = datetime.now(UTC)
+        now = self.clock.now()
         self._usage_lines = UsageLines(UsageEvent(  # what every usage event of this runner shares
             id="", source=self.source, time=now, tenant_id="", request_id="",
             deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
             pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
             gpu_us=0, started_at=now, ended_at=now))
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop),
-                              linger_s=c.outbox_linger_s)
-        self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book)
+                              linger_s=c.outbox_linger_s, clock=self.clock)
+        self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book, clock=self.clock)
         self._tasks = [asyncio.create_task(self._outbox.run()),
                        asyncio.create_task(self._batcher.run()),
                        asyncio.create_task(self._heartbeats()),
@@ -140,7 +142,7 @@ class Runner:
         gc.collect()
         gc.freeze()
         self.state = "ready"
-        self.ready_ns = time.monotonic_ns()
+        self.ready_ns = self.clock.monotonic_ns()
         await self._beat()  # announce readiness at once, not a tick later
         log.info("runner %s ready in %s serving %s (%s %s) on %s", c.runner_id, c.pop,
                  c.deployment_id, c.framework, c.artifact_digest[:19], self.device.name)
@@ -208,7 +210,7 @@ class Runner:
         if self.ready_ns is None:
             wall_share_us = 0
         else:
-            wall_us = (time.monotonic_ns() - self.ready_ns) // 1000
+            wall_us = (self.clock.monotonic_ns() - self.ready_ns) // 1000
             wall_share_us = int(self.config.gpu_share * wall_us)
         return RunnerCounters(busy_us=self.ledger.busy_us, charged_us=self.ledger.charged_us,
                               wall_share_us=wall_share_us, requests=self.ledger.requests)
@@ -220,7 +222,7 @@ class Runner:
             self._metrics.wall_share_us.set(self.counters().wall_share_us)
             self._metrics.in_flight.set(self.in_flight)
         beat = RunnerHeartbeat(
-            id=new_id(), source=self.source, time=datetime.now(UTC),
+            id=new_id(), source=self.source, time=self.clock.now(),
             runner_id=c.runner_id, pop=c.pop, region=c.region, url=c.url, state=self.state,
             gpu_class=c.gpu_class, gpu_share=c.gpu_share,
             device=self.device.name if self.device else "unassigned", capacity=c.capacity,
@@ -236,7 +238,7 @@ class Runner:
 
     async def _watch_supervisor(self) -> None:
         """Exit with the process that started us, so a hard-killed parent leaves no orphan."""
-        pid = int(os.environ.get("EDGEINFER_SUPERVISOR_PID", "0"))
+        pid = self.config.supervisor_pid
         if not pid:
             return
         await until_gone(pid)
@@ -249,11 +251,11 @@ class Runner:
         self.state = "draining"
         with contextlib.suppress(Exception):
             await self._beat()  # the router stops sending at once
-        deadline = time.monotonic() + self.config.drain_timeout_s
-        while self.in_flight and time.monotonic() < deadline:
+        deadline = self.clock.monotonic() + self.config.drain_timeout_s
+        while self.in_flight and self.clock.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self._outbox is not None:
-            flushed = await self._outbox.flush(timeout=max(0.0, deadline - time.monotonic()))
+            flushed = await self._outbox.flush(timeout=max(0.0, deadline - self.clock.monotonic()))
             if not flushed:
                 log.warning("usage outbox not fully published; the next start of this slot "
                             "publishes the rest from %s", self.config.spool_dir)

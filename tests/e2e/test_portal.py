@@ -10,7 +10,6 @@ import asyncio
 import concurrent.futures
 import csv
 import io
-import shutil
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -20,16 +19,16 @@ import asyncpg
 import httpx
 import pytest
 
-from services.metering import invoicing, ledger
+from services.metering import ledger
 from services.registry.demo_model import sample_digit
 from shared.events import UsageEvent, new_id
+from shared.periods import month_start
 from tests.e2e.conftest import Stack
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-LAST_MONTH = invoicing.month_start(invoicing.month_start(datetime.now(UTC)) - timedelta(days=1))
+LAST_MONTH = month_start(month_start(datetime.now(UTC)) - timedelta(days=1))
 HOUR_US = 3_600 * 1_000_000
 
 
@@ -59,7 +58,7 @@ async def ledger_this_month(database_url: str, tenant_id: str) -> tuple[int, int
         row = await conn.fetchrow(
             "SELECT coalesce(sum(gpu_us), 0)::bigint AS us, coalesce(sum(requests), 0)::bigint AS n"
             " FROM metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2", tenant_id,
-            invoicing.month_start(datetime.now(UTC)))
+            month_start(datetime.now(UTC)))
         return int(row["us"]), int(row["n"])
     finally:
         await conn.close()
@@ -70,7 +69,8 @@ def admin(stack: Stack, method: str, path: str, json: Any) -> httpx.Response:
                          headers={"Authorization": f"Bearer {stack.ready['admin_token']}"})
 
 
-def test_a_tenant_sees_its_ledger_in_the_portal(stack: Stack, stack_database: str) -> None:
+def test_a_tenant_sees_its_ledger_in_the_portal(stack: Stack, stack_database: str,
+                                                chromium: str) -> None:
     from playwright.sync_api import sync_playwright
 
     tenant_id = stack.ready["tenant_id"]
@@ -94,7 +94,7 @@ def test_a_tenant_sees_its_ledger_in_the_portal(stack: Stack, stack_database: st
     ARTIFACTS.mkdir(exist_ok=True)
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1100, "height": 900})

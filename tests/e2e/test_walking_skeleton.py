@@ -7,9 +7,13 @@ with real BentoML runner processes in two simulated PoPs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import asyncpg
@@ -18,7 +22,6 @@ import psutil
 import pytest
 
 from services.registry.demo_model import sample_digit
-from shared.money import line_amount
 from tests.e2e.conftest import Stack, process_cmdline, process_env
 
 pytestmark = pytest.mark.e2e
@@ -67,32 +70,58 @@ async def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> 
 
 async def test_gpu_seconds_in_ledger_equal_what_runners_measured(stack: Stack,
                                                                  stack_database: str) -> None:
-    measured: dict[str, int] = {"eu-west": 0, "us-east": 0}
-    for i in range(30):
-        region = "eu" if i % 3 else "us"
-        resp = await ainfer(stack, region)
-        assert resp.status_code == 200, resp.text
-        body = resp.json()
-        assert body["outputs"]["labels"] == [0, 1]  # the model really ran
-        assert int(resp.headers["x-edgeinfer-gpu-us"]) == body["usage"]["gpu_us"]
-        measured[body["usage"]["pop"]] += body["usage"]["gpu_us"]
-    total = sum(measured.values())
-    assert total > 0
+    # Prices high enough that a few milliseconds of GPU time cost whole cents (at the demo's
+    # list prices every amount here would round to 0.00 and prove nothing): from the start
+    # of this hour, since rating prices each hour at the price in effect when it began.
+    prices = {"eu-west": Fraction(50), "us-east": Fraction(45)}  # USD per GPU-second
+    async with price_override(stack_database, prices):
+        measured: dict[str, int] = {"eu-west": 0, "us-east": 0}
+        for i in range(30):
+            region = "eu" if i % 3 else "us"
+            resp = await ainfer(stack, region)
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["outputs"]["labels"] == [0, 1]  # the model really ran
+            assert int(resp.headers["x-edgeinfer-gpu-us"]) == body["usage"]["gpu_us"]
+            measured[body["usage"]["pop"]] += body["usage"]["gpu_us"]
+        total = sum(measured.values())
+        assert total > 0
 
-    usage = await wait_for_usage(stack, total)
-    assert usage["total_gpu_us"] == total
-    by_pop = {item["pop"]: item["gpu_us"] for item in usage["items"]}
-    assert by_pop == measured
-    assert sum(item["requests"] for item in usage["items"]) == 30
-    assert await ledger_totals(stack_database, stack.ready["tenant_id"]) == (30, total)
+        usage = await wait_for_usage(stack, total)
+        assert usage["total_gpu_us"] == total
+        by_pop = {item["pop"]: item["gpu_us"] for item in usage["items"]}
+        assert by_pop == measured
+        assert sum(item["requests"] for item in usage["items"]) == 30
+        assert await ledger_totals(stack_database, stack.ready["tenant_id"]) == (30, total)
 
-    async with httpx.AsyncClient() as http:
-        preview = (await http.get(f"{stack.api}/v1/invoices/preview", headers=stack.auth())).json()
-    prices = {"eu-west": Decimal("0.0001"), "us-east": Decimal("0.00009")}
-    expected = {line["region"]: line_amount(measured[line["region"]], prices[line["region"]])
-                for line in preview["lines"]}
+        async with httpx.AsyncClient() as http:
+            preview = (await http.get(f"{stack.api}/v1/invoices/preview",
+                                      headers=stack.auth())).json()
+    # By hand: µs × USD/s ÷ 10⁶ is the exact amount; round() of a Fraction is half-even;
+    # in cents.
+    expected = {pop: Decimal(round(Fraction(gpu_us) * prices[pop] / 10**6 * 100)) / 100
+                for pop, gpu_us in measured.items()}
+    assert all(amount > 0 for amount in expected.values()), expected
     assert {line["region"]: Decimal(line["amount"]) for line in preview["lines"]} == expected
     assert Decimal(preview["totals"]["USD"]) == sum(expected.values())
+
+
+@contextlib.asynccontextmanager
+async def price_override(database_url: str, prices: dict[str, Fraction]) -> AsyncIterator[None]:
+    """The `cpu` class priced at `prices` from the start of this hour, removed afterwards
+    (later tests see the list prices again)."""
+    conn = await asyncpg.connect(database_url)
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    try:
+        for region, price in prices.items():
+            await conn.execute("INSERT INTO billing.price_book (gpu_class, region, currency,"
+                               " unit_price, effective_from) VALUES ('cpu', $1, 'USD', $2, $3)",
+                               region, Decimal(price.numerator) / price.denominator, hour)
+        yield
+    finally:
+        await conn.execute("DELETE FROM billing.price_book WHERE gpu_class = 'cpu' AND"
+                           " effective_from = $1", hour)
+        await conn.close()
 
 
 @pytest.mark.parametrize(("region", "pop"), [("eu", "eu-west"), ("us", "us-east")])

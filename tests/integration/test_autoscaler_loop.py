@@ -25,6 +25,7 @@ from shared.bus import connect, ensure_streams
 from shared.events import (
     DemandSignal,
     Deployment,
+    DeploymentUpdated,
     ListDeploymentsReply,
     RunnerHeartbeat,
     ScalingDecision,
@@ -52,11 +53,27 @@ async def nc(nats_url: str) -> AsyncIterator[NATS]:
     await client.close()
 
 
-async def serve_deployments(nc: NATS, subjects: Subjects, d: Deployment) -> None:
+async def serve_deployments(nc: NATS, subjects: Subjects, d: Deployment,
+                            as_of: int = 0) -> list[float]:
+    """A registry's list reply; returns the times it was asked (to count re-lists)."""
+    asked: list[float] = []
+
     async def reply(msg) -> None:  # type: ignore[no-untyped-def]
-        await msg.respond(encode(ListDeploymentsReply(deployments=[d])))
+        asked.append(time.monotonic())
+        await msg.respond(encode(ListDeploymentsReply(deployments=[d], as_of=as_of)))
 
     await nc.subscribe(subjects.list_deployments, cb=reply)
+    return asked
+
+
+class SteppedClock:
+    """Monotonic time set by the test; wall time the machine's."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self.monotonic = monotonic
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
 
 
 async def signal_demand(nc: NATS, subjects: Subjects, held_requests: int = 0,
@@ -148,7 +165,7 @@ async def started_autoscaler(nc: NATS, subjects: Subjects,
     """A started autoscaler on a test clock with a 30 s tick: only signals drive it."""
     await ensure_streams(nc.jetstream(), subjects)
     service = AutoscalerService(nc, subjects, RecordingExecutor(), POPS,
-                                AutoscalerConfig(tick_s=30), clock=clock)
+                                AutoscalerConfig(tick_s=30), clock=SteppedClock(clock))
     await service.start()
     return service
 
@@ -195,6 +212,44 @@ async def test_a_restarted_autoscaler_resumes_the_keep_alive_it_had_learned(
     try:
         assert second.idle_history("dep_loop", "eu-west") == learned
         # The last request is as long ago as it was in wall time (just now), on the new clock.
-        assert 49.0 < second._last_request_at[("dep_loop", "eu-west")] <= 50.0
+        assert 49.0 < second.learner.last_request_at[("dep_loop", "eu-west")] <= 50.0
     finally:
         await second.stop()
+
+
+async def test_deployment_updates_apply_as_they_arrive_and_a_gap_lists_again(
+        nc: NATS, namespace: str) -> None:
+    subjects = Subjects(namespace)
+    await ensure_streams(nc.jetstream(), subjects)
+    asked = await serve_deployments(nc, subjects, msgspec.structs.replace(
+        deployment(min_replicas=0), revision=4), as_of=4)
+    executor = RecordingExecutor()
+    service = AutoscalerService(nc, subjects, executor, POPS, AutoscalerConfig(tick_s=30))
+    await service.start()
+
+    async def updated(revision: int, min_replicas: int) -> None:
+        await nc.publish(subjects.deployment_updated, encode(DeploymentUpdated(
+            id=new_id(), source="test", time=datetime.now(UTC), tenant_id="ten_loop",
+            deployment=msgspec.structs.replace(deployment(min_replicas), revision=revision))))
+        await nc.flush()
+
+    async def until(check: Callable[[], bool]) -> None:
+        t0 = time.monotonic()
+        while not check():
+            assert time.monotonic() - t0 < 3, "the update was not applied"
+            await asyncio.sleep(0.02)
+
+    try:
+        await until(lambda: len(asked) == 1)  # the list on start
+        assert executor.started == []
+        # The next change number: applied from the event itself (min 0 → 2), no list.
+        await updated(5, min_replicas=2)
+        await until(lambda: len(executor.started) == 2)
+        assert len(asked) == 1
+        assert service.catalog.get("dep_loop").min_replicas == 2  # type: ignore[union-attr]
+        # Change 6 was never heard of: 7 still applies, and the gap makes it list again.
+        await updated(7, min_replicas=3)
+        await until(lambda: len(asked) == 2)
+        assert service.catalog.last_change == 7 and not service.catalog.stale
+    finally:
+        await service.stop()

@@ -5,7 +5,6 @@ requests per (deployment, PoP); no series, or no Prometheus, is an explicit erro
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,6 @@ from prometheus_client import start_http_server
 from services.autoscaler.metrics import MetricsUnavailable, PrometheusConcurrency
 from services.router.metrics import RouterMetrics
 from shared.embedded import free_port, wait_for_port
-
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 @pytest.fixture
@@ -30,7 +27,8 @@ def router_metrics() -> Iterator[tuple[RouterMetrics, int]]:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path, router_metrics: tuple[RouterMetrics, int]) -> Iterator[str]:
+def prometheus(tmp_path: Path, router_metrics: tuple[RouterMetrics, int],
+               prometheus_binary: str) -> Iterator[str]:
     _, target = router_metrics
     port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -43,7 +41,7 @@ scrape_configs:
       - targets: ["127.0.0.1:{target}"]
 """)
     with open(tmp_path / "prometheus.log", "wb") as log:
-        process = subprocess.Popen([PROMETHEUS, f"--config.file={config}",
+        process = subprocess.Popen([prometheus_binary, f"--config.file={config}",
                                     f"--storage.tsdb.path={tmp_path / 'data'}",
                                     f"--web.listen-address=127.0.0.1:{port}"],
                                    stdout=log, stderr=subprocess.STDOUT)

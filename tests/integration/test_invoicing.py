@@ -9,7 +9,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.metering import invoicing, ledger
+from services.billing import invoicing
+from services.billing import repository as repo
+from services.metering import ledger
 from shared.events import UsageEvent, new_id
 
 SEP = datetime(2026, 9, 1, tzinfo=UTC)
@@ -32,9 +34,9 @@ async def record(pool: asyncpg.Pool, *events: UsageEvent) -> None:
 
 
 async def invoice_of(pool: asyncpg.Pool, tenant: str, month: datetime) -> dict:
-    row = await pool.fetchrow("SELECT id FROM metering.invoices WHERE tenant_id = $1 AND"
+    row = await pool.fetchrow("SELECT id FROM billing.invoices WHERE tenant_id = $1 AND"
                               " period_start = $2", tenant, month)
-    found = await invoicing.get_invoice(pool, tenant, row["id"])
+    found = await repo.get_invoice(pool, tenant, row["id"])
     assert found is not None
     return invoicing.invoice_view(*found)
 
@@ -58,10 +60,10 @@ async def test_late_usage_is_billed_once_as_an_adjustment(pool: asyncpg.Pool, na
 
     # October: own usage, the free tier, a credit, and September's late usage as an adjustment.
     await record(pool, event(tenant, OCT + timedelta(days=1), 10 * HOUR_US))
-    await pool.execute("INSERT INTO metering.billing_accounts (tenant_id, free_tier_monthly)"
+    await pool.execute("INSERT INTO billing.billing_accounts (tenant_id, free_tier_monthly)"
                        " VALUES ($1, 1.00)", tenant)
     grant = "crd_" + namespace
-    await pool.execute("INSERT INTO metering.credit_grants (id, tenant_id, currency, amount,"
+    await pool.execute("INSERT INTO billing.credit_grants (id, tenant_id, currency, amount,"
                        " reason, granted_at) VALUES ($1, $2, 'USD', 2.00, 'test', $3)", grant,
                        tenant, SEP)
     await invoicing.close_month(pool, OCT)
@@ -76,11 +78,11 @@ async def test_late_usage_is_billed_once_as_an_adjustment(pool: asyncpg.Pool, na
     # Everything billed for September now equals September rated from the ledger today.
     rated = await invoicing.rated_usage(pool, tenant, SEP, OCT)
     billed = await pool.fetchval(
-        "SELECT sum(l.amount) FROM metering.invoice_lines l JOIN metering.invoices i ON"
+        "SELECT sum(l.amount) FROM billing.invoice_lines l JOIN billing.invoices i ON"
         " i.id = l.invoice_id WHERE i.tenant_id = $1 AND l.usage_period_start = $2"
         " AND l.kind IN ('usage', 'adjustment')", tenant, SEP)
     assert billed == sum(line.amount for line in rated.lines) == Decimal("1.22")
-    (remaining,) = [g["remaining"] for g in await invoicing.credit_grants(pool, tenant)]
+    (remaining,) = [g["remaining"] for g in await repo.credit_grants(pool, tenant)]
     assert remaining == Decimal("0.00")
 
 
@@ -90,5 +92,5 @@ async def test_usage_without_a_price_blocks_the_close(pool: asyncpg.Pool, namesp
                              gpu_class="h100"))
     report = await invoicing.close_month(pool, SEP)
     assert "no price in effect" in report.blocked[tenant]
-    assert await pool.fetchval("SELECT count(*) FROM metering.invoices WHERE tenant_id = $1",
+    assert await pool.fetchval("SELECT count(*) FROM billing.invoices WHERE tenant_id = $1",
                                tenant) == 0

@@ -12,7 +12,8 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.metering.consumer import ConsumerConfig, UsageConsumer
+from services.metering.config import ConsumerConfig
+from services.metering.consumer import UsageConsumer
 from services.metering.service import MeteringService
 from shared.bus import connect, ensure_streams
 from shared.events import UsageEvent, encode, new_id
@@ -108,7 +109,7 @@ async def test_poison_messages_go_to_the_dead_letter_stream_with_a_reason(
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await ledger(pool, tenant) == (1, 1234, 1234)
-    shown = await MeteringService(pool, nc, subjects, reconcile_grace_s=60).dead_letters(10)
+    shown = await MeteringService(pool, nc, subjects).dead_letters(10)
     assert sorted(m["reason"] for m in shown)[0] == "negative GPU time"
     assert len(shown) == 3 and all(m["subject"] == subjects.usage("eu-west") for m in shown)
     sub = await js.pull_subscribe(subjects.usage_dead_letter, stream=subjects.usage_dead_letter_stream)

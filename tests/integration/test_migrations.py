@@ -13,11 +13,11 @@ async def test_migrations_are_applied_once(database_url: str) -> None:
         schemas = {r["nspname"] for r in await conn.fetch("SELECT nspname FROM pg_namespace")}
     finally:
         await conn.close()
-    assert {"accounts", "registry", "metering"} <= schemas
+    assert {"accounts", "registry", "metering", "billing"} <= schemas
 
 
 def test_each_service_owns_one_schema() -> None:
-    assert {m.schema for m in discover()} == {"accounts", "registry", "metering"}
+    assert {m.schema for m in discover()} == {"accounts", "registry", "metering", "billing"}
 
 
 async def test_an_edited_migration_is_refused(database_url: str, tmp_path: Path) -> None:

@@ -8,13 +8,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from services.metering import invoicing
-from services.metering.stripe_push import StripeConfig, StripePusher, client_for
+from services.billing import invoicing
+from services.billing import repository as repo
+from services.billing.config import StripeConfig
+from services.billing.stripe_push import StripePusher, client_for
 from shared.embedded import free_port, wait_for_port
 from tests.integration.test_invoicing import HOUR_US, event, record
 
@@ -60,8 +63,8 @@ async def test_a_crash_after_any_stripe_call_never_charges_twice(
                  event(tenant, AUG + timedelta(days=5), HOUR_US, pop="us-east"),
                  event(tenant, AUG + timedelta(days=6), HOUR_US, deployment="dep_b"))
     await invoicing.close_month(pool, AUG)
-    (invoice_id,) = [r["id"] for r in await invoicing.list_invoices(pool, tenant)]
-    _, lines = await invoicing.get_invoice(pool, tenant, invoice_id)  # type: ignore[misc]
+    (invoice_id,) = [r["id"] for r in await repo.list_invoices(pool, tenant)]
+    _, lines = await repo.get_invoice(pool, tenant, invoice_id)  # type: ignore[misc]
     client = client_for(StripeConfig("sk_test_edgeinfer", localstripe))
 
     with pytest.raises(Crash):
@@ -70,7 +73,7 @@ async def test_a_crash_after_any_stripe_call_never_charges_twice(
     await StripePusher(pool, client).push_tenant(tenant)  # and a later pass: nothing to do
 
     row = await pool.fetchrow("SELECT a.stripe_customer_id, i.stripe_invoice_id, i.total FROM"
-                              " metering.invoices i JOIN metering.billing_accounts a USING"
+                              " billing.invoices i JOIN billing.billing_accounts a USING"
                               " (tenant_id) WHERE i.id = $1", invoice_id)
     customers = [c for c in client.v1.customers.list(params={"limit": 100}).auto_paging_iter()
                  if c.metadata.to_dict().get("tenant_id") == tenant]
@@ -90,9 +93,28 @@ async def test_a_crash_after_any_stripe_call_never_charges_twice(
 
 
 def test_live_keys_are_never_needed() -> None:
-    from services.metering.stripe_push import stripe_config_from_env
+    from services.billing.config import stripe_config_from_env
     from shared.config import ConfigError
 
     assert stripe_config_from_env({}) is None
     with pytest.raises(ConfigError):
         stripe_config_from_env({"EDGEINFER_STRIPE_API_KEY": "pk_live_publishable"})
+
+
+async def test_zero_decimal_currencies_are_pushed_in_their_own_minor_unit(
+        pool: asyncpg.Pool, namespace: str, localstripe: str) -> None:
+    """180 JPY is 180 to Stripe (yen have no minor unit), not 18,000."""
+    tenant, region = f"ten_{namespace}", f"tokyo-{namespace}"
+    # 0.05 JPY per GPU-second: one GPU-hour is 180 JPY, exactly.
+    assert await repo.add_price(pool, "cpu", region, "JPY", Decimal("0.05"),
+                                datetime(2026, 1, 1, tzinfo=UTC))
+    await record(pool, event(tenant, AUG + timedelta(days=3), HOUR_US, pop=region))
+    await invoicing.close_month(pool, AUG)
+    (invoice,) = await repo.list_invoices(pool, tenant)
+    assert (invoice["currency"], invoice["total"]) == ("JPY", Decimal("180"))
+
+    client = client_for(StripeConfig("sk_test_edgeinfer", localstripe))
+    await StripePusher(pool, client).push_tenant(tenant)
+    (pushed,) = await repo.list_invoices(pool, tenant)
+    stripe_invoice = client.v1.invoices.retrieve(pushed["stripe_invoice_id"])
+    assert (stripe_invoice.currency, stripe_invoice.total) == ("jpy", 180)

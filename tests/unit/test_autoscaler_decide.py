@@ -14,6 +14,7 @@ from services.autoscaler.decide import (
     ReplicaView,
     ScaleConfig,
     decide,
+    replica_changes,
 )
 from services.autoscaler.placement import place
 from shared.schedules import InvalidSchedule, Schedule, scheduled_min, validate
@@ -193,3 +194,33 @@ def test_requests_waiting_now_panic_before_the_panic_average_catches_up() -> Non
     # 8 in flight on one replica of capacity 8 is full, not waiting: the average decides.
     full = run(now, [*quiet, Observation(now, 8.0)], ready(1, busy=1), last_request_at=now)
     assert full.start == 0
+
+
+@pytest.mark.parametrize(("replicas", "demand_at", "expected"), [
+    pytest.param(ready(3), None, (3, 0, ()), id="keeps-what-runs-and-stops-nothing"),
+    pytest.param([], 998.0, (1, 1, ()), id="a-held-request-still-wakes-an-empty-pop"),
+    pytest.param([], 900.0, (0, 0, ()), id="an-old-demand-does-not"),
+    pytest.param([*ready(1), ReplicaView("r9", "draining")], None, (1, 0, ()),
+                 id="draining-replicas-are-not-counted"),
+])
+def test_blind_the_policy_holds(replicas: list[ReplicaView], demand_at: float | None,
+                                expected: tuple[int, int, tuple[str, ...]]) -> None:
+    # Observations would ask for zero replicas; with metrics down they are not trusted.
+    panicking = PolicyState(panic_until=1030.0, panic_desired=5)
+    d = run(1000.0, steady(0.0, 1000.0), replicas, state=panicking, metrics_ok=False,
+            demand_at=demand_at)
+    assert (d.desired, d.start, d.stop) == expected
+    assert d.reason == "load metrics unavailable: holding"
+    assert d.state == panicking  # nothing learned from no data
+
+
+@pytest.mark.parametrize(("target", "replicas", "expected"), [
+    pytest.param(3, ready(1), (2, ()), id="start-the-difference"),
+    pytest.param(1, ready(3), (0, ("r2", "r1")), id="stop-idle-highest-ids-first"),
+    pytest.param(0, ready(2, busy=2), (0, ()), id="never-stop-busy-replicas"),
+    pytest.param(0, [ReplicaView("r0", "starting")], (0, ()), id="never-stop-starting-ones"),
+    pytest.param(1, [ReplicaView("r0", "draining")], (1, ()), id="a-draining-replica-is-gone"),
+])
+def test_replica_changes(target: int, replicas: list[ReplicaView],
+                         expected: tuple[int, tuple[str, ...]]) -> None:
+    assert replica_changes(target, replicas) == expected

@@ -2,19 +2,17 @@
 
 import pytest
 
-from services.router.config import RouterConfig
-from services.router.service import RouterService
+from services.router.gate import TenantGate
 from shared.events import TenantLimits
 from shared.http import Refusal
-from shared.subjects import Subjects
 from shared.tenancy import Tenant
 
 
-def router() -> RouterService:
-    return RouterService(None, Subjects("t"), RouterConfig())  # type: ignore[arg-type]
+def router() -> TenantGate:
+    return TenantGate()
 
 
-def refusal(service: RouterService, tenant: Tenant, now: float) -> Refusal | None:
+def refusal(service: TenantGate, tenant: Tenant, now: float) -> Refusal | None:
     try:
         service.admit(tenant, now)
     except Refusal as exc:
@@ -25,7 +23,7 @@ def refusal(service: RouterService, tenant: Tenant, now: float) -> Refusal | Non
 def test_concurrency_limit_is_a_429_with_retry_after() -> None:
     service = router()
     tenant = Tenant("ten_a", TenantLimits(max_concurrency=2))
-    service._tenant_in_flight["ten_a"] = 2
+    service.in_flight["ten_a"] = 2
     got = refusal(service, tenant, 0.0)
     assert got is not None and got.status_code == 429 and got.code == "concurrency_limited"
     assert got.headers == {"Retry-After": "1"}
@@ -33,7 +31,7 @@ def test_concurrency_limit_is_a_429_with_retry_after() -> None:
 
 def test_budget_stop_comes_before_the_limits_and_names_the_reason() -> None:
     service = router()
-    service._budget_blocked["ten_a"] = "monthly limit of 5.00 EUR reached"
+    service.budget_blocked["ten_a"] = "monthly limit of 5.00 EUR reached"
     got = refusal(service, Tenant("ten_a"), 0.0)
     assert got is not None and got.status_code == 402 and "5.00 EUR" in got.detail
     assert refusal(service, Tenant("ten_b"), 0.0) is None  # other tenants are untouched

@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
 from litestar.enums import RequestEncodingType
@@ -23,16 +23,16 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 from litestar.types import ASGIApp
 
-from services.metering import invoicing
-from services.metering.budgets import BudgetSpec
-from services.metering.chart import daily_chart
+from services.billing import invoicing
+from services.billing import repository as repo
+from services.billing.budgets import BudgetSpec, InvalidBudget
+from services.billing.chart import daily_chart
+from services.billing.service import BillingService
 from shared.auth import hash_api_key
 from shared.http import Refusal
 from shared.money import gpu_seconds
+from shared.periods import month_start, next_month, parse_month
 from shared.tenancy import KeyResolver
-
-if TYPE_CHECKING:
-    from services.metering.service import MeteringService
 
 TEMPLATES = Path(__file__).parent / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
@@ -42,7 +42,7 @@ class SignedOut(Exception):
     pass
 
 
-def portal_router(service: MeteringService, resolver: KeyResolver,
+def portal_router(service: BillingService, resolver: KeyResolver,
                   secret: bytes | None = None) -> Router:
     pool = service.pool
     # A fresh key per process unless one is configured: sessions end when metering restarts.
@@ -91,15 +91,10 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
     @get("/", include_in_schema=False)
     async def overview(request: Request[Any, Any, Any]) -> Template:
         tenant_id = await tenant_of(request)
-        now = datetime.now(UTC)
-        start = invoicing.month_start(now)
-        end = invoicing.next_month(start)
+        start = month_start(service.clock.now())
+        end = next_month(start)
         preview = await service.invoice_preview(tenant_id, start, end)
-        rows = await pool.fetch(
-            "SELECT (hour AT TIME ZONE 'UTC')::date AS day, deployment_id, pop,"
-            " sum(gpu_us)::bigint AS gpu_us, sum(requests)::bigint AS requests"
-            " FROM metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
-            " GROUP BY 1, 2, 3 ORDER BY 1", tenant_id, start, end)
+        rows = await repo.daily_usage(pool, tenant_id, start, end)
         names = await service.deployment_names(tenant_id)
         days = [start.date() + timedelta(days=i) for i in range((end - start).days)]
         chart = daily_chart([(r["day"], f"{names.get(r['deployment_id'], r['deployment_id'])}"
@@ -114,14 +109,14 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
     @get("/invoices", include_in_schema=False)
     async def invoices(request: Request[Any, Any, Any]) -> Template:
         tenant_id = await tenant_of(request)
-        rows = await invoicing.list_invoices(pool, tenant_id)
+        rows = await repo.list_invoices(pool, tenant_id)
         return page("invoices.html", tenant_id, page="invoices",
                     invoices=[invoicing.invoice_view(r) for r in rows])
 
     @get("/invoices/{invoice_id:str}", include_in_schema=False)
     async def invoice(request: Request[Any, Any, Any], invoice_id: str) -> Template:
         tenant_id = await tenant_of(request)
-        found = await invoicing.get_invoice(pool, tenant_id, invoice_id)
+        found = await repo.get_invoice(pool, tenant_id, invoice_id)
         if found is None:
             raise Refusal(404, "invoice_not_found", f"no invoice {invoice_id!r}")
         return page("invoice.html", tenant_id, page="invoices",
@@ -134,10 +129,7 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
                     credits=await invoicing.credits_view(pool, tenant_id))
 
     async def budget_page(tenant_id: str, **context: Any) -> Template:
-        try:
-            budget = await service.budget_view(tenant_id)
-        except Refusal:
-            budget = None
+        budget = await service.budgets.view(tenant_id)
         return page("budget.html", tenant_id, page="budget", budget=budget, **context)
 
     @get("/budget", include_in_schema=False)
@@ -152,12 +144,12 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
             spec = BudgetSpec(monthly_limit=data.get("monthly_limit", "").strip(),
                               thresholds=thresholds or [50, 80, 100],
                               hard_stop=data.get("hard_stop") == "on")
-            await service.save_budget(tenant_id, spec)
+            await service.budgets.save(tenant_id, spec)
+        except InvalidBudget as exc:
+            return await budget_page(tenant_id, error=f"Not saved: {exc}.")
         except ValueError:
             return await budget_page(tenant_id, error="Thresholds must be whole percentages, "
                                      "e.g. 50, 80, 100.")
-        except Refusal as refusal:
-            return await budget_page(tenant_id, error=refusal.detail)
         return await budget_page(tenant_id, saved=True)
 
     @get("/usage.csv", include_in_schema=False)
@@ -165,13 +157,10 @@ def portal_router(service: MeteringService, resolver: KeyResolver,
         """Hourly usage of a month (default: this one), as the ledger holds it."""
         tenant_id = await tenant_of(request)
         try:
-            start = invoicing.parse_month(month) if month else invoicing.month_start(datetime.now(UTC))
+            start = parse_month(month) if month else month_start(service.clock.now())
         except ValueError as exc:
             raise Refusal(400, "invalid_month", str(exc)) from None
-        rows = await pool.fetch(
-            "SELECT hour, deployment_id, pop, region, gpu_class, gpu_us, requests FROM"
-            " metering.usage_hourly WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
-            " ORDER BY hour, deployment_id, pop", tenant_id, start, invoicing.next_month(start))
+        rows = await repo.hourly_usage(pool, tenant_id, start, next_month(start))
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["hour_utc", "deployment_id", "pop", "region", "gpu_class", "gpu_us",

@@ -90,5 +90,5 @@ def rate(rows: Iterable[UsageRow], prices: list[Price]) -> Rated:
         lines.append(InvoiceLine(
             deployment_id=deployment_id, gpu_class=gpu_class, region=region, currency=currency,
             unit_price=unit_price, gpu_us=gpu_us, requests=sum(r.requests for r in group),
-            amount=line_amount(gpu_us, unit_price)))
+            amount=line_amount(gpu_us, unit_price, currency)))
     return Rated(lines, unpriced)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from services.metering.rating import InvoiceLine, Rated
+from services.billing.rating import InvoiceLine, Rated
+from shared.money import minor_unit
 
 ZERO = Decimal("0.00")
 LineKey = tuple[str, str, str, Decimal]  # deployment, GPU class, region, unit price
@@ -146,7 +147,7 @@ def compose(period_start: datetime, period_end: datetime, currency: str, rated: 
     usage_total = sum((ln.amount for ln in lines), ZERO)
     for period in sorted(earlier):
         lines += adjustments(period, earlier[period], billed, currency)
-    free = min(free_tier, usage_total).quantize(Decimal("0.01"))
+    free = min(free_tier, usage_total).quantize(minor_unit(currency))
     if free > 0:
         lines.append(DraftLine(kind="free_tier", usage_period=period_start, amount=-free,
                                description="monthly free tier"))

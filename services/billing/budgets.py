@@ -12,6 +12,8 @@ from decimal import Decimal
 
 import msgspec
 
+from shared.money import check_currency, parse_price
+
 
 class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     monthly_limit: str  # a decimal amount as a string: money is never a float
@@ -41,3 +43,20 @@ def decide(budget: Budget, spend: Decimal, alerted: Iterable[int]) -> BudgetDeci
     done = set(alerted)
     crossed = tuple(t for t in sorted(budget.thresholds) if used_pct >= t and t not in done)
     return BudgetDecision(crossed, budget.hard_stop and spend >= budget.monthly_limit, used_pct)
+
+
+class InvalidBudget(ValueError):
+    """The message says which field is wrong and what is allowed."""
+
+
+def budget_from_spec(tenant_id: str, spec: BudgetSpec) -> Budget:
+    try:
+        limit = parse_price(spec.monthly_limit)
+        currency = check_currency(spec.currency)
+    except ValueError as exc:
+        raise InvalidBudget(str(exc)) from None
+    if limit <= 0:
+        raise InvalidBudget("monthly_limit must be greater than zero")
+    if not spec.thresholds or not all(1 <= t <= 1000 for t in spec.thresholds):
+        raise InvalidBudget("thresholds are whole percentages in [1; 1000], at least one")
+    return Budget(tenant_id, limit, currency, tuple(sorted(set(spec.thresholds))), spec.hard_stop)

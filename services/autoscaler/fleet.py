@@ -1,0 +1,41 @@
+"""What runs where: the executor's replicas seen through their heartbeats, and the GPU
+slots a PoP still has — the inputs the policy and placement are given each tick."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from services.autoscaler.decide import ReplicaView
+from services.autoscaler.executor import Replica, ReplicaExecutor
+from services.autoscaler.metrics import HeartbeatConcurrency
+from shared.events import Deployment
+
+
+def replica_views(executor: ReplicaExecutor, heartbeats: HeartbeatConcurrency,
+                  deployment_id: str, pop: str) -> list[tuple[Replica, ReplicaView]]:
+    """The executor's replicas with their state from heartbeats: by runner id where the
+    executor knows it (local processes), else paired with the PoP's other fresh beats
+    (Kubernetes pods report their pod name). No beat yet: starting."""
+    mine = [r for r in executor.running() if r.deployment_id == deployment_id and r.pop == pop]
+    beats = heartbeats.fresh(deployment_id, pop)
+    spare = [b for rid, b in sorted(beats.items()) if rid not in {r.runner_id for r in mine}]
+    out = []
+    for r in mine:
+        beat = beats.get(r.runner_id) or (spare.pop(0) if spare else None)
+        state = beat.state if beat is not None else "starting"
+        out.append((r, ReplicaView(r.runner_id, state, beat.in_flight if beat else 0)))
+    return out
+
+
+def free_slots(executor: ReplicaExecutor, deployments: Iterable[Deployment],
+               pop_capacity: Mapping[tuple[str, str], int], d: Deployment) -> dict[str, int | None]:
+    """Slots of `d`'s GPU class still free per allowed PoP, not counting `d`'s own replicas
+    (None: no limit configured)."""
+    classes = {dep.id: dep.gpu_class for dep in deployments}
+    free: dict[str, int | None] = {}
+    for pop in d.allowed_pops:
+        slots = pop_capacity.get((pop, d.gpu_class))
+        used = sum(1 for r in executor.running() if r.pop == pop
+                   and classes.get(r.deployment_id) == d.gpu_class and r.deployment_id != d.id)
+        free[pop] = None if slots is None else max(0, slots - used)
+    return free
