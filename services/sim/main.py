@@ -58,9 +58,12 @@ def policies() -> list[Policy]:
 
 
 def dominated(baseline: PolicyResult, ours: list[PolicyResult]) -> PolicyResult | None:
-    """One of our settings with no more idle GPU time and no more cold starts (p75)."""
+    """One of our settings no worse than the baseline on both axes (idle GPU time, p75 cold
+    starts) and strictly better on at least one: an exact tie dominates nothing."""
     better = [r for r in ours if r.idle_gpu_hours <= baseline.idle_gpu_hours
-              and r.p75_cold_pct <= baseline.p75_cold_pct]
+              and r.p75_cold_pct <= baseline.p75_cold_pct
+              and (r.idle_gpu_hours < baseline.idle_gpu_hours
+                   or r.p75_cold_pct < baseline.p75_cold_pct)]
     return min(better, key=lambda r: r.p75_cold_pct, default=None)
 
 

@@ -82,8 +82,12 @@ def test_decisions_are_kept_with_their_reasons_for_admins(tenant: Tenant) -> Non
     decisions = resp.json()["decisions"]
     # The held request woke the EU-pinned deployment: its held load panics the policy,
     # capped at max_replicas 1; never a decision for us-east, outside its residency rule.
-    woken = [d for d in decisions if d["desired"] == 1 and d["pop"] == "eu-west"]
+    cold_id = httpx.get(f"{tenant.stack.api}/v1/deployments/cold", headers={
+        "Authorization": f"Bearer {tenant.key}"}).json()["id"]
+    cold = [d for d in decisions if d["deployment_id"] == cold_id]
+    woken = [d for d in cold if d["desired"] == 1 and d["pop"] == "eu-west"]
     assert woken and all(d["reason"] for d in woken)
+    assert {d["pop"] for d in cold} == {"eu-west"}, "a decision outside the residency rule"
     assert all({"stable_concurrency", "panic_concurrency", "ready", "starting", "metrics_ok"}
                <= set(d) for d in decisions)
     assert httpx.get(f"{tenant.stack.api}/admin/autoscaler/decisions",
@@ -281,7 +285,7 @@ def test_an_oversized_body_is_a_413(tenant: Tenant) -> None:
 
 
 async def test_load_spills_to_the_next_allowed_pop_and_then_is_refused(stack: Stack) -> None:
-    """digits runs in eu-west and us-east with capacity 1 each; an EU client sends 6 slow
+    """digits runs in eu-west and us-east with capacity 1 each; an EU client sends 10 slow
     requests at once: one is served in eu-west, one spills to us-east, the rest are refused
     with 503 + Retry-After (never queued abroad beyond capacity)."""
     heavy = {"inputs": [sample_digit(i % 10) for i in range(1024)]}
@@ -289,10 +293,13 @@ async def test_load_spills_to_the_next_allowed_pop_and_then_is_refused(stack: St
     async with httpx.AsyncClient(timeout=60) as http:
         answers = await asyncio.gather(*(
             http.post(f"{stack.router}/v1/deployments/digits/infer", json=heavy, headers=auth)
-            for _ in range(6)))
+            for _ in range(10)))
     served = sorted(a.headers["x-edgeinfer-pop"] for a in answers if a.status_code == 200)
     refused = [a for a in answers if a.status_code != 200]
     assert "eu-west" in served and "us-east" in served, [a.status_code for a in answers]
+    assert set(served) == {"eu-west", "us-east"}  # the deployment's PoPs and no other
+    # Two slots for ten requests at once: some must have been refused, and each clearly.
+    assert refused, "no request was refused: the capacity check was never exercised"
     assert all(a.status_code == 503 and a.json()["error"]["code"] == "saturated"
                and int(a.headers["retry-after"]) >= 1 for a in refused)
 

@@ -1,6 +1,7 @@
 """Exactly once under faults, on real processes: a known workload flows from a runner's
 outbox through JetStream into the ledger while the metering process is killed with
-SIGKILL mid-stream, nats-server is restarted, and PostgreSQL is restarted. The ledger
+SIGKILL mid-batch, nats-server is stopped and later SIGKILLed with usage in flight at both
+ends, and PostgreSQL is restarted. The ledger
 must then equal the ground truth exactly: nothing lost, nothing counted twice.
 """
 
@@ -98,27 +99,61 @@ async def test_ledger_is_exact_after_kill_9_and_nats_and_postgres_restarts(tmp_p
             assert asyncio.get_running_loop().time() < deadline, log.read_text()[-3000:]
             await asyncio.sleep(0.2)
 
+    async def ack_pending() -> int:
+        info = await js.consumer_info(subjects.usage_stream, subjects.metering_consumer)
+        return int(info.num_ack_pending)
+
+    async def trickle(chunk: list[UsageEvent]) -> None:
+        """Feed a chunk over ~2 s, so the consumer always has a batch on its hands."""
+        for i in range(0, len(chunk), 50):
+            feed(chunk[i:i + 50])
+            await asyncio.sleep(0.025)
+
+    async def in_flight(check_outbox: bool = False) -> None:
+        """Until a batch is delivered to metering and not yet acked (and, if asked, the
+        outbox holds events JetStream has not acknowledged): polled without pause."""
+        deadline = asyncio.get_running_loop().time() + 30
+        while not (await ack_pending() > 0 and (not check_outbox or outbox.pending_events > 0)):
+            assert asyncio.get_running_loop().time() < deadline, "never caught a batch in flight"
+            await asyncio.sleep(0.001)
+
     try:
-        quarter = N_EVENTS // 4
-        # 1. SIGKILL the metering process while batches are in flight.
-        feed(events[:quarter])
+        fifth = N_EVENTS // 5
+        # 1. SIGKILL the metering process while batches are in flight: delivered to it and
+        #    not yet acknowledged (checked before and after the kill: nobody acks them now).
+        feeding = asyncio.create_task(trickle(events[:fifth]))
         await until(lambda: _more_than(ledger_count, 1000))
+        await in_flight()
         metering.send_signal(signal.SIGKILL)
         metering.wait()
-        feed(events[quarter:2 * quarter])
+        assert await ack_pending() > 0, "no batch was in flight at the kill"
+        await feeding
+        feed(events[fifth:2 * fifth])
         metering = start_metering(env, log)
 
-        # 2. Restart nats-server while the runner publishes: the outbox holds and retries.
-        await until(lambda: _more_than(ledger_count, quarter + 500))
+        # 2. Stop nats-server gracefully while the runner publishes: the outbox holds, retries.
+        await until(lambda: _more_than(ledger_count, fifth + 500))
         nats.stop()
-        feed(events[2 * quarter:3 * quarter])
+        feed(events[2 * fifth:3 * fifth])
         await asyncio.sleep(2)
         nats = start_nats(tmp_path, port=nats_port)
 
-        # 3. Restart PostgreSQL while the consumer writes.
-        await until(lambda: _more_than(ledger_count, 2 * quarter + 500))
+        # 3. SIGKILL nats-server with usage on its way at both ends: spooled in the runner's
+        #    outbox and not yet acknowledged by JetStream, and delivered to metering and not
+        #    yet acknowledged by it.
+        await until(lambda: _more_than(ledger_count, 2 * fifth + 500))
+        feeding = asyncio.create_task(trickle(events[3 * fifth:4 * fifth]))
+        await in_flight(check_outbox=True)
+        nats.process.kill()
+        nats.process.wait()
+        await feeding
+        await asyncio.sleep(2)
+        nats = start_nats(tmp_path, port=nats_port)
+
+        # 4. Restart PostgreSQL while the consumer writes.
+        await until(lambda: _more_than(ledger_count, 3 * fifth + 500))
         pg.stop()
-        feed(events[3 * quarter:])
+        feed(events[4 * fifth:])
         # Deliberate duplicates that JetStream cannot catch (other msg ids): the ledger must.
         for e in events[::20]:
             await _publish_eventually(js, subjects.usage(e.pop), encode(e), e.id + "-dup")

@@ -132,8 +132,13 @@ def test_cost_rule_finds_the_cheapest_of_all_windows(seed: int) -> None:
     config = KeepAliveConfig(bins=30, cold_start_weight=weight, max_out_of_bounds=1.0)
     h = histogram(gaps + [100] * beyond, config, requests_each=requests_each)
     got = cheapest_window(h, weight)
+    # Never unloading keeps the replica through every idle time: g − 1 idle minutes each
+    # (minute g brings the next request), out-of-range ones included; no cold start.
+    never_unload = sum(g - 1 for g in gaps + [100] * beyond)
+    best_window = _brute_force_cost(h, weight)
     if got.keepalive_min == NEVER:
-        return  # checked by the never-unload test; the window search is what is tested here
+        assert never_unload < best_window + 1e-6, (never_unload, best_window)
+        return
     first = got.prewarm_min or 1
     end = first + got.keepalive_min - 1
     cold_cost = weight * h.span_min / h.requests
@@ -141,7 +146,8 @@ def test_cost_rule_finds_the_cheapest_of_all_windows(seed: int) -> None:
     idle = sum(max(0, min(end, g - 1) - first + 1) for g in gap_list if g >= first)
     idle += h.out_of_bounds * (end - first + 1)
     cold = h.samples + h.out_of_bounds - sum(1 for g in gap_list if first <= g <= end)
-    assert abs((idle + cold_cost * cold) - _brute_force_cost(h, weight)) < 1e-6
+    assert abs((idle + cold_cost * cold) - best_window) < 1e-6
+    assert best_window <= never_unload + 1e-6  # else never unloading was the answer
 
 
 def test_the_prior_keeps_a_short_history_from_fitting_its_few_gaps_exactly() -> None:

@@ -69,6 +69,20 @@ def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> No
     assert dominated(point("cheap", 50.0, 200.0), ours) is None
 
 
+def test_an_exact_tie_is_not_domination() -> None:
+    from services.sim.main import PolicyResult, dominated
+
+    def point(name: str, cold: float, idle: float) -> PolicyResult:
+        return PolicyResult(name, "", 0.0, cold, idle, 0.0, 0, 0, 0.0)
+
+    assert dominated(point("fixed", 16.3, 566.0), [point("a", 16.3, 566.0)]) is None
+    # Equal on one axis and better on the other still dominates.
+    tie_idle = point("b", 15.0, 566.0)
+    assert dominated(point("fixed", 16.3, 566.0), [tie_idle]) == tie_idle
+    tie_cold = point("c", 16.3, 500.0)
+    assert dominated(point("fixed", 16.3, 566.0), [tie_cold]) == tie_cold
+
+
 def test_a_keep_alive_across_the_view_start_counts_only_its_later_part() -> None:
     from services.sim.model import fixed_keepalive, simulate_views
 
