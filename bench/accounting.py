@@ -23,23 +23,17 @@ from pathlib import Path
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from services.runner.accounting import Ledger, ns_to_us
+from services.runner.booking import Bookkeeper
 from services.runner.models.base import run_alone
 from services.runner.models.onnx import OnnxModel
 from services.runner.outbox import Outbox, Spool
 from services.runner.usage_lines import UsageLines
 from shared.bus import connect, ensure_streams
 from shared.embedded import start_nats
-from shared.events import UsageEvent, new_id
+from shared.events import UsageEvent
 from shared.subjects import Subjects
 
 N = 20_000
-
-
-def usage_line(lines: UsageLines, ledger: Ledger, busy_us: int, started: datetime,
-               ended: datetime) -> tuple[Ledger, bytes]:
-    """What the runner's `_book` does for one request, less the spool append."""
-    ledger, gpu_us = ledger.charge(busy_us)
-    return ledger, lines.line(new_id(), "ten_x", "req", busy_us, gpu_us, started, ended)
 
 
 async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: int) -> float:
@@ -53,12 +47,12 @@ async def publish_cpu_per_event(template: UsageEvent, events: int, per_drain: in
         subjects = Subjects("edgeinfer")
         await ensure_streams(js, subjects)
         outbox = Outbox(work / "spool", js, subjects.usage("eu-west"))
-        ledger, now, lines = Ledger(share=Decimal(1)), datetime.now(UTC), UsageLines(template)
+        now = datetime.now(UTC)
+        books = Bookkeeper(Ledger(share=Decimal(1)), UsageLines(template), outbox)
         cpu = 0.0
         for _ in range(events // per_drain):
             for _ in range(per_drain):
-                ledger, line = usage_line(lines, ledger, 100, now, now)
-                outbox.append(line)
+                books.book("ten_x", "req", 100, now, now)
             t0 = time.process_time()
             await outbox.drain_once()
             cpu += time.process_time() - t0
@@ -89,14 +83,13 @@ def main(per_drain: int) -> None:
         deployment_id="dep_x", model_version="1", runner_id="r1", pop="eu-west",
         region="eu-west", gpu_class="cpu", gpu_share=Decimal("0.5"), busy_us=0, gpu_us=0,
         started_at=now, ended_at=now)
-    lines = UsageLines(template)
+    books = Bookkeeper(ledger, UsageLines(template), spool)  # the runner's own booking
     t0 = time.perf_counter_ns()
     for i in range(N):
         started = datetime.now(UTC)
         busy_us = ns_to_us(100_000 + i)
         ended = datetime.now(UTC)
-        ledger, line = usage_line(lines, ledger, busy_us, started, ended)
-        spool.append(line)
+        books.book("ten_x", "req", busy_us, started, ended)
     added_us = (time.perf_counter_ns() - t0) / N / 1000
     spool.close()
     print(f"model call (digits, 1 row):                 {model_us:6.1f} µs per request")

@@ -4,8 +4,8 @@ What runs is the runner's own code, minus BentoML's HTTP server and NATS (neithe
 the GPU machine, which reaches no package registry): device selection (`select_device`),
 the sentence-embedding family on CUDA (`load_model`), the CUDA-event timer (`timer_for`),
 the adaptive batcher, the ledger, and usage lines spooled by the real outbox — `book`
-below does what `Runner._book` does. Concurrent clients are asyncio tasks that validate
-(tokenize) and submit as the runner's request handler does.
+below is the runner's own booking (services/runner/booking.py), timed. Concurrent clients
+are asyncio tasks that validate (tokenize) and submit as the runner's request handler does.
 
 It checks and prints:
 1. the device the runner reports, and that a GPU class without a visible GPU is refused;
@@ -170,10 +170,11 @@ async def load(model: Any, device: Any, share: Decimal, seconds: float, concurre
                texts: list[str], spool_dir: Path, seed: int) -> LoadResult:
     from services.runner.accounting import Ledger
     from services.runner.batcher import BatchPart, MicroBatcher
+    from services.runner.booking import Bookkeeper
     from services.runner.device import timer_for
     from services.runner.outbox import Outbox, complete_lines, spooled_data
     from services.runner.usage_lines import UsageLines
-    from shared.events import UsageEvent, new_id, usage_decoder
+    from shared.events import UsageEvent, usage_decoder
 
     now = datetime.now(UTC)
     lines = UsageLines(UsageEvent(
@@ -182,19 +183,16 @@ async def load(model: Any, device: Any, share: Decimal, seconds: float, concurre
         region="local", gpu_class=device.kind, gpu_share=share, busy_us=0, gpu_us=0,
         started_at=now, ended_at=now))
     outbox = Outbox(spool_dir, None, "usage.gpu-check")  # type: ignore[arg-type]  # spool only
-    state: dict[str, Any] = {"ledger": Ledger(share=share)}
+    books = Bookkeeper(Ledger(share=share), lines, outbox)
     windows: list[tuple[datetime, datetime, int]] = []
 
     book_ns = [0]
 
     def book(request: tuple[str, str], part: BatchPart) -> tuple[str, int]:
-        """Runner._book: charge, spool the event, then move the ledger (and its own time)."""
+        """The runner's own booking (services/runner/booking.py), timed."""
         t0 = time.perf_counter_ns()
-        ledger, gpu_us = state["ledger"].charge(part.busy_us)
-        event_id = new_id()
-        outbox.append(lines.line(event_id, request[0], request[1], part.busy_us, gpu_us,
-                                 part.started_at, part.ended_at))
-        state["ledger"] = ledger
+        event_id, gpu_us = books.book(request[0], request[1], part.busy_us, part.started_at,
+                                      part.ended_at)
         book_ns[0] += time.perf_counter_ns() - t0
         if not windows or windows[-1][:2] != (part.started_at, part.ended_at):
             windows.append((part.started_at, part.ended_at, 0))
@@ -249,7 +247,7 @@ async def load(model: Any, device: Any, share: Decimal, seconds: float, concurre
         events, _ = complete_lines(spooled_data(path, 0))
         spooled += [_as_dict(usage_decoder.decode(line)) for line in events]
     return LoadResult(share, wall_s, totals["requests"], totals["texts"], totals["tokens"],
-                      batcher.batches, latencies, timer.batches_ns, windows, state["ledger"],
+                      batcher.batches, latencies, timer.batches_ns, windows, books.ledger,
                       totals["gpu_us"], totals["busy_us"], spooled, outer_ms, book_ns[0],
                       concurrency)
 
@@ -317,6 +315,10 @@ def check_conservation(result: LoadResult, checks: Checks, label: str = "") -> d
     }
 
 
+# The end event's own execution and the profiler-to-wall clock alignment, per batch.
+OVERCHARGE_SLACK_US = 100
+
+
 def gpu_activity(prof: Any) -> list[tuple[float, float]]:
     """(start, end) µs of everything the profiler (CUPTI) saw run on the GPU: kernels,
     copies, memsets. Read from the raw Kineto events: a chrome-trace export of a busy run is
@@ -337,6 +339,22 @@ def union_us(intervals: list[tuple[float, float]]) -> float:
         total += e - max(s, end)
         end = e
     return total
+
+
+def last_end_in_windows_us(intervals: list[tuple[float, float]],
+                           windows: list[tuple[float, float]]) -> list[float | None]:
+    """For each (sorted, disjoint) window, when the last GPU activity that began in it
+    ended (None: none began in it)."""
+    result, i = [], 0
+    for lo, hi in windows:
+        while i < len(intervals) and intervals[i][0] < lo:
+            i += 1
+        last, j = None, i
+        while j < len(intervals) and intervals[j][0] < hi:
+            last = intervals[j][1] if last is None else max(last, intervals[j][1])
+            j += 1
+        result.append(last)
+    return result
 
 
 def inside_windows_us(intervals: list[tuple[float, float]],
@@ -389,9 +407,31 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
         per_batch = inside_windows_us(activity, windows)
         if sum(per_batch) > best[0]:
             best = (sum(per_batch), per_batch, shift)
-    inside, per_batch, _ = best
+    inside, per_batch, shift = best
     summary["activity_inside_batch_windows"] = round(inside / active_us, 4) if active_us else None
     if active_us and inside >= 0.9 * active_us:
+        # The other way: never over-charge. A batch's charge is its stream's elapsed time
+        # from the start event (recorded at or after the window opened) to the end event
+        # (right after its last kernel), so it cannot exceed "last GPU activity of the batch
+        # ends − window opens", up to the end event itself and the clocks' alignment
+        # (OVERCHARGE_SLACK_US). A charge past that bound is GPU time the batch never used.
+        windows = [(a.timestamp() * 1e6 - shift, b.timestamp() * 1e6 - shift)
+                   for a, b, _ in result.windows]
+        bounds = [None if last is None else last - lo for (lo, _), last in
+                  zip(windows, last_end_in_windows_us(activity, windows), strict=True)]
+        over = [busy - bound for (_, _, busy), bound in zip(result.windows, bounds, strict=True)
+                if bound is not None and busy > bound + OVERCHARGE_SLACK_US]
+        bounded = sum(bound for bound in bounds if bound is not None)
+        charged_bounded = sum(busy for (_, _, busy), bound in zip(result.windows, bounds, strict=True)
+                              if bound is not None)
+        summary |= {"charged_over_activity_bound": round(charged_bounded / bounded, 4)
+                    if bounded else None, "batches_over_bound": len(over)}
+        checks.add(f"CUPTI, {label}concurrency {concurrency}: no batch is charged more than its"
+                   " GPU activity allows",
+                   not over and charged_bounded <= bounded + OVERCHARGE_SLACK_US * len(bounds),
+                   f"charged {charged_bounded / 1e6:.4f} s vs bound {bounded / 1e6:.4f} s;"
+                   f" {len(over)} of {len(bounds)} batches over by more than"
+                   f" {OVERCHARGE_SLACK_US} µs" + (f" (worst {max(over):.0f} µs)" if over else ""))
         fractions = sorted(act / busy for (_, _, busy), act in zip(result.windows, per_batch,
                                                                    strict=True) if busy > 0)
         summary |= {f"per_batch_active_over_busy_p{q}": round(fractions[len(fractions) * q // 100], 4)

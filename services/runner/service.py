@@ -28,6 +28,7 @@ from bentoml.exceptions import InvalidArgument
 from services.runner.accounting import Ledger
 from services.runner.answers import json_answer
 from services.runner.batcher import BatchPart, MicroBatcher
+from services.runner.booking import Bookkeeper
 from services.runner.config import RunnerConfig, runner_config_from_env
 from services.runner.device import Device, select_device, timer_for
 from services.runner.models import InvalidInput, ServedModel, load_model
@@ -97,7 +98,8 @@ class Runner:
         self.subjects = Subjects(self.config.namespace)
         self.source = f"runner/{self.config.pop}/{self.config.runner_id}"  # CloudEvents source
         self.state: RunnerState = "starting"
-        self.ledger = Ledger(share=self.config.gpu_share)
+        self._books: Bookkeeper | None = None  # from start(), once the spool is open
+        self._unbooked = Ledger(share=self.config.gpu_share)
         self.in_flight = 0
         self.model: ServedModel | None = None
         self.device: Device | None = None
@@ -108,7 +110,6 @@ class Runner:
         self._outbox: Outbox | None = None
         self._metrics: _RunnerMetrics | None = None
         self._batcher: MicroBatcher | None = None
-        self._usage_lines: UsageLines | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -124,13 +125,14 @@ class Runner:
         for _ in range(5):  # warm-up is never charged
             run_alone(self.model, warm)
         now = self.clock.now()
-        self._usage_lines = UsageLines(UsageEvent(  # what every usage event of this runner shares
+        lines = UsageLines(UsageEvent(  # what every usage event of this runner shares
             id="", source=self.source, time=now, tenant_id="", request_id="",
             deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
             pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
             gpu_us=0, started_at=now, ended_at=now))
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop),
                               linger_s=c.outbox_linger_s, clock=self.clock)
+        self._books = Bookkeeper(self._unbooked, lines, self._outbox)
         self._batcher = MicroBatcher(self.model, timer_for(self.device), self._book, clock=self.clock)
         self._tasks = [asyncio.create_task(self._outbox.run()),
                        asyncio.create_task(self._batcher.run()),
@@ -189,22 +191,16 @@ class Runner:
                 await self._beat()
         return {"state": self.state, "in_flight": self.in_flight}
 
+    @property
+    def ledger(self) -> Ledger:
+        return self._books.ledger if self._books is not None else self._unbooked
+
     def _book(self, request: tuple[str, str], part: BatchPart) -> tuple[str, int]:
         """Charge one request's part of a batch and spool its usage event before the answer
-        (what a client was answered is never lost). Returns (event id, µs charged).
-
-        The ledger moves only once the event is spooled: a request whose event could not be
-        written (disk full) fails, and its device time is neither charged nor counted busy,
-        like any attempt that fails through the platform's fault."""
-        tenant_id, request_id = request
-        ledger, gpu_us = self.ledger.charge(part.busy_us)
-        event_id = new_id()
-        assert self._outbox is not None and self._usage_lines is not None
-        self._outbox.append(self._usage_lines.line(event_id, tenant_id, request_id,
-                                                   part.busy_us, gpu_us, part.started_at,
-                                                   part.ended_at))
-        self.ledger = ledger
-        return event_id, gpu_us
+        (booking.py). Returns (event id, µs charged)."""
+        assert self._books is not None
+        return self._books.book(request[0], request[1], part.busy_us, part.started_at,
+                                part.ended_at)
 
     def counters(self) -> RunnerCounters:
         if self.ready_ns is None:
