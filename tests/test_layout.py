@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,3 +48,31 @@ def test_every_service_compose_runs_exists() -> None:
     assert named == set(SERVICES), f"services without a container: {set(SERVICES) - named}"
     for package in (*SERVICES, "runner"):
         assert (ROOT / "services" / package / "__init__.py").exists()
+
+
+# Where reading the machine's clocks is the point, not a shortcut past the injected Clock.
+CLOCK_EDGES = {
+    "services/launcher/cli.py": "the command line: how long `edgeinfer up` took to be ready",
+    "services/sim/main.py": "the command line: how long a replay took",
+    "services/runner/device.py": "the CPU timer: the instrument that measures busy time",
+    "services/runner/models/cuda_graphs.py": "how long graph capture took at load (a log line)",
+    "services/runner/outbox.py": "a spool file's name (ordered across restarts), not a time input",
+}
+
+
+def test_services_read_time_only_through_their_clock() -> None:
+    """shared/clock.py is how services learn the time (style.md §2); a direct read outside
+    the edges above is a policy or shell that tests cannot freeze."""
+    pattern = re.compile(r"\btime\.(time|monotonic|perf_counter)(_ns)?\(|datetime\.now\(")
+    found = {str(p.relative_to(ROOT)) for p in (ROOT / "services").rglob("*.py")
+             if pattern.search(p.read_text())}
+    assert found - set(CLOCK_EDGES) == set(), "read the time through shared.clock.Clock"
+    assert found == set(CLOCK_EDGES), f"no longer an edge, drop it from the list: {set(CLOCK_EDGES) - found}"
+
+
+def test_billing_reads_usage_only_through_metering_view() -> None:
+    """docs/decisions/0011: billing never reads metering's tables; metering never billing's."""
+    billing = "\n".join(p.read_text() for p in (ROOT / "services" / "billing").rglob("*.py"))
+    metering = "\n".join(p.read_text() for p in (ROOT / "services" / "metering").rglob("*.py"))
+    assert set(re.findall(r"\bmetering\.[a-z_]+", billing)) <= {"metering.billable_usage_hourly"}
+    assert re.findall(r"\bbilling\.[a-z_]+", metering) == []

@@ -61,6 +61,14 @@ async def add_version(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, m
     return version_id
 
 
+async def version_id(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, model: str,
+                     version: str) -> str | None:
+    return await conn.fetchval(
+        "SELECT v.id FROM registry.model_versions v JOIN registry.models m"
+        " ON m.id = v.model_id WHERE m.tenant_id = $1 AND m.name = $2 AND v.version = $3",
+        tenant_id, model, version)
+
+
 async def upsert_deployment(conn: asyncpg.Connection | asyncpg.Pool, tenant_id: str, name: str,
                             model_version_id: str, gpu_class: str, allowed_pops: list[str],
                             min_replicas: int, max_replicas: int,

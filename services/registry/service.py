@@ -151,10 +151,7 @@ class RegistryService:
                 raise Refusal(400, "invalid_schedule",
                               f"schedules[{i}]: min_replicas exceeds max_replicas")
         async with self._pool.acquire() as conn, conn.transaction():
-            version_id = await conn.fetchval(
-                "SELECT v.id FROM registry.model_versions v JOIN registry.models m"
-                " ON m.id = v.model_id WHERE m.tenant_id = $1 AND m.name = $2 AND v.version = $3",
-                tenant_id, spec.model, spec.version)
+            version_id = await repository.version_id(conn, tenant_id, spec.model, spec.version)
             if version_id is None:
                 raise Refusal(404, "model_version_not_found",
                               f"no version {spec.version!r} of model {spec.model!r}")

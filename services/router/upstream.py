@@ -7,6 +7,7 @@ taking it is not retried (the model may not be idempotent): 502, and it is not c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -37,15 +38,13 @@ class NotStarted(Exception):
     """The replica did not take the request (refused connection, or not ready): safe to retry."""
 
 
+@dataclass(frozen=True, slots=True)
 class Upstream:
     """What one forwarded attempt returned, and how long the runner took."""
 
-    __slots__ = ("data", "seconds", "status")
-
-    def __init__(self, status: int, data: bytes, seconds: float) -> None:
-        self.status = status
-        self.data = data
-        self.seconds = seconds
+    status: int
+    data: bytes
+    seconds: float
 
 
 class Forwarder:
