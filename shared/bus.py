@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import NotFoundError
 
+from shared.http import Refusal
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -83,9 +84,23 @@ async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> N
         await js.update_stream(config)
 
 
+class Unavailable(Refusal):
+    """A part an answer depends on did not answer over NATS — NATS itself down, the service
+    down, or this PoP cut off from the hub: 503 + Retry-After, never a 500, never a guess."""
+
+    def __init__(self, what: str, retry_after_s: int = 2) -> None:
+        super().__init__(503, "unavailable", f"{what} cannot be reached right now; retry shortly",
+                         headers={"Retry-After": str(retry_after_s)})
+
+
 async def request(nc: NATS, subject: str, message: msgspec.Struct, reply_type: type[T],
-                  timeout: float = 2.0) -> T:
-    reply = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
+                  timeout: float = 2.0, what: str = "a platform service") -> T:
+    """Request/reply; raises Unavailable when no answer comes (timeout, no responders, the
+    connection closed or reconnecting)."""
+    try:
+        reply = await nc.request(subject, msgspec.json.encode(message), timeout=timeout)
+    except (nats.errors.Error, OSError) as exc:
+        raise Unavailable(what) from exc
     return msgspec.json.decode(reply.data, type=reply_type)
 
 

@@ -1,8 +1,14 @@
 """Who is calling: resolve an API key to its tenant through the accounts service, with a short cache.
 
-Every service that faces tenants (router, registry, metering) uses this; none of them
-reads the accounts schema, which the api service owns. Revocation takes effect within
-the cache's TTL (1 s by default).
+Every service that faces tenants (router, registry, metering, billing) uses this; none
+of them reads the accounts schema, which the api service owns. Revocation takes effect
+within the cache's TTL (1 s by default).
+
+Bounded staleness: when the accounts service cannot be reached (NATS down, a PoP cut
+from the hub), a key this process has seen active or suspended within `stale_s` keeps
+its last answer; a key it has not seen, or not recently, is refused with 503 +
+Retry-After — never a guess, never a 500. Once the link is back, the next lookup after
+the TTL asks again, so a revocation made during a cut applies within a second of the heal.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NATS
 
 from shared.auth import bearer_token, hash_api_key
-from shared.bus import request
+from shared.bus import Unavailable, request
 from shared.events import ResolveKeyReply, ResolveKeyRequest, TenantLimits
 from shared.http import Refusal
 from shared.subjects import Subjects
@@ -28,10 +34,11 @@ class Tenant:
 
 class KeyResolver:
     def __init__(self, nc: NATS, subjects: Subjects, *, ttl_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 stale_s: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._nc = nc
         self._subjects = subjects
         self._ttl_s = ttl_s
+        self._stale_s = stale_s
         self._clock = clock
         self._cache: dict[str, tuple[float, ResolveKeyReply]] = {}
 
@@ -44,8 +51,15 @@ class KeyResolver:
         cached = self._cache.get(key_hash)
         if cached is not None and now - cached[0] < self._ttl_s:
             return cached[1]
-        reply = await request(self._nc, self._subjects.resolve_key,
-                              ResolveKeyRequest(key_hash=key_hash), ResolveKeyReply)
+        try:
+            reply = await request(self._nc, self._subjects.resolve_key,
+                                  ResolveKeyRequest(key_hash=key_hash), ResolveKeyReply,
+                                  what="the accounts service")
+        except Unavailable:
+            if (cached is not None and cached[1].status != "unknown"
+                    and now - cached[0] < self._stale_s):
+                return cached[1]
+            raise
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key_hash] = (now, reply)

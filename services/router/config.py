@@ -42,6 +42,11 @@ class RouterConfig:
     max_body_bytes: int = 1024 * 1024
     forward_timeout_s: float = 30.0
     deployment_cache_s: float = 5.0
+    # How long keys and deployments seen here keep their last answer while the accounts
+    # service and the registry cannot be reached (a PoP cut from the hub, NATS down): long
+    # enough to ride out link flaps and most WAN incidents (minutes), short enough that a
+    # revocation that cannot reach this PoP is ignored for five minutes at most.
+    cache_stale_s: float = 300.0
     # How long a request waits for a cold start unless it sends X-Scale-Up-Timeout.
     scale_up_timeout_s: float = 60.0
     max_scale_up_timeout_s: float = 300.0
@@ -64,4 +69,6 @@ def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig
                                     RouterConfig.forward_timeout_s, lo=0.1, hi=600),
         scale_up_timeout_s=env_float(env, "EDGEINFER_SCALE_UP_TIMEOUT_S",
                                      RouterConfig.scale_up_timeout_s, lo=0, hi=3600),
+        cache_stale_s=env_float(env, "EDGEINFER_CACHE_STALE_S", RouterConfig.cache_stale_s,
+                                lo=0, hi=7 * 86400),
     )

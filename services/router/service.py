@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.config import RouterConfig
+from services.router.deployments import DeploymentCache
 from services.router.gate import TenantGate
 from services.router.holds import Holds
 from services.router.location import client_region
@@ -36,14 +37,11 @@ from services.router.policy import Route, choose, order_pops
 from services.router.signals import DemandSignals
 from services.router.table import RoutingTable
 from services.router.upstream import Forwarder, NotStarted, answer
-from shared.bus import decode_or_warn
-from shared.bus import request as nats_request
+from shared.bus import Unavailable, decode_or_warn
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import (
     Deployment,
     KeyRevoked,
-    ResolveDeploymentReply,
-    ResolveDeploymentRequest,
     accounts_event_decoder,
     budget_decoder,
     encode,
@@ -81,13 +79,15 @@ class RouterService:
         self._config = config
         self._clock = clock
         self.table = RoutingTable()
-        self.keys = KeyResolver(nc, subjects)
+        self.keys = KeyResolver(nc, subjects, stale_s=config.cache_stale_s,
+                                clock=clock.monotonic)
         self.metrics = RouterMetrics()
         self.gate = TenantGate()
         self.holds = Holds(self.metrics, clock)
         self.signals = DemandSignals(nc, subjects, self.metrics, clock)
         self._forwarder = Forwarder(self.table, self.metrics, clock, config.forward_timeout_s)
-        self._deployments: dict[tuple[str, str], tuple[float, Deployment | None]] = {}
+        self.deployments = DeploymentCache(nc, subjects, clock, config.deployment_cache_s,
+                                           config.cache_stale_s)
         self._random = random.Random()
         self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
 
@@ -129,18 +129,6 @@ class RouterService:
 
     # --- the request path ------------------------------------------------------------------
 
-    async def deployment(self, tenant_id: str, name: str) -> Deployment | None:
-        key = (tenant_id, name)
-        now = self._clock.monotonic()
-        cached = self._deployments.get(key)
-        if cached is not None and now - cached[0] < self._config.deployment_cache_s:
-            return cached[1]
-        reply = await nats_request(self._nc, self._subjects.resolve_deployment,
-                                   ResolveDeploymentRequest(tenant_id=tenant_id, name=name),
-                                   ResolveDeploymentReply)
-        self._deployments[key] = (now, reply.deployment)
-        return reply.deployment
-
     def _pop_order(self, region: str, allowed_pops: list[str]) -> list[tuple[str, float]]:
         key = (region, tuple(allowed_pops))
         ordered = self._pop_orders.get(key)
@@ -172,7 +160,7 @@ class RouterService:
             self.gate.admit(tenant, started)
             self.gate.in_flight[tenant.id] += 1
             try:
-                deployment = await self.deployment(tenant.id, name)
+                deployment = await self.deployments.get(tenant.id, name)
                 if deployment is None:
                     raise Refusal(404, "deployment_not_found", f"no deployment named {name!r}")
                 deployment_label = deployment.id
@@ -210,8 +198,11 @@ class RouterService:
         deadline: float | None = None  # set when the request is first held
         attempts = 0
         while True:
-            route = choose(ordered, self.table.by_pop(deployment.id, self._clock.monotonic()),
-                           self._random.randrange, frozenset(tried))
+            # Heartbeats come over NATS: while it is away, the replicas last heard from stay
+            # routable for the bounded staleness instead of vanishing after a few seconds.
+            table = self.table.by_pop(deployment.id, self._clock.monotonic(),
+                                      None if self._nc.is_connected else self._config.cache_stale_s)
+            route = choose(ordered, table, self._random.randrange, frozenset(tried))
             if isinstance(route, Route):
                 # Counted once per request, at its first attempt: one refused by a draining
                 # replica and sent again is still one request served.
@@ -240,6 +231,8 @@ class RouterService:
                               "every replica in the deployment's allowed PoPs "
                               f"({', '.join(deployment.allowed_pops)}) is at capacity",
                               headers={"Retry-After": str(route.retry_after_s)})
+            if not self._nc.is_connected:  # nothing can wake the deployment: do not hold
+                raise Unavailable("the PoP's message bus")
             # Cold: nothing ready anywhere allowed. Wake the deployment and hold.
             now = self._clock.monotonic()
             deadline = now + scale_up_timeout if deadline is None else deadline

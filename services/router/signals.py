@@ -4,14 +4,18 @@ and refused load (concurrency the replicas could not take)."""
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 
+import nats.errors
 from nats.aio.client import Client as NATS
 
 from services.router.metrics import RouterMetrics
 from shared.clock import Clock
 from shared.events import DemandSignal, encode, new_id
 from shared.subjects import Subjects
+
+log = logging.getLogger(__name__)
 
 
 class DemandSignals:
@@ -61,6 +65,12 @@ class DemandSignals:
 
     async def publish(self, deployment_id: str, pop: str, held: int, excess: float = 0.0,
                       served: int = 0) -> None:
-        await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
-            id=new_id(), source="router", time=self._clock.now(), deployment_id=deployment_id,
-            held_requests=held, pop=pop, excess_concurrency=round(excess, 3), requests=served)))
+        """Best effort: with NATS away the signal is lost, the request is not (the next
+        signal, a second later, carries the load again)."""
+        try:
+            await self._nc.publish(self._subjects.demand(deployment_id), encode(DemandSignal(
+                id=new_id(), source="router", time=self._clock.now(),
+                deployment_id=deployment_id, held_requests=held, pop=pop,
+                excess_concurrency=round(excess, 3), requests=served)))
+        except (nats.errors.Error, OSError) as exc:
+            log.debug("demand signal for %s not sent: %s", deployment_id, exc)

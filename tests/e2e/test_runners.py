@@ -204,3 +204,37 @@ def _runner_tree(stack: Stack, runner_id: str) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             continue
     raise AssertionError(f"runner {runner_id} has no process under edgeinfer up")
+
+
+def test_with_nats_gone_the_router_serves_what_it_knows_and_never_answers_500(
+        stack: Stack, private_nats: PrivateNats) -> None:
+    """NATS SIGKILLed under `edgeinfer up`: the router keeps serving a tenant and a
+    deployment it has seen (bounded staleness) from the replicas it last heard of; what it
+    cannot decide without NATS (a key it never saw) is a 503 with Retry-After, never a 500.
+    Once NATS is back, everything is served as before."""
+    def infer(key: str | None = None) -> httpx.Response:
+        return httpx.post(f"{stack.router}/v1/deployments/digits/infer", timeout=30,
+                          headers=stack.auth(key), json={"inputs": [sample_digit(3)]})
+
+    deadline = time.monotonic() + 60
+    while infer().status_code != 200:  # the previous test's replacement runner may be starting
+        assert time.monotonic() < deadline, "digits is not being served"
+        time.sleep(0.5)
+    private_nats.server.process.kill()
+    private_nats.server.process.wait()
+    try:
+        answers = [infer() for _ in range(40)]
+        statuses = [a.status_code for a in answers]
+        assert all(s in (200, 503) for s in statuses), statuses
+        assert statuses.count(200) >= 30, statuses  # served from what the router knew
+        assert all(a.headers.get("retry-after") for a in answers if a.status_code == 503)
+        unseen = infer(key="ei_never_seen_at_this_pop")
+        assert unseen.status_code == 503, unseen.text
+        assert unseen.json()["error"]["code"] == "unavailable"
+        assert int(unseen.headers["retry-after"]) >= 1
+    finally:
+        private_nats.restart()
+    deadline = time.monotonic() + 30
+    while (again := infer()).status_code != 200:
+        assert time.monotonic() < deadline, again.text
+        time.sleep(0.5)
