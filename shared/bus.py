@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TypeVar
 
 import msgspec
@@ -27,10 +28,12 @@ T = TypeVar("T")
 
 
 async def connect(url: str, name: str) -> NATS:
+    """`url` may list several servers, comma-separated (the hub cluster's three): the
+    client fails over among them, and learns the others from the cluster too."""
     # Reconnect forever: a NATS restart must not kill a service (the runner's outbox and
     # the metering consumer both resume where they were).
     return await nats.connect(
-        url,
+        [u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -39,30 +42,57 @@ async def connect(url: str, name: str) -> NATS:
 
 
 async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create (or update) the streams; idempotent, so every service may call it at start."""
-    await _ensure_stream(
-        js,
+    """Create (or update) the streams of one server (`edgeinfer up`, a single NATS);
+    idempotent, so every service may call it at start."""
+    for config in _platform_streams(subjects, replicas=1):
+        await _ensure_stream(js, config)
+
+
+async def ensure_hub_streams(js: JetStreamContext, subjects: Subjects, pops: Iterable[str],
+                             replicas: int = 3) -> None:
+    """The hub's streams in the distributed layout (docs/topology.md), replicated on the
+    hub cluster: `USAGE` takes no subject of its own and sources each PoP's usage stream
+    from the PoP's JetStream domain, so usage reaches billing once the link allows and a
+    cut only delays it. The ledger's unique event id stays the final guard."""
+    sources = [js_api.StreamSource(name=subjects.pop_usage_stream(pop),
+                                   external=js_api.ExternalStream(api=f"$JS.{pop}.API"))
+               for pop in sorted(pops)]
+    for config in _platform_streams(subjects, replicas, usage_sources=sources):
+        await _ensure_stream(js, config)
+
+
+async def ensure_pop_streams(js: JetStreamContext, subjects: Subjects, pop: str) -> None:
+    """A PoP's own usage stream, in its own JetStream domain: runners' usage is stored at
+    the PoP first, whatever the state of the link to the hub."""
+    await _ensure_stream(js, js_api.StreamConfig(
+        name=subjects.pop_usage_stream(pop), subjects=[subjects.usage(pop)],
+        storage=js_api.StorageType.FILE, retention=js_api.RetentionPolicy.LIMITS,
+        duplicate_window=USAGE_DUPLICATE_WINDOW_S, max_age=7 * 24 * 3600))
+
+
+def _platform_streams(subjects: Subjects, replicas: int,
+                      usage_sources: list[js_api.StreamSource] | None = None
+                      ) -> list[js_api.StreamConfig]:
+    return [
         js_api.StreamConfig(
             name=subjects.usage_stream,
-            subjects=[subjects.usage_wildcard],
+            # Sourced (the distributed layout) or captured here (one server).
+            subjects=None if usage_sources is not None else [subjects.usage_wildcard],
+            sources=usage_sources,
             storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS,
             duplicate_window=USAGE_DUPLICATE_WINDOW_S,
             max_age=7 * 24 * 3600,
+            num_replicas=replicas,
         ),
-    )
-    await _ensure_stream(
-        js,
         js_api.StreamConfig(
             name=subjects.usage_dead_letter_stream,
             subjects=[subjects.usage_dead_letter],
             storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS,
+            num_replicas=replicas,
         ),
-    )
-    # The autoscaler's decisions with their reasons and inputs, kept a week for admins.
-    await _ensure_stream(
-        js,
+        # The autoscaler's decisions with their reasons and inputs, kept a week for admins.
         js_api.StreamConfig(
             name=subjects.decision_stream,
             subjects=[subjects.decision_wildcard],
@@ -70,8 +100,9 @@ async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
             retention=js_api.RetentionPolicy.LIMITS,
             max_age=7 * 24 * 3600,
             max_msgs_per_subject=1000,
+            num_replicas=replicas,
         ),
-    )
+    ]
 
 
 async def _ensure_stream(js: JetStreamContext, config: js_api.StreamConfig) -> None:

@@ -29,6 +29,10 @@ class Subjects:
     def usage_stream(self) -> str:
         return f"{self.namespace.upper()}_USAGE"
 
+    def pop_usage_stream(self, pop: str) -> str:
+        """A PoP's own usage stream, in its JetStream domain (docs/topology.md)."""
+        return f"{self.namespace.upper()}_USAGE_{token(pop).upper().replace('-', '_')}"
+
     @property
     def usage_wildcard(self) -> str:
         return f"{self.namespace}.usage.gpu.>"

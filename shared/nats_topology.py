@@ -1,0 +1,210 @@
+"""The distributed layout of NATS, from one description: a hub cluster of three servers with
+JetStream (domain `hub`), and one leaf-node server per PoP with a JetStream domain of its
+own (docs/topology.md). Pure: a description in, nats-server config files out — what each
+host runs is generated here, never written by hand, and each file is checked with
+`nats-server -t -c FILE` in the tests.
+
+The description is TOML (`edgeinfer topology render FILE`):
+
+    namespace = "edgeinfer"
+
+    [[hub]]                      # three entries: a JetStream cluster needs a quorum
+    name = "hub-1"
+    host = "10.10.0.1"           # where the others reach it
+    client_port = 4222           # optional, these are the defaults
+    cluster_port = 6222
+    leaf_port = 7422
+
+    [[pops]]
+    name = "eu-west"             # also its JetStream domain
+    region = "eu-west"
+    jurisdiction = "eu"
+    host = "10.20.0.1"
+    client_port = 4222
+
+Each server block leaves one place for credentials (`authorization`, `leafnodes.remotes[*]
+.credentials`): the trust issue adds them per host and per role without reshaping this.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.config import ConfigError
+from shared.subjects import token
+from shared.topology import Pop
+
+HUB_DOMAIN = "hub"
+CLUSTER_NAME = "edgeinfer-hub"
+
+
+@dataclass(frozen=True)
+class HubServer:
+    name: str
+    host: str
+    client_port: int = 4222
+    cluster_port: int = 6222
+    leaf_port: int = 7422
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+
+@dataclass(frozen=True)
+class PopHost:
+    pop: Pop
+    host: str
+    client_port: int = 4222
+
+    @property
+    def domain(self) -> str:
+        return self.pop.name
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str
+    hub: tuple[HubServer, ...]
+    pops: tuple[PopHost, ...]
+
+    @property
+    def hub_urls(self) -> list[str]:
+        return [s.client_url for s in self.hub]
+
+    def pop(self, name: str) -> PopHost:
+        for p in self.pops:
+            if p.pop.name == name:
+                return p
+        raise KeyError(name)
+
+
+def _port(entry: dict[str, Any], key: str, default: int, where: str) -> int:
+    value = entry.get(key, default)
+    if not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"{where}: {key} = {value!r}, must be a port in [1; 65535]")
+    return value
+
+
+def _text(entry: dict[str, Any], key: str, where: str) -> str:
+    value = entry.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: `{key}` is required (a non-empty string)")
+    return value.strip()
+
+
+def parse_topology(text: str, source: str = "topology") -> Topology:
+    """The description, validated; every error names the entry and what is allowed."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    namespace = raw.get("namespace", "edgeinfer")
+    hub = []
+    for i, entry in enumerate(raw.get("hub", [])):
+        where = f"{source}: hub[{i}]"
+        hub.append(HubServer(name=_token(_text(entry, "name", where), where),
+                             host=_text(entry, "host", where),
+                             client_port=_port(entry, "client_port", 4222, where),
+                             cluster_port=_port(entry, "cluster_port", 6222, where),
+                             leaf_port=_port(entry, "leaf_port", 7422, where)))
+    if len(hub) != 3:
+        raise ConfigError(f"{source}: the hub needs exactly 3 servers (a JetStream cluster keeps"
+                          f" a quorum through the loss of one), got {len(hub)}")
+    pops = []
+    for i, entry in enumerate(raw.get("pops", [])):
+        where = f"{source}: pops[{i}]"
+        name = _token(_text(entry, "name", where), where)
+        if name == HUB_DOMAIN:
+            raise ConfigError(f"{where}: a PoP cannot be named {HUB_DOMAIN!r} (the hub's domain)")
+        pops.append(PopHost(Pop(name, _text(entry, "region", where),
+                                _text(entry, "jurisdiction", where)),
+                            host=_text(entry, "host", where),
+                            client_port=_port(entry, "client_port", 4222, where)))
+    if not pops:
+        raise ConfigError(f"{source}: name at least one PoP ([[pops]])")
+    for kind, names in (("hub server", [s.name for s in hub]), ("PoP", [p.pop.name for p in pops])):
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: two {kind}s have the same name: {sorted(names)}")
+    return Topology(namespace, tuple(hub), tuple(pops))
+
+
+def load_topology(path: Path) -> Topology:
+    return parse_topology(path.read_text(), str(path))
+
+
+def _token(value: str, where: str) -> str:
+    try:
+        return token(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def hub_server_config(topology: Topology, server: HubServer, store_dir: Path,
+                      listen_host: str | None = None) -> str:
+    """One hub server: clustered JetStream (domain `hub`), routes to the other two, and a
+    leaf-node listener the PoPs connect to. `listen_host`: bind address (default: its host)."""
+    bind = listen_host or server.host
+    routes = ", ".join(f'"nats-route://{o.host}:{o.cluster_port}"'
+                       for o in topology.hub if o.name != server.name)
+    return f"""# {server.name}: generated by edgeinfer from the topology description; do not edit.
+server_name: "{server.name}"
+listen: "{bind}:{server.client_port}"
+jetstream {{
+  store_dir: "{store_dir}"
+  domain: "{HUB_DOMAIN}"
+}}
+cluster {{
+  name: "{CLUSTER_NAME}"
+  listen: "{bind}:{server.cluster_port}"
+  routes: [{routes}]
+}}
+leafnodes {{
+  listen: "{bind}:{server.leaf_port}"
+}}
+"""
+
+
+def pop_server_config(topology: Topology, pop: PopHost, store_dir: Path,
+                      listen_host: str | None = None) -> str:
+    """One PoP's leaf node: its own JetStream domain (usage is stored here first, so a cut
+    link delays billing and never loses it), connected to every hub server."""
+    bind = listen_host or pop.host
+    remotes = ", ".join(f'"nats-leaf://{s.host}:{s.leaf_port}"' for s in topology.hub)
+    return f"""# {pop.pop.name}: generated by edgeinfer from the topology description; do not edit.
+server_name: "pop-{pop.pop.name}"
+listen: "{bind}:{pop.client_port}"
+jetstream {{
+  store_dir: "{store_dir}"
+  domain: "{pop.domain}"
+}}
+leafnodes {{
+  # Retry fast after a cut: the PoP's usage streams resume sourcing into the hub once the
+  # link is back.
+  reconnect: "1s"
+  remotes: [{{ urls: [{remotes}] }}]
+}}
+"""
+
+
+def render(topology: Topology, out_dir: Path, store_root: Path) -> dict[str, Path]:
+    """Every server's config file under `out_dir` (one per host); name → path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for server in topology.hub:
+        path = out_dir / f"{server.name}.conf"
+        path.write_text(hub_server_config(topology, server, store_root / server.name))
+        written[server.name] = path
+    for pop in topology.pops:
+        name = f"pop-{pop.pop.name}"
+        path = out_dir / f"{name}.conf"
+        path.write_text(pop_server_config(topology, pop, store_root / name))
+        written[name] = path
+    return written

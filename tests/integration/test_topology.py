@@ -1,0 +1,191 @@
+"""The distributed NATS layout on real nats-server processes (loopback ports): configs
+generated from one description pass `nats-server -t`; a hub cluster of three with
+JetStream and two PoP leaf nodes with domains of their own come up from them; usage
+spooled and published at the PoPs reaches the hub's ledger through stream sourcing, and
+losing a hub server (SIGKILL) under load loses and doubles nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.metering.consumer import UsageConsumer
+from services.runner.outbox import Outbox
+from shared.bus import connect, ensure_hub_streams, ensure_pop_streams
+from shared.embedded import free_port, nats_server_binary, wait_for_port
+from shared.events import UsageEvent, encode, new_id
+from shared.nats_topology import Topology, parse_topology, render
+from shared.subjects import Subjects
+
+POPS = ("eu-west", "us-east")
+
+
+def loopback_topology(namespace: str) -> Topology:
+    hub = "\n".join(f"""
+[[hub]]
+name = "hub-{i}"
+host = "127.0.0.1"
+client_port = {free_port()}
+cluster_port = {free_port()}
+leaf_port = {free_port()}
+""" for i in (1, 2, 3))
+    pops = "\n".join(f"""
+[[pops]]
+name = "{pop}"
+region = "{pop}"
+jurisdiction = "{pop[:2]}"
+host = "127.0.0.1"
+client_port = {free_port()}
+""" for pop in POPS)
+    return parse_topology(f'namespace = "{namespace}"\n{hub}\n{pops}')
+
+
+@dataclass
+class Servers:
+    """The generated configs, and a nats-server process per config."""
+
+    configs: dict[str, Path]
+    logs: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, port: int) -> None:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            self.processes[name] = subprocess.Popen(
+                [nats_server_binary(), "-c", str(self.configs[name])], stdout=log,
+                stderr=subprocess.STDOUT)
+        wait_for_port(port, timeout=15)
+
+    def kill(self, name: str) -> None:
+        self.processes[name].kill()
+        self.processes[name].wait()
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(10)
+            if process.poll() is None:
+                process.kill()
+
+
+def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespace: str) -> None:
+    configs = render(loopback_topology(namespace), tmp_path / "conf", tmp_path / "store")
+    assert sorted(configs) == ["hub-1", "hub-2", "hub-3", "pop-eu-west", "pop-us-east"]
+    for name, path in configs.items():
+        checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+        assert checked.returncode == 0, f"{name}: {checked.stdout}{checked.stderr}"
+
+
+@pytest.fixture
+async def topology_servers(tmp_path: Path, namespace: str) -> AsyncIterator[tuple[Topology, Servers]]:
+    topology = loopback_topology(namespace)
+    (tmp_path / "logs").mkdir()
+    servers = Servers(render(topology, tmp_path / "conf", tmp_path / "store"), tmp_path / "logs")
+    try:
+        for server in topology.hub:
+            servers.start(server.name, server.client_port)
+        for pop in topology.pops:
+            servers.start(f"pop-{pop.pop.name}", pop.client_port)
+        yield topology, servers
+    finally:
+        servers.stop_all()
+
+
+async def until(check, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def jetstream_ready(nc: NATS) -> bool:
+    try:
+        await nc.jetstream().account_info()
+    except Exception:
+        return False
+    return True
+
+
+def usage(tenant: str, pop: str, rng: random.Random) -> UsageEvent:
+    now = datetime.now(UTC)
+    us = rng.randint(1, 50_000)
+    return UsageEvent(id=new_id(), source="test", time=now, tenant_id=tenant, request_id=new_id(),
+                      deployment_id="dep_topo", model_version="1", runner_id=f"r-{pop}", pop=pop,
+                      region=pop, gpu_class="cpu", gpu_share=Decimal(1), busy_us=us, gpu_us=us,
+                      started_at=now, ended_at=now)
+
+
+async def ledger(pool: asyncpg.Pool, tenant: str) -> tuple[int, int]:
+    row = await pool.fetchrow("SELECT count(*) AS n, coalesce(sum(gpu_us), 0)::bigint AS us"
+                              " FROM metering.usage_events WHERE tenant_id = $1", tenant)
+    return int(row["n"]), int(row["us"])
+
+
+@pytest.mark.timeout(240)
+async def test_pop_usage_reaches_the_hub_ledger_exactly_once_through_a_hub_server_loss(
+        topology_servers: tuple[Topology, Servers], pool: asyncpg.Pool, namespace: str,
+        tmp_path: Path) -> None:
+    topology, servers = topology_servers
+    subjects = Subjects(namespace)
+    tenant = f"ten_{namespace}"
+    hub = await connect(",".join(topology.hub_urls), "test-hub")
+    pop_clients = {p.pop.name: await connect(p.client_url, f"test-{p.pop.name}")
+                   for p in topology.pops}
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await until(lambda: jetstream_ready(hub), 60, "the hub's JetStream never had a leader")
+        await ensure_hub_streams(hub.jetstream(), subjects, POPS, replicas=3)
+        outboxes = {}
+        for pop, nc in pop_clients.items():
+            await until(lambda nc=nc: jetstream_ready(nc), 30, f"{pop}'s JetStream never came up")
+            await ensure_pop_streams(nc.jetstream(), subjects, pop)
+            outboxes[pop] = Outbox(tmp_path / "spool" / pop, nc.jetstream(), subjects.usage(pop))
+            tasks.append(asyncio.create_task(outboxes[pop].run()))
+        consumer = UsageConsumer(pool, hub, subjects)
+        tasks.append(asyncio.create_task(consumer.run()))
+
+        rng = random.Random(7)
+        sent: list[UsageEvent] = []
+
+        async def feed(n: int) -> None:
+            for i in range(n):
+                event = usage(tenant, POPS[i % 2], rng)
+                outboxes[event.pop].append(encode(event) + b"\n")
+                sent.append(event)
+                if i % 100 == 99:
+                    await asyncio.sleep(0.05)
+
+        async def ledger_has(n: int) -> bool:
+            return (await ledger(pool, tenant))[0] >= n
+
+        await feed(2000)
+        await until(lambda: ledger_has(500), 60, "no usage reached the hub's ledger")
+        servers.kill("hub-2")  # one of three: the cluster keeps its quorum
+        await feed(2000)
+        await until(lambda: ledger_has(3500), 90, "usage stopped after losing a hub server")
+        servers.start("hub-2", topology.hub[1].client_port)
+        await feed(1000)
+        await until(lambda: ledger_has(len(sent)), 90, "not every event reached the ledger")
+        await asyncio.sleep(2)  # nothing late or doubled arrives after
+        assert await ledger(pool, tenant) == (len(sent), sum(e.gpu_us for e in sent))
+        for pop, outbox in outboxes.items():
+            assert outbox.pending_events == 0, pop
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for nc in (hub, *pop_clients.values()):
+            await nc.close()
