@@ -36,11 +36,12 @@ from services.metering.service import MeteringService
 from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
 from services.router.service import RouterService
-from shared.bus import connect, ensure_streams
+from shared.bus import connect, ensure_hub_streams, ensure_streams
 from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
 from shared.http import EXCEPTION_HANDLERS
+from shared.nats_topology import Topology, load_topology
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver
 from shared.topology import Pop, pops_from_env
@@ -66,6 +67,9 @@ class StackConfig:
     k8s_namespace_prefix: str = "edgeinfer-"
     k8s_mig_classes: str = ""
     in_kubernetes: bool = False
+    # The distributed layout (docs/topology.md), when this process runs on the hub: its
+    # streams source each PoP's usage. None: one NATS server (`edgeinfer up`).
+    topology: Topology | None = None
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     admin_token: str | None = None
@@ -89,6 +93,8 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
                                      StackConfig.k8s_namespace_prefix),
         k8s_mig_classes=env_str(env, "EDGEINFER_K8S_MIG_CLASSES", StackConfig.k8s_mig_classes),
         in_kubernetes=bool(env_optional(env, "KUBERNETES_SERVICE_HOST")),
+        topology=load_topology(Path(path)) if (path := env_optional(env, "EDGEINFER_TOPOLOGY"))
+        else None,
         api_host=env_str(env, "EDGEINFER_API_HOST", StackConfig.api_host),
         api_port=env_int(env, "EDGEINFER_API_PORT", StackConfig.api_port, lo=1, hi=65535),
         admin_token=env_optional(env, "EDGEINFER_ADMIN_TOKEN"),
@@ -133,6 +139,14 @@ class Stack:
     autoscaler: AutoscalerService | None = None
     servers: list[uvicorn.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    watchers: list[asyncio.Task[Any]] = field(default_factory=list)
+    nats_restarts: int = 0
+
+    @property
+    def source_pops(self) -> list[str]:
+        """The PoPs whose usage the hub sources (none on one NATS server)."""
+        topology = self.config.topology
+        return [] if topology is None else [p.pop.name for p in topology.pops]
 
     @property
     def api_url(self) -> str:
@@ -169,11 +183,16 @@ class Stack:
             self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
             self.database_url = self.embedded_postgres.url
 
+        if self.embedded_nats is not None:
+            self.watchers.append(asyncio.create_task(self._keep_nats_up(), name="nats-watchdog"))
         applied = await migrate(self.database_url)
         log.info("migrations: %d applied now", len(applied))
         subjects = Subjects(p.namespace)
         self.nc = await connect(self.nats_url, name="edgeinfer-control-plane")
-        await ensure_streams(self.nc.jetstream(), subjects)
+        if c.topology is None:
+            await ensure_streams(self.nc.jetstream(), subjects)
+        else:
+            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops)
         self.pool = await create_pool(self.database_url, max_size=10)
 
         resolver = KeyResolver(self.nc, subjects)
@@ -188,7 +207,8 @@ class Stack:
             await self.registry.start()
             route_handlers.append(self.registry.router(resolver))
         if "metering" in wanted:
-            self.metering = MeteringService(self.pool, self.nc, subjects, c.metering)
+            self.metering = MeteringService(self.pool, self.nc, subjects, c.metering,
+                                            source_pops=self.source_pops)
             await self.metering.start()
             route_handlers.append(self.metering.router(resolver))
             route_handlers.append(self.metering.admin_router(self.admin_token))
@@ -220,6 +240,32 @@ class Stack:
                             raise t.exception()  # type: ignore[misc]
                     raise RuntimeError("an HTTP server stopped during start-up")
                 await asyncio.sleep(0.05)
+
+    async def _keep_nats_up(self) -> None:
+        """Restart the embedded nats-server when it dies, on the same port and store (the
+        services' clients reconnect by themselves), with backoff while it keeps failing."""
+        port = int(self.nats_url.rsplit(":", 1)[1])
+        backoff_s = 0.5
+        while True:
+            await asyncio.sleep(0.25)
+            nats = self.embedded_nats
+            if nats is None or (code := nats.process.poll()) is None:
+                backoff_s = 0.5
+                continue
+            self.nats_restarts += 1
+            log.error("embedded nats-server exited with %s; restarting it (restart %d)",
+                      code, self.nats_restarts)
+            try:
+                # In a worker thread, not to stall the router: the new server then has no
+                # parent-death signal, and a later start's stop_orphan cleans up after a
+                # SIGKILLed `edgeinfer up`; a normal stop stops it as usual.
+                self.embedded_nats = await asyncio.to_thread(
+                    start_nats, self.config.platform.state_dir, port)
+                log.info("embedded nats-server is back on port %d", port)
+            except Exception as exc:
+                log.error("restarting nats-server failed (%s); next try in %.1f s", exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(30.0, backoff_s * 2)
 
     async def _executor(self, subjects: Subjects) -> ReplicaExecutor:
         """Local processes (the default), or Kubernetes with EDGEINFER_EXECUTOR=kubernetes."""
@@ -256,6 +302,9 @@ class Stack:
         self.tasks.append(asyncio.create_task(server.serve()))
 
     async def stop(self) -> None:
+        for watcher in self.watchers:
+            watcher.cancel()
+        await asyncio.gather(*self.watchers, return_exceptions=True)
         if self.autoscaler is not None:
             await self.autoscaler.stop()  # drains and stops every runner process
         for server in self.servers:

@@ -23,6 +23,7 @@ from services.metering import ledger
 from services.metering.config import MeteringConfig
 from services.metering.consumer import UsageConsumer
 from services.metering.reconcile import RunnerBalance, reconcile
+from services.metering.sources import SourceWatch
 from shared.bus import decode_or_warn
 from shared.clock import SYSTEM_CLOCK, Clock
 from shared.events import heartbeat_decoder
@@ -41,7 +42,8 @@ UNRECONCILED = Gauge("edgeinfer_metering_unreconciled_runners",
 
 class MeteringService:
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
-                 config: MeteringConfig | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+                 config: MeteringConfig | None = None, clock: Clock = SYSTEM_CLOCK,
+                 source_pops: list[str] | None = None) -> None:
         self.config = config or MeteringConfig()
         self._pool = pool
         self._nc = nc
@@ -52,11 +54,14 @@ class MeteringService:
         self._open_since: dict[str, float] = {}
         self.balances: list[RunnerBalance] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self.sources = SourceWatch(nc, subjects, source_pops) if source_pops else None
 
     async def start(self) -> None:
         await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
         self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
                        asyncio.create_task(self._reconcile_loop(), name="reconcile")]
+        if self.sources is not None:
+            self._tasks.append(asyncio.create_task(self.sources.run(), name="usage-sources"))
 
     async def stop(self) -> None:
         for task in self._tasks:
