@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as js_api
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from shared.http import Refusal
 from shared.subjects import Subjects
@@ -41,11 +41,13 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create (or update) the streams of one server (`edgeinfer up`, a single NATS);
+async def ensure_streams(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+    """Create (or update) the streams and buckets where every service publishes to one
+    NATS (`edgeinfer up`; or one cluster, `replicas` 3 to outlive the loss of a server);
     idempotent, so every service may call it at start."""
-    for config in _platform_streams(subjects, replicas=1):
+    for config in _platform_streams(subjects, replicas):
         await _ensure_stream(js, config)
+    await _ensure_buckets(js, subjects, replicas)
 
 
 async def ensure_hub_streams(js: JetStreamContext, subjects: Subjects, pops: Iterable[str],
@@ -59,6 +61,22 @@ async def ensure_hub_streams(js: JetStreamContext, subjects: Subjects, pops: Ite
                for pop in sorted(pops)]
     for config in _platform_streams(subjects, replicas, usage_sources=sources):
         await _ensure_stream(js, config)
+    await _ensure_buckets(js, subjects, replicas)
+
+
+async def _ensure_buckets(js: JetStreamContext, subjects: Subjects, replicas: int) -> None:
+    """The artifact store (registry) and the keep-alive history (autoscaler), made here so
+    that their replication is decided in one place; an existing bucket is left as it is."""
+    try:
+        await js.object_store(subjects.artifact_bucket)
+    except BucketNotFoundError:
+        await js.create_object_store(subjects.artifact_bucket, config=js_api.ObjectStoreConfig(
+            storage=js_api.StorageType.FILE, replicas=replicas))
+    try:
+        await js.key_value(subjects.keepalive_bucket)
+    except BucketNotFoundError:
+        await js.create_key_value(js_api.KeyValueConfig(
+            bucket=subjects.keepalive_bucket, history=1, replicas=replicas))
 
 
 async def ensure_pop_streams(js: JetStreamContext, subjects: Subjects, pop: str) -> None:

@@ -96,6 +96,8 @@ class PlatformConfig:
     # can share one NATS server without seeing each other's events.
     namespace: str = "edgeinfer"
     state_dir: Path = Path(".edgeinfer")
+    # Copies of every stream and bucket: 3 on a NATS cluster of three, to outlive a server.
+    stream_replicas: int = 1
 
 
 def platform_from_env(env: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -111,4 +113,6 @@ def platform_from_env(env: Mapping[str, str] | None = None) -> PlatformConfig:
         database_url=env_optional(env, "DATABASE_URL"),
         namespace=namespace,
         state_dir=Path(env_str(env, "EDGEINFER_STATE_DIR", str(PlatformConfig.state_dir))),
+        stream_replicas=env_int(env, "EDGEINFER_STREAM_REPLICAS", PlatformConfig.stream_replicas,
+                                lo=1, hi=5),
     )

@@ -190,9 +190,10 @@ class Stack:
         subjects = Subjects(p.namespace)
         self.nc = await connect(self.nats_url, name="edgeinfer-control-plane")
         if c.topology is None:
-            await ensure_streams(self.nc.jetstream(), subjects)
+            await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
         else:
-            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops)
+            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
+                                     p.stream_replicas)
         self.pool = await create_pool(self.database_url, max_size=10)
 
         resolver = KeyResolver(self.nc, subjects)
