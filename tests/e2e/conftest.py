@@ -14,6 +14,7 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import psutil
 import pytest
 
@@ -40,15 +41,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack_database(server_database_url: str) -> Iterator[str]:
     """A database of the module's own: a stack's autoscaler acts on every deployment it sees."""
-    url = _in_thread(create_database(server_database_url))
+    url = run(create_database(server_database_url))
     yield url
-    _in_thread(drop_database(server_database_url, url))
-
-
-def _in_thread(coro: Coroutine[Any, Any, T]) -> T:
-    # A fresh event loop in a worker thread: the test session's own loop stays untouched.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
+    run(drop_database(server_database_url, url))
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +101,23 @@ def process_cmdline(p: psutil.Process) -> list[str]:
         return p.cmdline()
     except (psutil.AccessDenied, psutil.NoSuchProcess):
         return []
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """A coroutine run to its end on a fresh event loop in a worker thread: the test
+    session's own loop stays untouched (sync tests and fixtures use this)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+async def ledger_events(database_url: str, tenant_id: str,
+                        deployment_id: str | None = None) -> dict[str, int]:
+    """The ledger as event id → GPU-µs, for a tenant (and one of its deployments)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT event_id, gpu_us FROM metering.usage_events"
+                                " WHERE tenant_id = $1 AND ($2::text IS NULL OR deployment_id = $2)",
+                                tenant_id, deployment_id)
+    finally:
+        await conn.close()
+    return {r["event_id"]: r["gpu_us"] for r in rows}

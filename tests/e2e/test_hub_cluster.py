@@ -6,16 +6,13 @@ keeps answering, and no inference request gets a 5xx other than a 503 with Retry
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
@@ -23,7 +20,7 @@ from services.registry.demo_model import sample_digit
 from shared.bus import connect
 from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.nats_topology import parse_topology, render
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, ledger_events, run
 
 pytestmark = pytest.mark.e2e
 
@@ -99,21 +96,6 @@ async def jetstream_ready(url: str) -> None:
         await nc.close()
 
 
-def run(coro: Any) -> Any:
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def ledger(database_url: str, tenant_id: str) -> dict[str, int]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT event_id, gpu_us FROM metering.usage_events"
-                                " WHERE tenant_id = $1", tenant_id)
-    finally:
-        await conn.close()
-    return {r["event_id"]: r["gpu_us"] for r in rows}
-
-
 def test_losing_a_hub_server_under_load_loses_nothing_and_refuses_nothing_badly(
         stack: Stack, stack_database: str, cluster: Cluster) -> None:
     received: dict[str, int] = {}
@@ -155,7 +137,7 @@ def test_losing_a_hub_server_under_load_loses_nothing_and_refuses_nothing_badly(
     assert set(api_statuses) == {200}, sorted(set(api_statuses))
 
     deadline = time.monotonic() + 60
-    while (got := run(ledger(stack_database, stack.ready["tenant_id"]))) != received:
+    while (got := run(ledger_events(stack_database, stack.ready["tenant_id"]))) != received:
         assert time.monotonic() < deadline, (len(got), len(received))
         time.sleep(0.5)
     print(f"\nhub server SIGKILLed under load: {statuses.count(200)} of {len(statuses)}"

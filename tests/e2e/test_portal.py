@@ -7,7 +7,6 @@ the form) and a CSV export that adds up to the ledger. Screenshots land in
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import csv
 import io
 from datetime import UTC, datetime, timedelta
@@ -23,18 +22,13 @@ from services.metering import ledger
 from services.registry.demo_model import sample_digit
 from shared.events import UsageEvent, new_id
 from shared.periods import month_start
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, run
 
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LAST_MONTH = month_start(month_start(datetime.now(UTC)) - timedelta(days=1))
 HOUR_US = 3_600 * 1_000_000
-
-
-def run(coro: Any) -> Any:
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 async def seed_last_month(database_url: str, tenant_id: str, deployment_id: str) -> None:

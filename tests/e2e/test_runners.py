@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import pytest
@@ -24,7 +23,7 @@ from shared.bus import connect
 from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import RunnerHeartbeat, heartbeat_decoder
 from shared.subjects import Subjects
-from tests.e2e.conftest import Stack
+from tests.e2e.conftest import Stack, ledger_events, run
 from tests.unit.test_model_formats import tar_of
 
 pytestmark = pytest.mark.e2e
@@ -64,27 +63,11 @@ def nats_url(private_nats: PrivateNats) -> str:
     return private_nats.url
 
 
-def run(coro: Any) -> Any:
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def ledger_for(database_url: str, tenant_id: str, deployment_id: str) -> dict[str, int]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT event_id, gpu_us FROM metering.usage_events"
-                                " WHERE tenant_id = $1 AND deployment_id = $2", tenant_id,
-                                deployment_id)
-    finally:
-        await conn.close()
-    return {r["event_id"]: r["gpu_us"] for r in rows}
-
-
 def wait_for_ledger(database_url: str, tenant_id: str, deployment_id: str,
                     expected: dict[str, int], timeout: float = 90) -> dict[str, int]:
     deadline = time.monotonic() + timeout
     while True:
-        got = run(ledger_for(database_url, tenant_id, deployment_id))
+        got = run(ledger_events(database_url, tenant_id, deployment_id))
         if len(got) >= len(expected) or time.monotonic() > deadline:
             return got
         time.sleep(0.5)
@@ -192,7 +175,7 @@ def test_runner_keeps_usage_through_nats_outage_and_kill(stack: Stack, stack_dat
     assert len(received) == 500
     assert ledger == received
     time.sleep(2)  # and nothing arrives late (a replayed generation, a republished batch)
-    assert run(ledger_for(stack_database, stack.ready["tenant_id"], digits)) == received
+    assert run(ledger_events(stack_database, stack.ready["tenant_id"], digits)) == received
 
 
 def _runner_tree(stack: Stack, runner_id: str) -> list[psutil.Process]:

@@ -4,38 +4,19 @@ the same port and store; inference through the router keeps being answered (200,
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
-from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import pytest
 
 from services.registry.demo_model import sample_digit
 from services.runner.supervisor import alive
-from tests.e2e.conftest import Stack, process_cmdline
+from tests.e2e.conftest import Stack, ledger_events, process_cmdline, run
 
 pytestmark = pytest.mark.e2e
 
 STACK_ENV = {"NATS_URL": ""}  # the embedded nats-server, which `edgeinfer up` supervises
-
-
-def run(coro: Any) -> Any:
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-async def ledger(database_url: str, tenant_id: str) -> dict[str, int]:
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch("SELECT event_id, gpu_us FROM metering.usage_events"
-                                " WHERE tenant_id = $1", tenant_id)
-    finally:
-        await conn.close()
-    return {r["event_id"]: r["gpu_us"] for r in rows}
 
 
 def listener(port: int) -> int | None:
@@ -86,7 +67,7 @@ def test_a_killed_embedded_nats_is_back_within_5_s_and_nothing_is_lost(
     assert "restarting it (restart 1)" in stack.log.read_text()
 
     deadline = time.monotonic() + 60
-    while (got := run(ledger(stack_database, stack.ready["tenant_id"]))) != received:
+    while (got := run(ledger_events(stack_database, stack.ready["tenant_id"]))) != received:
         assert time.monotonic() < deadline, (len(got), len(received))
         time.sleep(0.5)
     print(f"\nembedded nats-server SIGKILLed: back in {back_s:.2f} s; "
