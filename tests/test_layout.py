@@ -76,3 +76,14 @@ def test_billing_reads_usage_only_through_metering_view() -> None:
     metering = "\n".join(p.read_text() for p in (ROOT / "services" / "metering").rglob("*.py"))
     assert set(re.findall(r"\bmetering\.[a-z_]+", billing)) <= {"metering.billable_usage_hourly"}
     assert re.findall(r"\bbilling\.[a-z_]+", metering) == []
+
+
+def test_no_class_in_services_reaches_200_lines() -> None:
+    """One concern per class: a service class that grows past this wants splitting."""
+    import ast
+
+    sizes = sorted(
+        ((node.end_lineno or node.lineno) - node.lineno + 1, f"{path.relative_to(ROOT)}:{node.name}")
+        for path in (ROOT / "services").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef))
+    assert sizes[-1][0] < 200, sizes[-3:]

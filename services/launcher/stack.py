@@ -230,7 +230,7 @@ class Stack:
             await self.router.start()
             self._serve(self.router.app(), c.router.host, c.router.port)
         if "autoscaler" in wanted:
-            executor = await self._executor(subjects)
+            executor = await make_executor(c, self.nats_url)
             self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops, c.autoscaler)
             await self.autoscaler.start()
         for server in self.servers:
@@ -268,32 +268,6 @@ class Stack:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(30.0, backoff_s * 2)
 
-    async def _executor(self, subjects: Subjects) -> ReplicaExecutor:
-        """Local processes (the default), or Kubernetes with EDGEINFER_EXECUTOR=kubernetes."""
-        c, p = self.config, self.config.platform
-        if c.executor == "local":
-            return LocalProcessExecutor(LocalExecutorConfig(
-                nats_url=self.nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
-                gpus=parse_local_gpus(c.local_gpus)))
-        from kubernetes_asyncio import config as k8s_config
-        from kubernetes_asyncio.client import ApiClient
-
-        from services.autoscaler.kubernetes import (
-            KubernetesConfig,
-            KubernetesExecutor,
-            parse_mig_classes,
-        )
-
-        if c.k8s_image is None:
-            raise ConfigError("EDGEINFER_EXECUTOR=kubernetes needs EDGEINFER_K8S_IMAGE")
-        if c.in_kubernetes:
-            k8s_config.load_incluster_config()
-        else:
-            await k8s_config.load_kube_config()
-        return KubernetesExecutor(ApiClient(), KubernetesConfig(
-            image=c.k8s_image, nats_url=self.nats_url, namespace=p.namespace, pops=dict(c.pops),
-            namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
-
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                lifespan="on", access_log=False))
@@ -324,6 +298,33 @@ class Stack:
             await asyncio.to_thread(self.embedded_nats.stop)
         if self.embedded_postgres is not None:
             await asyncio.to_thread(self.embedded_postgres.stop)
+
+
+async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
+    """Local processes (the default), or Kubernetes with EDGEINFER_EXECUTOR=kubernetes."""
+    p = c.platform
+    if c.executor == "local":
+        return LocalProcessExecutor(LocalExecutorConfig(
+            nats_url=nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
+            gpus=parse_local_gpus(c.local_gpus)))
+    from kubernetes_asyncio import config as k8s_config
+    from kubernetes_asyncio.client import ApiClient
+
+    from services.autoscaler.kubernetes import (
+        KubernetesConfig,
+        KubernetesExecutor,
+        parse_mig_classes,
+    )
+
+    if c.k8s_image is None:
+        raise ConfigError("EDGEINFER_EXECUTOR=kubernetes needs EDGEINFER_K8S_IMAGE")
+    if c.in_kubernetes:
+        k8s_config.load_incluster_config()
+    else:
+        await k8s_config.load_kube_config()
+    return KubernetesExecutor(ApiClient(), KubernetesConfig(
+        image=c.k8s_image, nats_url=nats_url, namespace=p.namespace, pops=dict(c.pops),
+        namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
 
 
 def control_plane_app(route_handlers: list[Any]) -> Litestar:
