@@ -4,7 +4,7 @@ own (docs/topology.md). Pure: a description in, nats-server config files out —
 host runs is generated here, never written by hand, and each file is checked with
 `nats-server -t -c FILE` in the tests.
 
-The description is TOML (`edgeinfer topology render FILE`):
+The description is TOML (`edgeinfer topology render FILE --out DIR` writes and checks them):
 
     namespace = "edgeinfer"
 

@@ -2,6 +2,7 @@
 
     edgeinfer up          the whole platform on this machine, with a demo tenant
     edgeinfer run NAME..  services (api, registry, metering, billing, router, autoscaler; or runner)
+    edgeinfer topology render FILE   the hub's and PoPs' NATS configs (docs/topology.md)
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import logging
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -35,6 +38,15 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     run = sub.add_parser("run", help="run one service, or several in one process")
     run.add_argument("service", nargs="+", choices=[*SERVICES, "runner"])
+    topology = sub.add_parser("topology", help="the distributed layout's NATS configs from one "
+                                               "description (docs/topology.md)")
+    topology.add_argument("action", choices=["render"], help="write every server's config")
+    topology.add_argument("description", type=Path, help="the topology description (TOML)")
+    topology.add_argument("--out", type=Path, default=Path("nats-conf"),
+                          help="where the configs go, one file per server (default: nats-conf)")
+    topology.add_argument("--store-root", type=Path, default=Path("/var/lib/nats"),
+                          help="each server's JetStream store is <this>/<server> on its host "
+                               "(default: /var/lib/nats)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         from services.sim.main import main as sim
@@ -46,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             return _run(up())
+        if args.command == "topology":
+            return render_topology(args.description, args.out, args.store_root)
         if "runner" in args.service:
             if args.service != ["runner"]:
                 parser.error("a runner runs alone: `edgeinfer run runner`")
@@ -58,6 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgeinfer: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def render_topology(description: Path, out: Path, store_root: Path) -> int:
+    """Write every server's config and check each with `nats-server -t`."""
+    from shared.embedded import nats_server_binary
+    from shared.nats_topology import load_topology, render
+
+    if not description.is_file():
+        raise ConfigError(f"no topology description at {description}")
+    for name, path in render(load_topology(description), out, store_root).items():
+        checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
+                                 capture_output=True, text=True, timeout=30)
+        if checked.returncode != 0:
+            print(f"{path}: nats-server refused it: {checked.stderr or checked.stdout}",
+                  file=sys.stderr)
+            return 1
+        print(f"{name:20s} {path}  (checked with nats-server -t)")
+    return 0
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:

@@ -161,14 +161,14 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         await until(complete, 120, "usage spooled at the cut PoP never reached the ledger")
         await asyncio.sleep(2)  # and nothing late or doubled follows
         assert await ledger_ids() == {event_id: us for event_id, (us, _) in truth.items()}
-        assert us_after - us_during > 0.8 * 100 * CUT_S, "the other PoP's usage stopped too"
+        assert us_after - us_during > 0.5 * 100 * CUT_S, "the other PoP's usage stopped too"
 
         during_cut = [event_id for event_id, (_, at) in sent(eu_sent).items()
                       if cut_at <= at < healed_at]
         received = await pool.fetch("SELECT event_id, received_at FROM metering.usage_events"
                                     " WHERE event_id = ANY($1::text[])", during_cut)
         delays = [r["received_at"].timestamp() - healed_at for r in received]
-        assert len(delays) == len(during_cut) > 0.8 * 100 * CUT_S
+        assert len(delays) == len(during_cut) > 0.5 * 100 * CUT_S
         assert watch.reapplied >= 1  # the hub noticed the PoP was back and resumed at once
         # The re-applied source resumed where it was: the hub holds each PoP message once.
         pop_messages = 0

@@ -189,3 +189,16 @@ async def test_pop_usage_reaches_the_hub_ledger_exactly_once_through_a_hub_serve
         await asyncio.gather(*tasks, return_exceptions=True)
         for nc in (hub, *pop_clients.values()):
             await nc.close()
+
+
+def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namespace: str) -> None:
+    from services.launcher.cli import main
+
+    description = tmp_path / "topology.toml"
+    description.write_text(f'namespace = "{namespace}"\n' + "\n".join(
+        f'[[hub]]\nname = "hub-{i}"\nhost = "10.0.0.{i}"\n' for i in (1, 2, 3))
+        + '[[pops]]\nname = "eu-west"\nregion = "eu-west"\njurisdiction = "eu"\nhost = "10.1.0.1"\n')
+    assert main(["topology", "render", str(description), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "hub-1.conf", "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
+    assert main(["topology", "render", str(tmp_path / "missing.toml")]) == 2
