@@ -1,8 +1,9 @@
 """A PoP cut from the hub, on hosts made of network namespaces (tests/netns.py): the hub's
 three NATS servers in one host, each PoP's leaf node in its own, every config generated
 from one topology description. Usage keeps being spooled and published at both PoPs at a
-steady rate while one PoP's link is down for 60 s; after the heal the hub's ledger holds
-every event once — none lost, none doubled — and the other PoP's usage never stopped.
+steady rate while one PoP's link is down for 60 s, and then while the other PoP's own
+NATS is SIGKILLed for 10 s; in the end the hub's ledger holds every event once — none
+lost, none doubled — and the other PoP's usage never stopped during the cut.
 
 Prints the figures the issue asks for: usage delay from the heal to the ledger (p50, p99)
 and the bytes a PoP sends to the hub per 1,000 events (its link's tx counter).
@@ -33,6 +34,7 @@ from tests.netns import Hosts, require_netns
 ROOT = Path(__file__).resolve().parents[2]
 POPS = ["eu-west", "us-east"]
 CUT_S = 60
+NATS_DOWN_S = 10
 
 
 @pytest.fixture
@@ -72,6 +74,8 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         f'host = "{hosts.pops[pop]}"\n' for pop in POPS))
     configs = render(topology, tmp_path / "conf", tmp_path / "store")
     processes: list[subprocess.Popen[bytes]] = []
+    pop_servers: dict[str, subprocess.Popen[bytes]] = {}
+    publishers: list[subprocess.Popen[bytes]] = []
 
     def start(ns: str, cmd: list[str], log: str) -> subprocess.Popen[bytes]:
         with open(tmp_path / log, "ab") as out:
@@ -89,10 +93,12 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         for server in topology.hub:
             start(hosts.hub_ns, [nats_server_binary(), "-c", str(configs[server.name])],
                   f"{server.name}.log")
+        def start_pop_server(name: str) -> None:
+            pop_servers[name] = start(hosts.ns(name), [nats_server_binary(), "-c",
+                                                       str(configs[f"pop-{name}"])], f"pop-{name}.log")
+
         for pop in topology.pops:
-            start(hosts.ns(pop.pop.name), [nats_server_binary(), "-c",
-                                           str(configs[f"pop-{pop.pop.name}"])],
-                  f"pop-{pop.pop.name}.log")
+            start_pop_server(pop.pop.name)
         for server in topology.hub:
             wait_for_port(server.client_port, timeout=20, host=hub_host)
         hub = await connect(",".join(topology.hub_urls), "test-hub")
@@ -110,12 +116,12 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         for pop in topology.pops:
             name = pop.pop.name
             wait_for_port(pop.client_port, timeout=20, host=pop.host)
-            start(hosts.ns(name), [sys.executable, "-m", "tests.tools.pop_publisher",
+            publishers.append(start(hosts.ns(name), [sys.executable, "-m", "tests.tools.pop_publisher",
                                    "--nats", pop.client_url, "--namespace", namespace,
                                    "--pop", name, "--tenant", tenant,
                                    "--spool", str(tmp_path / "spool" / name),
                                    "--out", str(tmp_path / f"sent-{name}.txt"),
-                                   "--stop", str(stop), "--rate", "100"], f"pub-{name}.log")
+                                   "--stop", str(stop), "--rate", "100"], f"pub-{name}.log"))
 
         async def ledger_ids(pop: str | None = None) -> dict[str, int]:
             rows = await pool.fetch(
@@ -149,9 +155,21 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         us_after = len(await ledger_ids("us-east"))
         hosts.heal("eu-west")
         healed_at = datetime.now(UTC).timestamp()
+
+        # Then the other PoP loses its own NATS (the leaf node SIGKILLed): its runner side
+        # keeps spooling to disk, and publishes everything once the server is back.
+        await asyncio.sleep(3)
+        pop_servers["us-east"].kill()
+        pop_servers["us-east"].wait()
+        nats_killed_at = datetime.now(UTC).timestamp()
+        await asyncio.sleep(NATS_DOWN_S)
+        start_pop_server("us-east")
+        nats_back_at = datetime.now(UTC).timestamp()
+        await asyncio.sleep(3)
         stop.touch()
-        for process in processes[-2:]:  # the publishers: drained, then gone
-            assert await asyncio.to_thread(process.wait, 90) == 0, (tmp_path / "pub-eu-west.log").read_text()
+        for process, name in zip(publishers, POPS, strict=True):  # drained, then gone
+            assert await asyncio.to_thread(process.wait, 90) == 0, \
+                (tmp_path / f"pub-{name}.log").read_text()
 
         truth = {**sent(eu_sent), **sent(tmp_path / "sent-us-east.txt")}
 
@@ -177,10 +195,19 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
             pop_messages += info.state.messages
         hub_info = await hub.jetstream().stream_info(subjects.usage_stream)
         assert hub_info.state.messages == pop_messages
+        during_outage = [event_id for event_id, (_, at) in sent(tmp_path / "sent-us-east.txt").items()
+                         if nats_killed_at <= at < nats_back_at]
+        back = await pool.fetch("SELECT received_at FROM metering.usage_events"
+                                " WHERE event_id = ANY($1::text[])", during_outage)
+        outage_delays = [r["received_at"].timestamp() - nats_back_at for r in back]
+        assert len(outage_delays) == len(during_outage) > 0.5 * 100 * NATS_DOWN_S
         print(f"\nPoP cut {CUT_S} s: {len(during_cut)} events spooled during the cut;"
               f" usage delay after the heal p50 {percentile(delays, 0.5):.2f} s,"
               f" p99 {percentile(delays, 0.99):.2f} s; lost 0, doubled 0;"
-              f" WAN to the hub {wan_per_1000 / 1024:.0f} KiB per 1,000 events")
+              f" WAN to the hub {wan_per_1000 / 1024:.0f} KiB per 1,000 events."
+              f"\nPoP NATS SIGKILLed {NATS_DOWN_S} s: {len(during_outage)} events spooled on disk"
+              f" meanwhile; delay after its restart p50 {percentile(outage_delays, 0.5):.2f} s,"
+              f" p99 {percentile(outage_delays, 0.99):.2f} s; lost 0, doubled 0")
     finally:
         stop.touch()
         for task in tasks:
