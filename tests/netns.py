@@ -3,7 +3,8 @@
 One `hub` namespace holds a bridge that every other host's link plugs into, so each host
 has one address on one subnet (10.213.<net>.0/24, made and deleted by the test itself):
 the hub at .1, PoPs from .11, and the test's own end (the machine's root namespace) at
-.100, from which it reaches the hub's NATS and the PoPs. A PoP is cut from the hub by
+.100, from which it reaches the hub's NATS and the PoPs. A PoP may also get a client link
+(10.214.<net>.<4i>/30), straight from the test's end, which a cut does not touch. A PoP is cut from the hub by
 taking its link down (`tc netem` is not in this kernel: no added delay, only cuts).
 """
 
@@ -38,6 +39,7 @@ class Hosts:
     net: int  # the third octet of 10.213.<net>.0/24
     prefix: str = field(default_factory=lambda: "ei" + secrets.token_hex(3))
     pops: dict[str, str] = field(default_factory=dict)  # PoP → its address
+    clients: dict[str, str] = field(default_factory=dict)  # PoP → its address on the client link
     _links: dict[str, tuple[str, str]] = field(default_factory=dict)  # PoP → (netns, device)
 
     @property
@@ -67,6 +69,21 @@ class Hosts:
             self._plug(ns, f"{self.prefix}p{i}", address)
             self.pops[pop] = address
             self._links[pop] = (ns, f"{self.prefix}p{i}")
+
+    def add_client_link(self, pop: str) -> str:
+        """A second link, from the test's end straight to the PoP, for its clients: cutting
+        the PoP from the hub leaves its clients able to reach it. Returns its address."""
+        i = list(self.pops).index(pop)
+        name, peer = f"{self.prefix}c{i}", f"{self.prefix}c{i}p"
+        _ip("link", "add", name, "type", "veth", "peer", "name", peer)
+        _ip("link", "set", peer, "netns", self.ns(pop))
+        _ip("addr", "add", f"10.214.{self.net}.{4 * i + 1}/30", "dev", name)
+        _ip("link", "set", name, "up")
+        address = f"10.214.{self.net}.{4 * i + 2}"
+        _ip("-n", self.ns(pop), "addr", "add", f"{address}/30", "dev", peer)
+        _ip("-n", self.ns(pop), "link", "set", peer, "up")
+        self.clients[pop] = address
+        return address
 
     def _plug(self, ns: str | None, name: str, address: str) -> None:
         """A veth pair: `name` in `ns` (None: here) with `address`, its peer on the bridge."""
@@ -105,3 +122,5 @@ class Hosts:
         for ns in [*(self.ns(p) for p in self.pops), self.hub_ns]:
             _ip("netns", "del", ns, check=False)
         _ip("link", "del", f"{self.prefix}r", check=False)
+        for i in range(len(self.pops)):
+            _ip("link", "del", f"{self.prefix}c{i}", check=False)

@@ -23,7 +23,13 @@ from typing import Any
 
 import psutil
 
-from services.launcher.stack import SERVICES, Stack, stack_config_from_env
+from services.launcher.stack import (
+    HTTP_SERVICES,
+    SERVICES,
+    Stack,
+    needs_database,
+    stack_config_from_env,
+)
 from shared.config import ConfigError, platform_from_env
 
 log = logging.getLogger("edgeinfer")
@@ -111,9 +117,9 @@ async def _until_signalled() -> None:
 
 async def run_services(services: tuple[str, ...]) -> int:
     platform = platform_from_env()
-    if not platform.nats_url or not platform.database_url:
-        raise ConfigError("`edgeinfer run` needs NATS_URL and DATABASE_URL (use `edgeinfer up` "
-                          "for an embedded stack)")
+    if not platform.nats_url or (needs_database(services) and not platform.database_url):
+        raise ConfigError("`edgeinfer run` needs NATS_URL, and DATABASE_URL for "
+                          f"{', '.join(HTTP_SERVICES)} (use `edgeinfer up` for an embedded stack)")
     stack = Stack(stack_config_from_env(platform, services))
     try:
         await stack.start()

@@ -15,8 +15,8 @@ from typing import Any
 
 import uvicorn
 from litestar import Litestar, get
-from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -49,8 +49,14 @@ from shared.topology import Pop, pops_from_env
 log = logging.getLogger("edgeinfer")
 
 SERVICES = ("api", "registry", "metering", "billing", "router", "autoscaler")
-# The services that answer on the control plane's HTTP server (the API port).
+# The services that answer on the control plane's HTTP server (the API port); they are
+# also the ones that need PostgreSQL. A router alone (a PoP's) needs neither it nor the
+# platform's streams (docs/topology.md).
 HTTP_SERVICES = ("api", "registry", "metering", "billing")
+
+
+def needs_database(services: tuple[str, ...]) -> bool:
+    return bool(set(services) & set(HTTP_SERVICES))
 
 
 @dataclass(frozen=True)
@@ -176,25 +182,18 @@ class Stack:
             # (a short block of the loop, before anything else runs on it).
             self.embedded_nats = start_nats(p.state_dir)
             self.nats_url = self.embedded_nats.url
-        if p.database_url:
-            self.database_url = p.database_url
-        else:
-            log.info("DATABASE_URL not set: starting embedded PostgreSQL in %s", p.state_dir)
-            self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
-            self.database_url = self.embedded_postgres.url
-
         if self.embedded_nats is not None:
             self.watchers.append(asyncio.create_task(self._keep_nats_up(), name="nats-watchdog"))
-        applied = await migrate(self.database_url)
-        log.info("migrations: %d applied now", len(applied))
         subjects = Subjects(p.namespace)
         self.nc = await connect(self.nats_url, name="edgeinfer-control-plane")
-        if c.topology is None:
-            await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
-        else:
-            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
-                                     p.stream_replicas)
-        self.pool = await create_pool(self.database_url, max_size=10)
+        if wanted != {"router"}:
+            if c.topology is None:
+                await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
+            else:
+                await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
+                                         p.stream_replicas)
+        if needs_database(c.services):
+            await self._open_database()
 
         resolver = KeyResolver(self.nc, subjects)
         route_handlers: list[Any] = []
@@ -241,6 +240,18 @@ class Stack:
                             raise t.exception()  # type: ignore[misc]
                     raise RuntimeError("an HTTP server stopped during start-up")
                 await asyncio.sleep(0.05)
+
+    async def _open_database(self) -> None:
+        p = self.config.platform
+        if p.database_url:
+            self.database_url = p.database_url
+        else:
+            log.info("DATABASE_URL not set: starting embedded PostgreSQL in %s", p.state_dir)
+            self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
+            self.database_url = self.embedded_postgres.url
+        applied = await migrate(self.database_url)
+        log.info("migrations: %d applied now", len(applied))
+        self.pool = await create_pool(self.database_url, max_size=10)
 
     async def _keep_nats_up(self) -> None:
         """Restart the embedded nats-server when it dies, on the same port and store (the

@@ -7,7 +7,8 @@ test_pop_cut.py). Metering asks each PoP's JetStream domain every `interval_s` w
 answers; when one that did not answer does again, it re-applies that PoP's source (takes
 it out of the stream's config and puts it back), and the hub resumes from the sequence it
 had reached. A re-applied source never loses an event; should it ever repeat one, the
-ledger's unique event id drops it.
+ledger's unique event id drops it. It also makes a PoP's usage stream in the PoP's domain
+when the PoP answers without one (a new PoP).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
 
+from shared.bus import ensure_pop_streams
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,8 @@ class SourceWatch:
     async def run(self) -> None:
         while True:
             for pop in self._pops:
-                reachable = await self._answers(pop)
-                if reachable and not self._reachable[pop]:
+                reachable, created = await self._answers(pop)
+                if reachable and (created or not self._reachable[pop]):
                     try:
                         await self._reapply(pop)
                     except Exception as exc:  # the hub's stream leader moving: next round
@@ -47,13 +50,23 @@ class SourceWatch:
                 self._reachable[pop] = reachable
             await asyncio.sleep(self._interval_s)
 
-    async def _answers(self, pop: str) -> bool:
+    async def _answers(self, pop: str) -> tuple[bool, bool]:
+        """(the PoP's domain answers, its usage stream was made just now). A PoP whose
+        stream does not exist yet (a new PoP) gets it from here: the hub owns the layout,
+        and runners at the PoP spool their usage until it exists."""
+        js = self._nc.jetstream(domain=pop, timeout=1.0)
         try:
-            await self._nc.jetstream(domain=pop, timeout=1.0).stream_info(
-                self._subjects.pop_usage_stream(pop))
+            await js.stream_info(self._subjects.pop_usage_stream(pop))
+        except NotFoundError:
+            try:
+                await ensure_pop_streams(js, self._subjects, pop)
+            except Exception:
+                return False, False
+            log.info("created the usage stream of %s in its JetStream domain", pop)
+            return True, True
         except Exception:
-            return False
-        return True
+            return False, False
+        return True, False
 
     async def _reapply(self, pop: str) -> None:
         js = self._nc.jetstream()

@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from shared.config import ConfigError, env_choice, env_float, env_int, env_str, parse_gpu_share
+from shared.config import (
+    ConfigError,
+    env_choice,
+    env_float,
+    env_int,
+    env_optional,
+    env_str,
+    parse_gpu_share,
+)
 from shared.model_formats import FRAMEWORKS
 
 
@@ -37,6 +45,9 @@ class RunnerConfig:
     visible_devices: str = ""
     # The process that started this runner; the runner exits when it is gone. 0: none.
     supervisor_pid: int = 0
+    # The JetStream domain holding the artifacts: "hub" for a runner at a PoP whose own
+    # NATS is a leaf node (docs/topology.md); None: the NATS it connects to.
+    artifact_domain: str | None = None
 
 
 def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig:
@@ -77,4 +88,5 @@ def runner_config_from_env(env: Mapping[str, str] | None = None) -> RunnerConfig
         visible_devices=env_str(env, "CUDA_VISIBLE_DEVICES", RunnerConfig.visible_devices),
         supervisor_pid=env_int(env, "EDGEINFER_SUPERVISOR_PID", RunnerConfig.supervisor_pid,
                                lo=0, hi=2**31),
+        artifact_domain=env_optional(env, "EDGEINFER_ARTIFACT_DOMAIN"),
     )

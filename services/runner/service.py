@@ -117,7 +117,8 @@ class Runner:
         self._metrics = _RunnerMetrics()
         self._nc = await connect(c.nats_url, name=f"runner-{c.runner_id}")
         js = self._nc.jetstream()
-        data = await get_artifact(js, self.subjects.artifact_bucket, c.artifact_digest,
+        artifacts = self._nc.jetstream(domain=c.artifact_domain) if c.artifact_domain else js
+        data = await get_artifact(artifacts, self.subjects.artifact_bucket, c.artifact_digest,
                                   c.cache_dir)
         self.device = select_device(c.gpu_class, {"CUDA_VISIBLE_DEVICES": c.visible_devices})
         self.model = load_model(c.framework, data, self.device, c.cuda_graphs)
