@@ -59,11 +59,28 @@ class UsageConsumer:
         self.dead_lettered = 0
 
     async def run(self) -> None:
+        """Consume until cancelled. Subscribing can fail for a while (the stream not made
+        yet, a NATS cluster electing its leaders): that is logged and tried again with
+        backoff — the usage waits in the stream — instead of ending the task in silence."""
+        backoff_s = 0.5
+        while True:
+            try:
+                await self._subscribe_and_consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("usage consumer stopped (%s: %s); subscribing again in %.1f s",
+                            type(exc).__name__, exc, backoff_s)
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(10.0, backoff_s * 2)
+
+    async def _subscribe_and_consume(self) -> None:
         s = self._subjects
         sub = await self._js.pull_subscribe(
             s.usage_wildcard, durable=s.metering_consumer, stream=s.usage_stream,
             config=js_api.ConsumerConfig(ack_wait=self._config.ack_wait_s,
                                          max_ack_pending=50_000))
+        log.info("consuming usage from %s as %s", s.usage_stream, s.metering_consumer)
         try:
             await self._consume(sub)
         finally:

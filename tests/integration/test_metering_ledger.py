@@ -128,3 +128,25 @@ def msgspec_replace(event: UsageEvent, **changes: object) -> UsageEvent:
     import msgspec
 
     return msgspec.structs.replace(event, **changes)
+
+
+async def test_a_consumer_started_before_its_stream_exists_keeps_trying_and_then_consumes(
+        nc: NATS, pool: asyncpg.Pool, namespace: str) -> None:
+    """Subscribing fails while the stream is not there (a cluster still electing leaders
+    looks the same): the consumer must not end in silence, and consumes once it can."""
+    subjects = Subjects(namespace)
+    tenant = "ten_" + namespace
+    consumer = UsageConsumer(pool, nc, subjects)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(1.5)  # a few failed subscribes
+        assert not task.done(), "the consumer ended instead of trying again"
+        js = nc.jetstream()
+        await ensure_streams(js, subjects)
+        event = usage(tenant, 4321)
+        await js.publish(subjects.usage("eu-west"), encode(event), headers={"Nats-Msg-Id": event.id})
+        await wait_until(lambda: _has(pool, tenant, 1))
+        assert await ledger(pool, tenant) == (1, 4321, 4321)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
