@@ -112,3 +112,23 @@ def chromium() -> str:
 @pytest.fixture(scope="session")
 def prometheus_binary() -> str:
     return debian_program("prometheus")
+
+
+async def jetstream_ready(url: str, timeout_s: float = 60.0) -> None:
+    """Until a NATS cluster at `url` has elected its JetStream leader (seconds after start)."""
+    import asyncio
+    import contextlib
+
+    from shared.bus import connect
+
+    nc = await connect(url, "test-jetstream-ready")
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            with contextlib.suppress(Exception):
+                await nc.jetstream().account_info()
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the NATS cluster at {url} never elected a JetStream leader")
+    finally:
+        await nc.close()

@@ -5,7 +5,6 @@ keeps answering, and no inference request gets a 5xx other than a 503 with Retry
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import subprocess
 import threading
@@ -17,9 +16,9 @@ import httpx
 import pytest
 
 from services.registry.demo_model import sample_digit
-from shared.bus import connect
 from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.nats_topology import parse_topology, render
+from tests.conftest import jetstream_ready
 from tests.e2e.conftest import Stack, ledger_events, run
 
 pytestmark = pytest.mark.e2e
@@ -80,20 +79,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def nats_url(cluster: Cluster) -> str:
     """This module's stack runs on the cluster (all three URLs)."""
     return cluster.url
-
-
-async def jetstream_ready(url: str) -> None:
-    """Until the cluster has elected its JetStream leader (a few seconds after start)."""
-    nc = await connect(url, "test-cluster-ready")
-    try:
-        for _ in range(300):
-            with contextlib.suppress(Exception):
-                await nc.jetstream().account_info()
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError("the hub cluster never elected a JetStream leader")
-    finally:
-        await nc.close()
 
 
 def test_losing_a_hub_server_under_load_loses_nothing_and_refuses_nothing_badly(

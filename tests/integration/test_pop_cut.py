@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,23 +27,13 @@ from shared.bus import connect, ensure_hub_streams
 from shared.embedded import nats_server_binary, wait_for_port
 from shared.nats_topology import parse_topology, render
 from shared.subjects import Subjects
-from tests.netns import Hosts, require_netns
+from tests.conftest import jetstream_ready
+from tests.integration.conftest import POPS
+from tests.netns import Hosts
 
 ROOT = Path(__file__).resolve().parents[2]
-POPS = ["eu-west", "us-east"]
 CUT_S = 60
 NATS_DOWN_S = 10
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    require_netns()
-    hosts = Hosts(net=random.randint(50, 250))
-    try:
-        hosts.create(POPS)
-        yield hosts
-    finally:
-        hosts.delete()
 
 
 def sent(path: Path) -> dict[str, tuple[int, float]]:
@@ -101,12 +89,8 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
             start_pop_server(pop.pop.name)
         for server in topology.hub:
             wait_for_port(server.client_port, timeout=20, host=hub_host)
+        await jetstream_ready(",".join(topology.hub_urls))
         hub = await connect(",".join(topology.hub_urls), "test-hub")
-        for _ in range(300):
-            with contextlib.suppress(Exception):
-                await hub.jetstream().account_info()
-                break
-            await asyncio.sleep(0.2)
         await ensure_hub_streams(hub.jetstream(), subjects, POPS, replicas=3)
         consumer = UsageConsumer(pool, hub, subjects)
         tasks.append(asyncio.create_task(consumer.run()))

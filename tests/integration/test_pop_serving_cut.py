@@ -11,45 +11,29 @@ event by event.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextlib
 import os
-import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from services.registry.demo_model import digits_onnx, sample_digit
-from shared.bus import connect
 from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.nats_topology import parse_topology, render
+from tests.conftest import jetstream_ready
 from tests.e2e.conftest import ledger_events, run
-from tests.netns import Hosts, require_netns
+from tests.integration.conftest import POPS
+from tests.netns import Hosts
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-POPS = ["eu-west", "us-east"]
 CUT_S = 60
 ADMIN = "adm_pop_serving_test"
-
-
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
-    require_netns()
-    hosts = Hosts(net=random.randint(50, 250))
-    try:
-        hosts.create(POPS)
-        for pop in POPS:
-            hosts.add_client_link(pop)
-        yield hosts
-    finally:
-        hosts.delete()
 
 
 class Processes:
@@ -74,19 +58,6 @@ class Processes:
                 process.wait(20)
             if process.poll() is None:
                 process.kill()
-
-
-async def jetstream_ready(url: str) -> None:
-    nc = await connect(url, "test-hub-ready")
-    try:
-        for _ in range(300):
-            with contextlib.suppress(Exception):
-                await nc.jetstream().account_info()
-                return
-            await asyncio.sleep(0.2)
-        raise AssertionError("the hub cluster never elected a JetStream leader")
-    finally:
-        await nc.close()
 
 
 def wait_http(url: str, timeout_s: float = 60) -> None:

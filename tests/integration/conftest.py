@@ -1,0 +1,26 @@
+"""Fixtures of the distributed tests: hosts made of network namespaces (tests/netns.py)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from tests.netns import Hosts, require_netns
+
+POPS = ["eu-west", "us-east"]
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    """A hub host and a host per PoP, each PoP with a client link of its own; deleted after."""
+    require_netns()
+    hosts = Hosts(net=random.randint(50, 250))
+    try:
+        hosts.create(POPS)
+        for pop in POPS:
+            hosts.add_client_link(pop)
+        yield hosts
+    finally:
+        hosts.delete()
