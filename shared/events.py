@@ -297,6 +297,20 @@ class ListDeploymentsReply(msgspec.Struct, frozen=True, kw_only=True):
     as_of: int = 0
 
 
+class RunnerBalanceReport(msgspec.Struct, frozen=True, kw_only=True):
+    runner_id: str
+    reported_us: int
+    ledger_us: int
+    difference_us: int
+    alert: bool
+
+
+class ReconciliationReply(msgspec.Struct, frozen=True, kw_only=True):
+    grace_s: float
+    alerts: int
+    runners: list[RunnerBalanceReport]
+
+
 usage_decoder = msgspec.json.Decoder(UsageEvent)
 usage_message_decoder = msgspec.json.Decoder(UsageEvent | UsageBatch)
 accounts_event_decoder = msgspec.json.Decoder(KeyRevoked | TenantChanged)

@@ -113,6 +113,11 @@ class Subjects:
     def budget_wildcard(self) -> str:
         return f"{self.namespace}.billing.budget.*"
 
+    @property
+    def budget_saved(self) -> str:
+        """A tenant saved a budget (through the API process): billing evaluates it now."""
+        return f"{self.namespace}.billing.budget_saved"
+
     # --- request/reply between services ----------------------------------------------------
     @property
     def resolve_key(self) -> str:
@@ -125,3 +130,8 @@ class Subjects:
     @property
     def list_deployments(self) -> str:
         return f"{self.namespace}.registry.rpc.list_deployments"
+
+    @property
+    def reconciliation(self) -> str:
+        """Metering's reconciliation report, asked for by the admin API."""
+        return f"{self.namespace}.metering.rpc.reconciliation"

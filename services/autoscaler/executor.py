@@ -36,3 +36,8 @@ class ReplicaExecutor(Protocol):
     async def stop_all(self) -> None:
         """On autoscaler shutdown: local processes stop with it; a Kubernetes fleet stays."""
         ...
+
+    async def adopt(self, deployments: list[Deployment]) -> None:
+        """On start: take over the replicas an earlier autoscaler left running (it died, or
+        it was replaced), so that none is started twice or left unmanaged."""
+        ...

@@ -10,6 +10,7 @@ group kill as orphans (facts.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,8 @@ import secrets
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -46,6 +48,9 @@ class LocalExecutorConfig:
     # Put before each runner's command line, e.g. ("taskset", "-c", "1") or a profiler:
     # bench/runner_instructions.py runs the runner under valgrind this way.
     command_prefix: tuple[str, ...] = ()
+    # The process whose end stops the runners (they watch it): `edgeinfer up`, so that they
+    # outlive an autoscaler that dies and is restarted; 0 means this process.
+    supervisor_pid: int = 0
 
 
 class NoFreeDevice(RuntimeError):
@@ -102,9 +107,17 @@ def assign_device(gpu_class: str, gpus: tuple[LocalGpu, ...], in_use: set[str]) 
 @dataclass
 class _Process:
     replica: Replica
-    popen: subprocess.Popen[bytes]
+    pid: int
+    popen: subprocess.Popen[bytes] | None  # None: adopted from an earlier autoscaler
     device: str = ""
-    tree: set[int] = field(default_factory=set)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
 
 
 class LocalProcessExecutor:
@@ -113,10 +126,21 @@ class LocalProcessExecutor:
         self._processes: dict[str, _Process] = {}
 
     def running(self) -> list[Replica]:
-        return [p.replica for p in self._processes.values() if p.popen.poll() is None]
+        return [p.replica for p in self._processes.values() if p.alive()]
 
     def exited(self) -> list[Replica]:
-        return [p.replica for p in self._processes.values() if p.popen.poll() is not None]
+        return [p.replica for p in self._processes.values() if not p.alive()]
+
+    async def adopt(self, deployments: list[Deployment]) -> None:
+        """Take over the runners an earlier autoscaler of this namespace and state directory
+        started and left running (it died; `edgeinfer up` restarted it): each is found by
+        the assignment in its environment, so none is started twice or left unmanaged."""
+        spool_root = (self._config.state_dir / "spool").resolve()
+        for found in await asyncio.to_thread(find_runners, self._config.namespace, spool_root):
+            if found.replica.runner_id not in self._processes:
+                self._processes[found.replica.runner_id] = found
+                log.info("adopted runner %s for %s in %s (pid %d)", found.replica.runner_id,
+                         found.replica.deployment_id, found.replica.pop, found.pid)
 
     async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
         c = self._config
@@ -149,7 +173,7 @@ class LocalProcessExecutor:
             "EDGEINFER_GPU_SHARE": str(gpu.share if gpu else c.gpu_share),
             "EDGEINFER_SPOOL_DIR": str(spool.resolve()),
             "EDGEINFER_ARTIFACT_CACHE": str((c.state_dir / "artifacts" / pop).resolve()),
-            "EDGEINFER_SUPERVISOR_PID": str(os.getpid()),
+            "EDGEINFER_SUPERVISOR_PID": str(c.supervisor_pid or os.getpid()),
             # One home per runner: BentoML keeps its Prometheus multiprocess files there, and
             # runners sharing one would each report the sum of all of them on /metrics.
             "BENTOML_HOME": str((c.state_dir / "bentoml" / runner_id).resolve()),
@@ -166,7 +190,7 @@ class LocalProcessExecutor:
             start_new_session=True)
         log_file.close()
         replica = Replica(runner_id, deployment.id, pop, slot, url)
-        self._processes[runner_id] = _Process(replica, popen, device)
+        self._processes[runner_id] = _Process(replica, popen.pid, popen, device)
         log.info("started runner %s for %s in %s (pid %d, %s)", runner_id, deployment.id, pop,
                  popen.pid, url)
         return replica
@@ -175,9 +199,9 @@ class LocalProcessExecutor:
         process = self._processes.pop(replica.runner_id, None)
         if process is None:
             return
-        if process.popen.poll() is None:
+        if process.alive():
             await drain(replica.url, self._config.stop_timeout_s)
-        await asyncio.to_thread(_stop_tree, process.popen, self._config.stop_timeout_s)
+        await asyncio.to_thread(_stop_tree, process.pid, process.popen, self._config.stop_timeout_s)
         # Its metrics files and BentoML scratch space; the spool (usage) is kept per slot.
         shutil.rmtree(self._config.state_dir / "bentoml" / replica.runner_id, ignore_errors=True)
 
@@ -185,22 +209,67 @@ class LocalProcessExecutor:
         await asyncio.gather(*(self.stop(r) for r in list(self.running()) + self.exited()))
 
 
-def _stop_tree(popen: subprocess.Popen[bytes], timeout_s: float) -> None:
+def find_runners(namespace: str, spool_root: Path) -> list[_Process]:
+    """Runner processes of `namespace` whose spool is under `spool_root`: the BentoML
+    arbiter of each (its workers share its environment, so the root of each group)."""
+    by_runner: dict[str, list[tuple[psutil.Process, int, dict[str, str]]]] = {}
+    for proc in psutil.process_iter():
+        try:
+            env = proc.environ()
+            parent = proc.ppid()
+        except psutil.Error:  # gone, a zombie, or not ours to read
+            continue
+        spool = env.get("EDGEINFER_SPOOL_DIR", "")
+        if (env.get("EDGEINFER_NAMESPACE") == namespace and env.get("EDGEINFER_RUNNER_ID")
+                and Path(spool).parent.parent.parent == spool_root):
+            by_runner.setdefault(env["EDGEINFER_RUNNER_ID"], []).append((proc, parent, env))
+    found = []
+    for runner_id, group in by_runner.items():
+        pids = {proc.pid for proc, _, _ in group}
+        roots = [(proc, env) for proc, parent, env in group if parent not in pids]
+        if len(roots) != 1:
+            continue
+        proc, env = roots[0]
+        slot = Path(env["EDGEINFER_SPOOL_DIR"])
+        replica = Replica(runner_id, env["EDGEINFER_DEPLOYMENT_ID"], env["EDGEINFER_POP"],
+                          int(slot.name), env["EDGEINFER_RUNNER_URL"])
+        found.append(_Process(replica, proc.pid, None, env.get("CUDA_VISIBLE_DEVICES", "")))
+    return found
+
+
+def _stop_tree(pid: int, popen: subprocess.Popen[bytes] | None, timeout_s: float) -> None:
     try:
-        root = psutil.Process(popen.pid)
+        root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        popen.wait()
+        if popen is not None:
+            popen.wait()
         return
-    try:
+    with contextlib.suppress(psutil.NoSuchProcess):
         root.terminate()
-    except psutil.NoSuchProcess:
-        pass
-    _, alive = psutil.wait_procs(tree, timeout=timeout_s)
+    alive = _wait_gone(tree, timeout_s)
     for proc in alive:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    popen.wait()
+    _wait_gone(alive, 5)
+    if popen is not None:
+        popen.wait()
+
+
+def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Those of `procs` still running after `timeout_s`. A zombie counts as gone: an
+    adopted runner is not our child, and its zombie waits for `edgeinfer up` to reap it
+    (psutil.wait_procs would wait on it until the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = [p for p in procs if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.05)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

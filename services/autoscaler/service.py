@@ -157,6 +157,7 @@ class AutoscalerService:
         self.decisions = DecisionLog(nc, subjects, clock)
         self.catalog = Catalog()
         self._reconnects = 0  # a reconnect may have lost core-NATS updates: list again
+        self._adopted = False  # what an earlier autoscaler left running, taken over once
         self.metrics_ok = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -248,6 +249,9 @@ class AutoscalerService:
                               ListDeploymentsReply, timeout=5.0)
         self.catalog.replace_all(reply.deployments, reply.as_of)
         self._reconnects = reconnects
+        if not self._adopted:
+            await self._executor.adopt(reply.deployments)
+            self._adopted = True
 
     async def tick(self) -> list[ScalingDecision]:
         now = self._clock.monotonic()

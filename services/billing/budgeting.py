@@ -81,6 +81,9 @@ class BudgetKeeper:
         await repo.save_budget(self._pool, tenant_id, budget.monthly_limit, budget.currency,
                                budget.thresholds, budget.hard_stop)
         self.changed.set()
+        # The billing process's loop may be another process (`api` saves, `billing` keeps):
+        # wake it too. Lost, it costs only a wait until its next round.
+        await self._nc.publish(self._subjects.budget_saved, tenant_id.encode())
 
     async def delete(self, tenant_id: str) -> None:
         await repo.delete_budget(self._pool, tenant_id)

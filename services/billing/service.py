@@ -19,6 +19,8 @@ from typing import Any
 import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.billing import invoicing
 from services.billing.budgeting import BudgetKeeper
@@ -45,9 +47,12 @@ class BillingService:
         self._nc = nc
         self._subjects = subjects
         self._tasks: list[asyncio.Task[None]] = []
+        self._subscription: Subscription | None = None
 
     async def start(self) -> None:
         c = self.config
+        self._subscription = await self._nc.subscribe(
+            self._subjects.budget_saved, cb=self._on_budget_saved)
         self._tasks = [
             asyncio.create_task(self._every(c.budget_interval_s, "budget evaluation",
                                             self._evaluate_budgets, wake=self.budgets.changed),
@@ -60,7 +65,13 @@ class BillingService:
                 self._every(c.stripe_interval_s, "pushing invoices to Stripe",
                             lambda: self._push(pusher)), name="stripe"))
 
+    async def _on_budget_saved(self, msg: Msg) -> None:
+        self.budgets.changed.set()
+
     async def stop(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

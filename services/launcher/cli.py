@@ -23,14 +23,22 @@ from typing import Any
 
 import psutil
 
+from services.launcher.infra import Infrastructure
 from services.launcher.stack import (
-    HTTP_SERVICES,
+    DATABASE_SERVICES,
     SERVICES,
     Stack,
+    ensure_port_free,
+    load_or_create_secret,
     needs_database,
     stack_config_from_env,
 )
+from services.launcher.supervisor import Child, Supervisor, become_subreaper
+from services.registry.service import RegistryService
+from shared.bus import decode_or_warn
 from shared.config import ConfigError, platform_from_env
+from shared.events import heartbeat_decoder
+from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer")
 
@@ -59,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return sim(argv[1:])
     args = parser.parse_args(argv)
+    # Which process a line comes from: under `edgeinfer up` every service logs to one terminal.
+    label = "up" if args.command == "up" else "+".join(getattr(args, "service", ["edgeinfer"]))
     logging.basicConfig(level=os.environ.get("EDGEINFER_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s [{label}] %(name)s: %(message)s")
     try:
         if args.command == "up":
             return _run(up())
@@ -119,14 +129,22 @@ async def run_services(services: tuple[str, ...]) -> int:
     platform = platform_from_env()
     if not platform.nats_url or (needs_database(services) and not platform.database_url):
         raise ConfigError("`edgeinfer run` needs NATS_URL, and DATABASE_URL for "
-                          f"{', '.join(HTTP_SERVICES)} (use `edgeinfer up` for an embedded stack)")
+                          f"{', '.join(DATABASE_SERVICES)} (use `edgeinfer up` for an embedded "
+                          "stack)")
     stack = Stack(stack_config_from_env(platform, services))
     try:
         await stack.start()
+        if ready_file := os.environ.get("EDGEINFER_READY_FILE"):
+            Path(ready_file).write_text(str(os.getpid()))  # for `edgeinfer up`'s supervisor
         await _until_signalled()
     finally:
         await stack.stop()
     return 0
+
+
+# Stopped in this order: the autoscaler first, which drains its runners while the router
+# still routes to them; the router before the services behind it.
+STOP_ORDER = ("autoscaler", "router", "api", "billing", "metering", "registry")
 
 
 async def up() -> int:
@@ -135,31 +153,54 @@ async def up() -> int:
 
     started = time.monotonic()
     platform = platform_from_env()
-    stack = Stack(stack_config_from_env(platform))
+    config = stack_config_from_env(platform)
+    ensure_port_free(config.api_host, config.api_port, "EDGEINFER_API_PORT")
+    ensure_port_free(config.router.host, config.router.port, "EDGEINFER_ROUTER_PORT")
+    platform.state_dir.mkdir(parents=True, exist_ok=True)
+    admin_token = config.admin_token or load_or_create_secret(platform.state_dir / "admin-token")
+    become_subreaper()
+    infra = Infrastructure(platform)
+    run_dir = platform.state_dir / "run"
+    run_dir.mkdir(exist_ok=True)
+    supervisor = Supervisor(
+        children=[Child(name, [sys.executable, "-m", "services.launcher.cli", "run", name],
+                        run_dir / f"{name}.ready") for name in SERVICES],
+        env={}, status_file=platform.state_dir / "supervisor.json")
+    watch: asyncio.Task[None] | None = None
+    api_url = f"http://{config.api_host}:{config.api_port}"
+    router_url = f"http://{config.router.host}:{config.router.port}"
     try:
-        await stack.start()
-        assert stack.registry is not None and stack.router is not None
-        pops = sorted(stack.config.pops)
-        demo = await seed(stack.pool, stack.registry, platform.state_dir, pops)
+        await infra.start()
+        supervisor.env = {**os.environ, "NATS_URL": infra.nats_url,
+                          "DATABASE_URL": infra.database_url, "EDGEINFER_ADMIN_TOKEN": admin_token,
+                          "EDGEINFER_SUPERVISOR_PID": str(os.getpid())}
+        log.info("starting %s, each in a process of its own", ", ".join(SERVICES))
+        await supervisor.start_all(timeout_s=60)
+        watch = asyncio.create_task(supervisor.watch(), name="supervisor")
+        pops = sorted(config.pops)
+        registry = RegistryService(infra.pool, infra.nc, Subjects(platform.namespace), config.pops)
+        demo = await seed(infra.pool, registry, platform.state_dir, pops)
         log.info("waiting for the demo runners in %s to be ready", ", ".join(pops))
-        await _wait_ready(stack, demo.deployment.id, pops, timeout_s=180)
+        await _wait_ready(infra.nc, Subjects(platform.namespace), demo.deployment.id, pops,
+                          timeout_s=180, logs=platform.state_dir / "logs")
         ready_s = time.monotonic() - started
         body = json.dumps({"inputs": [sample_digit(0)]}, separators=(",", ":"))
-        infer_url = f"{stack.router_url}/v1/deployments/{demo.deployment.name}/infer"
+        infer_url = f"{router_url}/v1/deployments/{demo.deployment.name}/infer"
         curl = (f"curl -s {infer_url} -H 'Authorization: Bearer {demo.api_key}' "
                 f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
-        usage = f"curl -s {stack.api_url}/v1/usage -H 'Authorization: Bearer {demo.api_key}'"
+        usage = f"curl -s {api_url}/v1/usage -H 'Authorization: Bearer {demo.api_key}'"
         rss = _stack_rss_mb()
         print(f"""
 edgeinfer is up in {ready_s:.1f} s  (stack RSS {rss:.0f} MB)
 
-  router (inference)   {stack.router_url}
-  API                  {stack.api_url}      OpenAPI: {stack.api_url}/schema
-  NATS                 {stack.nats_url}
-  PostgreSQL           {stack.database_url}
+  router (inference)   {router_url}
+  API                  {api_url}      OpenAPI: {api_url}/schema
+  NATS                 {infra.nats_url}
+  PostgreSQL           {infra.database_url}
   PoPs                 {', '.join(pops)}   demo deployment: {demo.deployment.name} ({demo.deployment.id})
   state                {platform.state_dir.resolve()}
-  admin token          {stack.admin_token}
+  processes            {supervisor.status_file.resolve()}  (restarted when they die)
+  admin token          {admin_token}
 
 Try it (a handwritten 0 from scikit-learn's digits):
 
@@ -168,39 +209,50 @@ Try it (a handwritten 0 from scikit-learn's digits):
 Then your GPU-seconds, and what they cost:
 
   {usage}
-  curl -s {stack.api_url}/v1/invoices/preview -H 'Authorization: Bearer {demo.api_key}'
+  curl -s {api_url}/v1/invoices/preview -H 'Authorization: Bearer {demo.api_key}'
 
-or in the billing portal: {stack.api_url}/portal (sign in with the API key above).
+or in the billing portal: {api_url}/portal (sign in with the API key above).
 
 Ctrl-C stops everything.
 """, flush=True)
         (platform.state_dir / "ready.json").write_text(json.dumps({
-            "router_url": stack.router_url, "api_url": stack.api_url, "nats_url": stack.nats_url,
-            "namespace": platform.namespace,
+            "router_url": router_url, "api_url": api_url, "nats_url": infra.nats_url,
+            "database_url": infra.database_url, "namespace": platform.namespace,
             "api_key": demo.api_key, "tenant_id": demo.tenant_id,
-            "admin_token": stack.admin_token, "deployment": demo.deployment.name,
+            "admin_token": admin_token, "deployment": demo.deployment.name,
             "deployment_id": demo.deployment.id, "ready_s": round(ready_s, 2),
-            "pid": os.getpid()}))
+            "pid": os.getpid(), "processes": str(supervisor.status_file.resolve())}))
         await _until_signalled()
         log.info("stopping")
     finally:
         (platform.state_dir / "ready.json").unlink(missing_ok=True)
-        await stack.stop()
+        await supervisor.stop(list(STOP_ORDER))
+        if watch is not None:
+            await watch
+        await infra.stop()
     return 0
 
 
-async def _wait_ready(stack: Stack, deployment_id: str, pops: list[str], timeout_s: float) -> None:
-    assert stack.router is not None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        ready = {r.pop for r in stack.router.table.replicas(deployment_id, time.monotonic())
-                 if r.ready}
-        if set(pops) <= ready:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"runners not ready in {sorted(set(pops) - ready)} after "
-                               f"{timeout_s:.0f} s; see {stack.config.platform.state_dir}/logs")
-        await asyncio.sleep(0.1)
+async def _wait_ready(nc: Any, subjects: Subjects, deployment_id: str, pops: list[str],
+                      timeout_s: float, logs: Path) -> None:
+    """Until a runner of the deployment says `ready` in each PoP (their heartbeats)."""
+    ready: set[str] = set()
+
+    async def on_beat(msg: Any) -> None:
+        beat = decode_or_warn(heartbeat_decoder, msg)
+        if beat is not None and beat.deployment_id == deployment_id and beat.state == "ready":
+            ready.add(beat.pop)
+
+    sub = await nc.subscribe(subjects.heartbeat_wildcard, cb=on_beat)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not set(pops) <= ready:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"runners not ready in {sorted(set(pops) - ready)} after "
+                                   f"{timeout_s:.0f} s; see {logs}")
+            await asyncio.sleep(0.1)
+    finally:
+        await sub.unsubscribe()
 
 
 def _stack_rss_mb() -> float:

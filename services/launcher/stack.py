@@ -39,7 +39,6 @@ from services.router.service import RouterService
 from shared.bus import connect, ensure_hub_streams, ensure_streams
 from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
 from shared.db import create_pool, migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
 from shared.http import EXCEPTION_HANDLERS
 from shared.nats_topology import Topology, load_topology
 from shared.subjects import Subjects
@@ -49,14 +48,13 @@ from shared.topology import Pop, pops_from_env
 log = logging.getLogger("edgeinfer")
 
 SERVICES = ("api", "registry", "metering", "billing", "router", "autoscaler")
-# The services that answer on the control plane's HTTP server (the API port); they are
-# also the ones that need PostgreSQL. A router alone (a PoP's) needs neither it nor the
-# platform's streams (docs/topology.md).
-HTTP_SERVICES = ("api", "registry", "metering", "billing")
+# The services that need PostgreSQL; `api` serves the HTTP routes of all four (Stack). A
+# router alone (a PoP's) needs neither it nor the platform's streams (docs/topology.md).
+DATABASE_SERVICES = ("api", "registry", "metering", "billing")
 
 
 def needs_database(services: tuple[str, ...]) -> bool:
-    return bool(set(services) & set(HTTP_SERVICES))
+    return bool(set(services) & set(DATABASE_SERVICES))
 
 
 @dataclass(frozen=True)
@@ -80,6 +78,8 @@ class StackConfig:
     api_port: int = 8000
     admin_token: str | None = None
     services: tuple[str, ...] = SERVICES
+    # Set by `edgeinfer up` for its children: local runners watch it, not the autoscaler.
+    supervisor_pid: int = 0
 
 
 def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = SERVICES,
@@ -105,6 +105,8 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         api_port=env_int(env, "EDGEINFER_API_PORT", StackConfig.api_port, lo=1, hi=65535),
         admin_token=env_optional(env, "EDGEINFER_ADMIN_TOKEN"),
         services=services,
+        supervisor_pid=env_int(env, "EDGEINFER_SUPERVISOR_PID", StackConfig.supervisor_pid,
+                               lo=0, hi=2**22),
     )
 
 
@@ -129,24 +131,23 @@ def load_or_create_secret(path: Path) -> str:
 
 @dataclass
 class Stack:
+    """Services in this one process, on the given NATS and PostgreSQL (`edgeinfer run`).
+
+    `api` is the HTTP front: it serves every tenant, admin and portal route, the
+    registry's, metering's and billing's included, over PostgreSQL and NATS. `registry`,
+    `metering` and `billing` are each service's own work: its NATS responders, consumers
+    and loops. So each runs as a process of its own under `edgeinfer up`, and the API port
+    answers while any of them restarts."""
+
     config: StackConfig
-    nats_url: str = ""
-    database_url: str = ""
     admin_token: str = ""
-    embedded_nats: EmbeddedNats | None = None
-    embedded_postgres: EmbeddedPostgres | None = None
     nc: Any = None
     pool: Any = None
-    accounts: AccountsService | None = None
-    registry: RegistryService | None = None
-    metering: MeteringService | None = None
-    billing: BillingService | None = None
+    started: list[Any] = field(default_factory=list)  # services with start/stop, in order
     router: RouterService | None = None
     autoscaler: AutoscalerService | None = None
     servers: list[uvicorn.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    watchers: list[asyncio.Task[Any]] = field(default_factory=list)
-    nats_restarts: int = 0
 
     @property
     def source_pops(self) -> list[str]:
@@ -154,38 +155,18 @@ class Stack:
         topology = self.config.topology
         return [] if topology is None else [p.pop.name for p in topology.pops]
 
-    @property
-    def api_url(self) -> str:
-        return f"http://{self.config.api_host}:{self.config.api_port}"
-
-    @property
-    def router_url(self) -> str:
-        return f"http://{self.config.router.host}:{self.config.router.port}"
-
     async def start(self) -> None:
         c = self.config
         p = c.platform
         wanted = set(c.services)
-        if wanted & set(HTTP_SERVICES):
+        if "api" in wanted:
             ensure_port_free(c.api_host, c.api_port, "EDGEINFER_API_PORT")
         if "router" in wanted:
             ensure_port_free(c.router.host, c.router.port, "EDGEINFER_ROUTER_PORT")
         p.state_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = c.admin_token or load_or_create_secret(p.state_dir / "admin-token")
-
-        if p.nats_url:
-            self.nats_url = p.nats_url
-        else:
-            log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
-            # In this, the main thread, not a worker thread: the kernel's parent-death signal
-            # that stops the server if we are SIGKILLed belongs to the thread that starts it
-            # (a short block of the loop, before anything else runs on it).
-            self.embedded_nats = start_nats(p.state_dir)
-            self.nats_url = self.embedded_nats.url
-        if self.embedded_nats is not None:
-            self.watchers.append(asyncio.create_task(self._keep_nats_up(), name="nats-watchdog"))
         subjects = Subjects(p.namespace)
-        self.nc = await connect(self.nats_url, name="edgeinfer-control-plane")
+        self.nc = await connect(p.nats_url, name=f"edgeinfer-{'-'.join(c.services)}")
         if wanted != {"router"}:
             if c.topology is None:
                 await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
@@ -193,43 +174,47 @@ class Stack:
                 await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
                                          p.stream_replicas)
         if needs_database(c.services):
-            await self._open_database()
+            applied = await migrate(p.database_url)
+            log.info("migrations: %d applied now", len(applied))
+            self.pool = await create_pool(p.database_url, max_size=10)
 
-        resolver = KeyResolver(self.nc, subjects)
-        route_handlers: list[Any] = []
+        accounts = registry = metering = billing = None
+        if wanted & {"api", "registry"}:
+            registry = RegistryService(self.pool, self.nc, subjects, c.pops)
+        if wanted & {"api", "metering"}:
+            metering = MeteringService(self.pool, self.nc, subjects, c.metering,
+                                       source_pops=self.source_pops)
+        if wanted & {"api", "billing"}:
+            billing = BillingService(self.pool, self.nc, subjects, c.billing)
         if "api" in wanted:
-            self.accounts = AccountsService(self.pool, self.nc, subjects)
-            await self.accounts.start()
-            route_handlers.append(self.accounts.admin_router(self.admin_token))
-            route_handlers.append(autoscaler_admin_router(self.nc, subjects, self.admin_token))
-        if "registry" in wanted:
-            self.registry = RegistryService(self.pool, self.nc, subjects, c.pops)
-            await self.registry.start()
-            route_handlers.append(self.registry.router(resolver))
-        if "metering" in wanted:
-            self.metering = MeteringService(self.pool, self.nc, subjects, c.metering,
-                                            source_pops=self.source_pops)
-            await self.metering.start()
-            route_handlers.append(self.metering.router(resolver))
-            route_handlers.append(self.metering.admin_router(self.admin_token))
-        if "billing" in wanted:
-            self.billing = BillingService(self.pool, self.nc, subjects, c.billing)
-            await self.billing.start()
-            route_handlers.append(billing_tenant_router(self.billing, resolver))
-            route_handlers.append(billing_admin_router(self.billing, self.admin_token))
+            accounts = AccountsService(self.pool, self.nc, subjects)
+        for name, service in (("api", accounts), ("registry", registry), ("metering", metering),
+                              ("billing", billing)):
+            if name in wanted and service is not None:
+                await service.start()
+                self.started.append(service)
+        if "api" in wanted:
+            assert accounts and registry and metering and billing
+            resolver = KeyResolver(self.nc, subjects)
             # Persisted, so portal sessions survive a restart; any string, hashed to a key.
             portal_secret = c.billing.portal_secret or load_or_create_secret(
                 p.state_dir / "portal-secret")
-            route_handlers.append(portal_router(self.billing, resolver,
-                                                hashlib.sha256(portal_secret.encode()).digest()))
-        if route_handlers:
-            self._serve(control_plane_app(route_handlers), c.api_host, c.api_port)
+            self._serve(control_plane_app([
+                accounts.admin_router(self.admin_token),
+                autoscaler_admin_router(self.nc, subjects, self.admin_token),
+                registry.router(resolver),
+                metering.router(resolver), metering.admin_router(self.admin_token),
+                billing_tenant_router(billing, resolver),
+                billing_admin_router(billing, self.admin_token),
+                portal_router(billing, resolver, hashlib.sha256(portal_secret.encode()).digest()),
+            ]), c.api_host, c.api_port)
         if "router" in wanted:
             self.router = RouterService(self.nc, subjects, c.router)
             await self.router.start()
+            self.started.append(self.router)
             self._serve(self.router.app(), c.router.host, c.router.port)
         if "autoscaler" in wanted:
-            executor = await make_executor(c, self.nats_url)
+            executor = await make_executor(c, p.nats_url)
             self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops, c.autoscaler)
             await self.autoscaler.start()
         for server in self.servers:
@@ -241,44 +226,6 @@ class Stack:
                     raise RuntimeError("an HTTP server stopped during start-up")
                 await asyncio.sleep(0.05)
 
-    async def _open_database(self) -> None:
-        p = self.config.platform
-        if p.database_url:
-            self.database_url = p.database_url
-        else:
-            log.info("DATABASE_URL not set: starting embedded PostgreSQL in %s", p.state_dir)
-            self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
-            self.database_url = self.embedded_postgres.url
-        applied = await migrate(self.database_url)
-        log.info("migrations: %d applied now", len(applied))
-        self.pool = await create_pool(self.database_url, max_size=10)
-
-    async def _keep_nats_up(self) -> None:
-        """Restart the embedded nats-server when it dies, on the same port and store (the
-        services' clients reconnect by themselves), with backoff while it keeps failing."""
-        port = int(self.nats_url.rsplit(":", 1)[1])
-        backoff_s = 0.5
-        while True:
-            await asyncio.sleep(0.25)
-            nats = self.embedded_nats
-            if nats is None or (code := nats.process.poll()) is None:
-                backoff_s = 0.5
-                continue
-            self.nats_restarts += 1
-            log.error("embedded nats-server exited with %s; restarting it (restart %d)",
-                      code, self.nats_restarts)
-            try:
-                # In a worker thread, not to stall the router: the new server then has no
-                # parent-death signal, and a later start's stop_orphan cleans up after a
-                # SIGKILLed `edgeinfer up`; a normal stop stops it as usual.
-                self.embedded_nats = await asyncio.to_thread(
-                    start_nats, self.config.platform.state_dir, port)
-                log.info("embedded nats-server is back on port %d", port)
-            except Exception as exc:
-                log.error("restarting nats-server failed (%s); next try in %.1f s", exc, backoff_s)
-                await asyncio.sleep(backoff_s)
-                backoff_s = min(30.0, backoff_s * 2)
-
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                lifespan="on", access_log=False))
@@ -288,27 +235,19 @@ class Stack:
         self.tasks.append(asyncio.create_task(server.serve()))
 
     async def stop(self) -> None:
-        for watcher in self.watchers:
-            watcher.cancel()
-        await asyncio.gather(*self.watchers, return_exceptions=True)
         if self.autoscaler is not None:
             await self.autoscaler.stop()  # drains and stops every runner process
         for server in self.servers:
             server.should_exit = True
         await asyncio.gather(*self.tasks, return_exceptions=True)
-        for service in (self.router, self.billing, self.metering, self.registry, self.accounts):
-            if service is not None:
-                with contextlib.suppress(Exception):
-                    await service.stop()
+        for service in reversed(self.started):
+            with contextlib.suppress(Exception):
+                await service.stop()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.drain()
         if self.pool is not None:
             await self.pool.close()
-        if self.embedded_nats is not None:
-            await asyncio.to_thread(self.embedded_nats.stop)
-        if self.embedded_postgres is not None:
-            await asyncio.to_thread(self.embedded_postgres.stop)
 
 
 async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
@@ -317,7 +256,7 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
     if c.executor == "local":
         return LocalProcessExecutor(LocalExecutorConfig(
             nats_url=nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
-            gpus=parse_local_gpus(c.local_gpus)))
+            gpus=parse_local_gpus(c.local_gpus), supervisor_pid=c.supervisor_pid))
     from kubernetes_asyncio import config as k8s_config
     from kubernetes_asyncio.client import ApiClient
 

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar import Router, get
 from litestar.params import Parameter
 from nats.aio.client import Client as NATS
@@ -24,9 +25,14 @@ from services.metering.config import MeteringConfig
 from services.metering.consumer import UsageConsumer
 from services.metering.reconcile import RunnerBalance, reconcile
 from services.metering.sources import SourceWatch
-from shared.bus import decode_or_warn
+from shared.bus import decode_or_warn, request
 from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import heartbeat_decoder
+from shared.events import (
+    ReconciliationReply,
+    RunnerBalanceReport,
+    encode,
+    heartbeat_decoder,
+)
 from shared.http import admin_guard
 from shared.money import gpu_seconds
 from shared.periods import parse_period
@@ -58,6 +64,8 @@ class MeteringService:
 
     async def start(self) -> None:
         await self._nc.subscribe(self._subjects.heartbeat_wildcard, cb=self._on_heartbeat)
+        await self._nc.subscribe(self._subjects.reconciliation, queue="metering",
+                                 cb=self._on_reconciliation)
         self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
                        asyncio.create_task(self._reconcile_loop(), name="reconcile")]
         if self.sources is not None:
@@ -86,6 +94,14 @@ class MeteringService:
                 log.error("runner %s: reported %d µs charged, ledger holds %d µs, for %.0f s",
                           b.runner_id, b.reported_us, b.ledger_us, now - (b.open_since or now))
         return self.balances
+
+    async def _on_reconciliation(self, msg: Msg) -> None:
+        balances = await self.reconcile_now(self._clock.monotonic())
+        await msg.respond(encode(ReconciliationReply(
+            grace_s=self.config.reconcile_grace_s, alerts=sum(b.alert for b in balances),
+            runners=[RunnerBalanceReport(runner_id=b.runner_id, reported_us=b.reported_us,
+                                         ledger_us=b.ledger_us, difference_us=b.difference_us,
+                                         alert=b.alert) for b in balances])))
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -118,13 +134,11 @@ class MeteringService:
         service = self
 
         @get("/reconciliation", operation_id="admin_reconciliation")
-        async def reconciliation() -> dict[str, Any]:
-            balances = await service.reconcile_now(service._clock.monotonic())
-            return {"grace_s": service.config.reconcile_grace_s,
-                    "alerts": sum(b.alert for b in balances),
-                    "runners": [{"runner_id": b.runner_id, "reported_us": b.reported_us,
-                                 "ledger_us": b.ledger_us, "difference_us": b.difference_us,
-                                 "alert": b.alert} for b in balances]}
+        async def reconciliation() -> ReconciliationReply:
+            """What each runner says it charged against what the ledger holds, from the
+            metering process (it hears the heartbeats); 503 while it restarts."""
+            return await request(service._nc, service._subjects.reconciliation, msgspec.Struct(),
+                                 ReconciliationReply, timeout=10.0, what="metering")
 
         @get("/dead-letters", operation_id="admin_dead_letters")
         async def dead_letters(limit: int = 100) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from shared.bus import connect
 from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import RunnerHeartbeat, heartbeat_decoder
 from shared.subjects import Subjects
-from tests.e2e.conftest import Stack, ledger_events, run
+from tests.e2e.conftest import Stack, ledger_events, process_env, run
 from tests.unit.test_model_formats import tar_of
 
 pytestmark = pytest.mark.e2e
@@ -179,13 +179,14 @@ def test_runner_keeps_usage_through_nats_outage_and_kill(stack: Stack, stack_dat
 
 
 def _runner_tree(stack: Stack, runner_id: str) -> list[psutil.Process]:
-    """The runner's BentoML arbiter (a direct child of `edgeinfer up`) and its workers."""
-    for child in psutil.Process(stack.process.pid).children():
-        try:
-            if child.environ().get("EDGEINFER_RUNNER_ID") == runner_id:
-                return [child, *child.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
+    """The runner's BentoML arbiter (under the autoscaler, under `edgeinfer up`) and its
+    workers, which share its environment."""
+    mine = [p for p in psutil.Process(stack.process.pid).children(recursive=True)
+            if process_env(p).get("EDGEINFER_RUNNER_ID") == runner_id]
+    pids = {p.pid for p in mine}
+    for p in mine:
+        if p.ppid() not in pids:
+            return [p, *p.children(recursive=True)]
     raise AssertionError(f"runner {runner_id} has no process under edgeinfer up")
 
 

@@ -32,3 +32,6 @@ class RecordingExecutor:
 
     async def stop_all(self) -> None:
         self.replicas.clear()
+
+    async def adopt(self, deployments: list[Deployment]) -> None:
+        """Nothing was left running before it."""

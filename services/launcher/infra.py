@@ -1,0 +1,89 @@
+"""What `edgeinfer up` gives its services before they start: NATS and PostgreSQL (the
+given ones, or embedded ones it keeps up), the applied migrations and the streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.launcher.supervisor import keep_up
+from shared.bus import connect, ensure_hub_streams, ensure_streams
+from shared.config import PlatformConfig
+from shared.db import create_pool, migrate
+from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
+from shared.subjects import Subjects
+
+log = logging.getLogger("edgeinfer")
+
+
+@dataclass
+class Infrastructure:
+    platform: PlatformConfig
+    source_pops: list[str] = field(default_factory=list)  # the hub sources their usage
+    nats_url: str = ""
+    database_url: str = ""
+    embedded_nats: EmbeddedNats | None = None
+    embedded_postgres: EmbeddedPostgres | None = None
+    nc: Any = None
+    pool: Any = None
+    _watchers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        p = self.platform
+        if p.nats_url:
+            self.nats_url = p.nats_url
+        else:
+            log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
+            # In this, the main thread, not a worker thread: the kernel's parent-death signal
+            # that stops the server if we are SIGKILLed belongs to the thread that starts it.
+            self.embedded_nats = start_nats(p.state_dir)
+            self.nats_url = self.embedded_nats.url
+            self._watchers.append(asyncio.create_task(
+                keep_up("nats-server", self._nats_alive, self._restart_nats), name="keep-nats"))
+        if p.database_url:
+            self.database_url = p.database_url
+        else:
+            log.info("DATABASE_URL not set: starting embedded PostgreSQL in %s", p.state_dir)
+            self.embedded_postgres = await asyncio.to_thread(start_postgres, p.state_dir)
+            self.database_url = self.embedded_postgres.url
+            pg = self.embedded_postgres
+            self._watchers.append(asyncio.create_task(
+                keep_up("PostgreSQL", pg.alive, lambda: asyncio.to_thread(pg.restart)),
+                name="keep-postgres"))
+        applied = await migrate(self.database_url)
+        log.info("migrations: %d applied now", len(applied))
+        self.pool = await create_pool(self.database_url, max_size=4)
+        self.nc = await connect(self.nats_url, name="edgeinfer-up")
+        subjects = Subjects(p.namespace)
+        if self.source_pops:
+            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
+                                     p.stream_replicas)
+        else:
+            await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
+
+    def _nats_alive(self) -> bool:
+        return self.embedded_nats is not None and self.embedded_nats.process.poll() is None
+
+    async def _restart_nats(self) -> None:
+        """Same port and store: the services' clients reconnect by themselves. In a worker
+        thread, not to stall the loop: the new server then has no parent-death signal, and a
+        later start's stop_orphan cleans up after a SIGKILLed `edgeinfer up`."""
+        port = int(self.nats_url.rsplit(":", 1)[1])
+        self.embedded_nats = await asyncio.to_thread(start_nats, self.platform.state_dir, port)
+
+    async def stop(self) -> None:
+        for watcher in self._watchers:
+            watcher.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.drain()
+        if self.pool is not None:
+            await self.pool.close()
+        if self.embedded_nats is not None:
+            await asyncio.to_thread(self.embedded_nats.stop)
+        if self.embedded_postgres is not None:
+            await asyncio.to_thread(self.embedded_postgres.stop)
