@@ -53,6 +53,8 @@ def test_every_service_compose_runs_exists() -> None:
 # Where reading the machine's clocks is the point, not a shortcut past the injected Clock.
 CLOCK_EDGES = {
     "services/launcher/cli.py": "the command line: how long `edgeinfer up` took to be ready",
+    "services/launcher/supervisor.py": "process supervision: how long a child ran, its backoff",
+    "services/autoscaler/local.py": "a timeout while a stopped runner's processes exit",
     "services/sim/main.py": "the command line: how long a replay took",
     "services/runner/device.py": "the CPU timer: the instrument that measures busy time",
     "services/runner/models/cuda_graphs.py": "how long graph capture took at load (a log line)",

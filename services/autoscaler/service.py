@@ -37,7 +37,7 @@ from services.autoscaler.decisions import DecisionLog
 from services.autoscaler.executor import Replica, ReplicaExecutor
 from services.autoscaler.fleet import free_slots, replica_views
 from services.autoscaler.history import KeepAliveHistory
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig
+from services.autoscaler.keepalive import KeepAliveConfig
 from services.autoscaler.learning import KeepAliveLearner
 from services.autoscaler.metrics import (
     ConcurrencySource,
@@ -156,8 +156,8 @@ class AutoscalerService:
         self._saved_at = float("-inf")
         self.decisions = DecisionLog(nc, subjects, clock)
         self.catalog = Catalog()
-        self._reconnects = 0  # a reconnect may have lost core-NATS updates: list again
-        self._adopted = False  # what an earlier autoscaler left running, taken over once
+        # A reconnect may have lost core-NATS updates: list again. None: never listed yet.
+        self._reconnects: int | None = None
         self.metrics_ok = True
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -197,10 +197,6 @@ class AutoscalerService:
             if signal.held_requests > 0 or signal.excess_concurrency > 0:
                 self._wake.set()  # held or refused requests: act now, not at the next tick
             self.learner.note_requests(key, now, max(1, signal.requests))
-
-    def idle_history(self, deployment_id: str, pop: str) -> IdleHistogram | None:
-        """What the keep-alive has learned for (deployment, PoP) so far."""
-        return self.learner.histogram((deployment_id, pop))
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         beat = decode_or_warn(heartbeat_decoder, msg)
@@ -247,11 +243,10 @@ class AutoscalerService:
             return
         reply = await request(self._nc, self._subjects.list_deployments, msgspec.Struct(),
                               ListDeploymentsReply, timeout=5.0)
+        if self._reconnects is None:  # the first list: take over what a predecessor left
+            await self._executor.adopt(reply.deployments)
         self.catalog.replace_all(reply.deployments, reply.as_of)
         self._reconnects = reconnects
-        if not self._adopted:
-            await self._executor.adopt(reply.deployments)
-            self._adopted = True
 
     async def tick(self) -> list[ScalingDecision]:
         now = self._clock.monotonic()

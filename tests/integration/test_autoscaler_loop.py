@@ -188,7 +188,7 @@ async def test_activity_signals_teach_the_keep_alive_idle_times_and_request_coun
     try:
         # The router's activity signals: 5 requests, then 3 more 90 s later, then 4 after 20 s.
         await activity_at(nc, subjects, now, ((1000.0, 5), (1090.0, 3), (1110.0, 4)))
-        history = service.idle_history("dep_loop", "eu-west")
+        history = service.learner.histogram(("dep_loop", "eu-west"))
         assert history is not None
         assert (history.requests, history.span_min, history.samples) == (12, 110 / 60, 1)
         assert history.counts[1] == 1  # the 90 s gap is one idle minute; 20 s is none
@@ -204,13 +204,13 @@ async def test_a_restarted_autoscaler_resumes_the_keep_alive_it_had_learned(
     first = await started_autoscaler(nc, subjects, clock=lambda: now[0])
     # Every 10 minutes, 2 requests.
     await activity_at(nc, subjects, now, ((at, 2) for at in (1000.0, 1600.0, 2200.0, 2800.0)))
-    learned = first.idle_history("dep_loop", "eu-west")
+    learned = first.learner.histogram(("dep_loop", "eu-west"))
     assert learned is not None and learned.counts[10] == 3
     await first.stop()  # saves what it learned
 
     second = await started_autoscaler(nc, subjects, clock=lambda: 50.0)
     try:
-        assert second.idle_history("dep_loop", "eu-west") == learned
+        assert second.learner.histogram(("dep_loop", "eu-west")) == learned
         # The last request is as long ago as it was in wall time (just now), on the new clock.
         assert 49.0 < second.learner.last_request_at[("dep_loop", "eu-west")] <= 50.0
     finally:
