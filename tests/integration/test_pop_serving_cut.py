@@ -2,7 +2,8 @@
 network namespaces: the hub's NATS cluster in one, each PoP's leaf node, router and
 runner in its own, the control plane (api, registry, metering, billing) at the test's end.
 
-Under steady load for 60 s of cut: at least 99 % of the cut PoP's answers are 200 (from
+Under steady load on both PoPs, one of them cut for 60 s: at least 99 % of each PoP's
+answers are 200 (the cut one's from
 its bounded-stale caches and its own NATS); a key revoked at the hub during the cut is
 refused at the PoP within 5 s of the heal; the EU-only deployment is never served by the
 US PoP (503, never abroad); after the heal the ledger equals the `gpu_us` of every 200,
@@ -117,26 +118,28 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
                             headers={**auth, "Content-Type": "application/octet-stream"},
                             timeout=60)
         assert version.status_code == 200, version.text
-        deployment = httpx.put(f"{api}/v1/deployments/digits", headers=auth, timeout=30, json={
-            "model": "digits", "version": "1", "pops": ["eu-west"], "min_replicas": 0}).json()
+        deployments = {pop: httpx.put(f"{api}/v1/deployments/digits-{pop}", headers=auth,
+                                      timeout=30, json={"model": "digits", "version": "1",
+                                                        "pops": [pop], "min_replicas": 0}).json()
+                       for pop in POPS}  # eu-west's is EU-only
 
-        # eu-west: a runner and a router on the PoP's own NATS (the runner fetches its
-        # artifact from the hub's domain); us-east: a router alone.
-        eu = topology.pop("eu-west")
-        runner_port = free_port()
-        procs.start(hosts.exec_prefix(hosts.ns("eu-west")), [
-            sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
-            "--host", "127.0.0.1", "--port", str(runner_port)], "runner-eu-west.log", {
-            **common, "NATS_URL": eu.client_url, "EDGEINFER_RUNNER_ID": "r-eu-1",
-            "EDGEINFER_POP": "eu-west", "EDGEINFER_REGION": "eu-west",
-            "EDGEINFER_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
-            "EDGEINFER_DEPLOYMENT_ID": deployment["id"], "EDGEINFER_MODEL_VERSION": "1",
-            "EDGEINFER_ARTIFACT_DIGEST": version.json()["artifact_digest"],
-            "EDGEINFER_ARTIFACT_DOMAIN": "hub",
-            "EDGEINFER_SPOOL_DIR": str(tmp_path / "spool"),
-            "EDGEINFER_ARTIFACT_CACHE": str(tmp_path / "artifacts"),
-            "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
-            "OMP_NUM_THREADS": "1"})
+        # Each PoP: a runner and a router on the PoP's own NATS (the runner fetches its
+        # artifact from the hub's domain).
+        for pop in POPS:
+            runner_port = free_port()
+            procs.start(hosts.exec_prefix(hosts.ns(pop)), [
+                sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
+                "--host", "127.0.0.1", "--port", str(runner_port)], f"runner-{pop}.log", {
+                **common, "NATS_URL": topology.pop(pop).client_url,
+                "EDGEINFER_RUNNER_ID": f"r-{pop}-1", "EDGEINFER_POP": pop,
+                "EDGEINFER_REGION": pop, "EDGEINFER_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
+                "EDGEINFER_DEPLOYMENT_ID": deployments[pop]["id"], "EDGEINFER_MODEL_VERSION": "1",
+                "EDGEINFER_ARTIFACT_DIGEST": version.json()["artifact_digest"],
+                "EDGEINFER_ARTIFACT_DOMAIN": "hub",
+                "EDGEINFER_SPOOL_DIR": str(tmp_path / f"spool-{pop}"),
+                "EDGEINFER_ARTIFACT_CACHE": str(tmp_path / f"artifacts-{pop}"),
+                "BENTOML_HOME": str(tmp_path / f"bentoml-{pop}"), "BENTOML_DO_NOT_TRACK": "True",
+                "OMP_NUM_THREADS": "1"})
         router_port = free_port()
         routers = {}
         for pop in POPS:
@@ -151,49 +154,56 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
 
         received: dict[str, int] = {}  # every answer a client got: what must be billed
 
-        def infer(pop: str, key: str, timeout: str = "60") -> httpx.Response:
-            resp = httpx.post(f"{routers[pop]}/v1/deployments/digits/infer", timeout=90,
-                              headers={"Authorization": f"Bearer {key}", "X-Client-Region": "eu",
+        def infer(pop: str, key: str, deployment: str | None = None,
+                  timeout: str = "60") -> httpx.Response:
+            resp = httpx.post(f"{routers[pop]}/v1/deployments/{deployment or 'digits-' + pop}"
+                              "/infer", timeout=90,
+                              headers={"Authorization": f"Bearer {key}", "X-Client-Region": pop[:2],
                                        "X-Scale-Up-Timeout": timeout},
                               json={"inputs": [sample_digit(7)]})
             if resp.status_code == 200:
                 received[resp.json()["usage"]["event_id"]] = resp.json()["usage"]["gpu_us"]
             return resp
 
-        first = infer("eu-west", keys[0]["key"], timeout="120")
-        assert first.status_code == 200, first.text
+        for pop in POPS:
+            first = infer(pop, keys[0]["key"], timeout="120")
+            assert first.status_code == 200, first.text
         assert infer("eu-west", keys[1]["key"]).status_code == 200  # the key to revoke: cached
 
-        def serve(seconds: float) -> list[int]:
+        def serve(pop: str, seconds: float) -> list[int]:
             statuses = []
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
-                statuses.append(infer("eu-west", keys[0]["key"]).status_code)
+                statuses.append(infer(pop, keys[0]["key"]).status_code)
                 time.sleep(0.05)
             return statuses
 
-        serve(5)
+        # Steady load on both PoPs, one client each, from before the cut to after the heal.
+        load = concurrent.futures.ThreadPoolExecutor(2)
+        us_task = load.submit(serve, "us-east", 5 + CUT_S + 8)
+        serve("eu-west", 5)
         hosts.cut("eu-west")
-        cut_load = concurrent.futures.ThreadPoolExecutor(1)
-        cut_task = cut_load.submit(serve, CUT_S)
+        cut_task = load.submit(serve, "eu-west", CUT_S)
         time.sleep(5)
         # Revoked at the hub while the PoP cannot hear of it.
         assert httpx.delete(f"{api}/admin/tenants/{tenant_id}/keys/{keys[1]['id']}",
                             headers=admin, timeout=30).status_code == 200
         # The EU-only deployment, asked of the US PoP during the cut: never served abroad.
-        abroad = infer("us-east", keys[0]["key"], timeout="1")
+        abroad = infer("us-east", keys[0]["key"], "digits-eu-west", timeout="1")
         during = cut_task.result()
-        cut_load.shutdown()
         hosts.heal("eu-west")
         healed = time.monotonic()
         while (revoked := infer("eu-west", keys[1]["key"])).status_code == 200:
             assert time.monotonic() - healed < 5, "the revocation did not reach the PoP in 5 s"
             time.sleep(0.1)
         refused_after_s = time.monotonic() - healed
-        serve(3)
+        serve("eu-west", 3)
+        us = us_task.result()
+        load.shutdown()
 
         assert revoked.status_code == 401, revoked.text
         assert during.count(200) >= 0.99 * len(during), sorted(set(during))
+        assert us.count(200) >= 0.99 * len(us), sorted(set(us))  # the other PoP, unaffected
         assert abroad.status_code == 503 and abroad.headers.get("retry-after"), abroad.text
 
         deadline = time.monotonic() + 60
@@ -201,7 +211,8 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
             assert time.monotonic() < deadline, (len(got), len(received))
             time.sleep(0.5)
         print(f"\nPoP serving through a {CUT_S}-s cut: {during.count(200)} of {len(during)}"
-              f" requests 200 during the cut; revoked key refused {refused_after_s:.2f} s after"
+              f" requests 200 during the cut (the uncut PoP: {us.count(200)} of {len(us)});"
+              f" revoked key refused {refused_after_s:.2f} s after"
               f" the heal; EU-only deployment at the US PoP: {abroad.status_code}; ledger ="
               f" Σ gpu_us of {len(received)} answers")
     finally:
