@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
 
@@ -49,7 +50,26 @@ def internal_error_handler(request: Request[Any, Any, Any], exc: Exception) -> R
                     status_code=500)
 
 
-EXCEPTION_HANDLERS = {HTTPException: refusal_handler, Exception: internal_error_handler}
+def database_unavailable_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """PostgreSQL restarting or unreachable: the client may simply retry (503 + Retry-After),
+    as with a NATS outage; an operator sees it, with its traceback, in the log."""
+    log.warning("database unavailable on %s %s: %r", request.method, request.url.path, exc,
+                exc_info=exc)
+    return Response(error_body(503, "unavailable",
+                               "the database cannot be reached right now; retry shortly"),
+                    status_code=503, headers={"Retry-After": "2"})
+
+
+EXCEPTION_HANDLERS = {
+    HTTPException: refusal_handler,
+    # A connection lost; the server shutting down, crashed or starting up; a new connection
+    # refused, or its unix socket not there yet (OSError: ConnectionRefusedError,
+    # FileNotFoundError).
+    asyncpg.PostgresConnectionError: database_unavailable_handler,
+    asyncpg.exceptions.OperatorInterventionError: database_unavailable_handler,
+    OSError: database_unavailable_handler,
+    Exception: internal_error_handler,
+}
 
 
 def admin_guard(admin_token: str):

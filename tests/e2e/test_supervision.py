@@ -211,6 +211,10 @@ def test_a_killed_embedded_postgres_is_back_within_5_s_and_nothing_is_lost(
         mark = load.mark()
         killed_at = time.monotonic()
         postmaster.kill()
+        # Asked while the database is down: refused with Retry-After (or, restarted already, 200).
+        probe = httpx.get(f"{stack.api}/v1/usage", headers=stack.auth(), timeout=10)
+        assert probe.status_code == 200 or (
+            probe.status_code == 503 and probe.headers.get("retry-after")), probe.text
         while True:
             lines = (pgdata / "postmaster.pid").read_text().split("\n") \
                 if (pgdata / "postmaster.pid").exists() else []
@@ -219,10 +223,12 @@ def test_a_killed_embedded_postgres_is_back_within_5_s_and_nothing_is_lost(
             assert time.monotonic() - killed_at < BACK_WITHIN_S, "PostgreSQL not back in 5 s"
             time.sleep(0.05)
         back_s = time.monotonic() - killed_at
-        # The API's pool reconnects: its first queries after the restart may fail.
+        # The API's pool reconnects: its first queries after the restart may be refused,
+        # with a 503 and Retry-After, never a 500.
         deadline = time.monotonic() + 10
-        while httpx.get(f"{stack.api}/v1/usage", headers=stack.auth(),
-                        timeout=10).status_code != 200:
+        while (usage := httpx.get(f"{stack.api}/v1/usage", headers=stack.auth(),
+                                  timeout=10)).status_code != 200:
+            assert usage.status_code == 503 and usage.headers.get("retry-after"), usage.text
             assert time.monotonic() < deadline, "the API did not answer again"
             time.sleep(0.2)
         time.sleep(1)
