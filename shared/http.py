@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -86,3 +87,62 @@ def admin_guard(admin_token: str):
                           "admin routes need 'Authorization: Bearer <EDGEINFER_ADMIN_TOKEN>'")
 
     return guard
+
+
+# --- text PostgreSQL cannot store ------------------------------------------------------
+# PostgreSQL refuses NUL in text, and UTF-8 has no lone surrogates (JSON can spell both:
+# "\u0000", "\ud800"). Refused at the door with a 400, before any SQL or NATS sees them.
+
+
+def unstorable(text: str) -> str | None:
+    """Why this text cannot be stored (a NUL, a lone surrogate), or None."""
+    if "\x00" in text:
+        return "a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate (not valid Unicode)"
+    return None
+
+
+def _first_unstorable(value: Any, where: str) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        why = unstorable(value)
+        return (where, why) if why else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_unstorable(key, where) or _first_unstorable(item, f"{where}.{key}")
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if found := _first_unstorable(item, f"{where}[{i}]"):
+                return found
+    return None
+
+
+def refuse_unstorable_path(request: Request[Any, Any, Any]) -> None:
+    """The path and query string: names and ids in them reach SQL and NATS subjects."""
+    where_why = (_first_unstorable(request.scope["path"], "the path")
+                 or _first_unstorable(list(request.query_params.values()), "the query"))
+    if where_why:
+        raise Refusal(400, "invalid_text", f"{where_why[0]} contains {where_why[1]}; remove it")
+
+
+async def refuse_unstorable_text(request: Request[Any, Any, Any]) -> None:
+    """Litestar `before_request`: the path, the query and a JSON or form body."""
+    refuse_unstorable_path(request)
+    content_type = request.headers.get("content-type", "")
+    if "json" in content_type:
+        body = await request.body()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            return  # not JSON: the handler refuses it with its own reason
+        found = _first_unstorable(data, "body")
+    elif "application/x-www-form-urlencoded" in content_type:
+        found = _first_unstorable(dict(await request.form()), "form")
+    else:
+        return
+    if found:
+        raise Refusal(400, "invalid_text", f"{found[0]} contains {found[1]}; remove it")

@@ -32,6 +32,7 @@ from services.launcher.stack import (
     load_or_create_secret,
     needs_database,
     stack_config_from_env,
+    write_private,
 )
 from services.launcher.supervisor import Child, Supervisor, become_subreaper
 from services.registry.service import RegistryService
@@ -184,44 +185,28 @@ async def up() -> int:
         await _wait_ready(infra.nc, Subjects(platform.namespace), demo.deployment.id, pops,
                           timeout_s=180, logs=platform.state_dir / "logs")
         ready_s = time.monotonic() - started
-        body = json.dumps({"inputs": [sample_digit(0)]}, separators=(",", ":"))
-        infer_url = f"{router_url}/v1/deployments/{demo.deployment.name}/infer"
-        curl = (f"curl -s {infer_url} -H 'Authorization: Bearer {demo.api_key}' "
-                f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
-        usage = f"curl -s {api_url}/v1/usage -H 'Authorization: Bearer {demo.api_key}'"
-        rss = _stack_rss_mb()
-        print(f"""
-edgeinfer is up in {ready_s:.1f} s  (stack RSS {rss:.0f} MB)
-
-  router (inference)   {router_url}
-  API                  {api_url}      OpenAPI: {api_url}/schema
-  NATS                 {infra.nats_url}
-  PostgreSQL           {infra.database_url}
-  PoPs                 {', '.join(pops)}   demo deployment: {demo.deployment.name} ({demo.deployment.id})
-  state                {platform.state_dir.resolve()}
-  processes            {supervisor.status_file.resolve()}  (restarted when they die)
-  admin token          {admin_token}
-
-Try it (a handwritten 0 from scikit-learn's digits):
-
-  {curl}
-
-Then your GPU-seconds, and what they cost:
-
-  {usage}
-  curl -s {api_url}/v1/invoices/preview -H 'Authorization: Bearer {demo.api_key}'
-
-or in the billing portal: {api_url}/portal (sign in with the API key above).
-
-Ctrl-C stops everything.
-""", flush=True)
-        (platform.state_dir / "ready.json").write_text(json.dumps({
+        ready_file = platform.state_dir / "ready.json"
+        write_private(ready_file, json.dumps({
             "router_url": router_url, "api_url": api_url, "nats_url": infra.nats_url,
             "database_url": infra.database_url, "namespace": platform.namespace,
             "api_key": demo.api_key, "tenant_id": demo.tenant_id,
             "admin_token": admin_token, "deployment": demo.deployment.name,
             "deployment_id": demo.deployment.id, "ready_s": round(ready_s, 2),
             "pid": os.getpid(), "processes": str(supervisor.status_file.resolve())}))
+        # The secrets go to a terminal once, never into a file that stdout was sent to.
+        on_terminal = sys.stdout.isatty()
+        key_file = platform.state_dir / "demo-api-key"
+        write_private(key_file, demo.api_key)
+        key = demo.api_key if on_terminal else f"$(cat {key_file.resolve()})"
+        token = admin_token if on_terminal else f"in {ready_file.resolve()} (mode 0600)"
+        body = json.dumps({"inputs": [sample_digit(0)]}, separators=(",", ":"))
+        print(banner(ready_s=ready_s, rss_mb=_stack_rss_mb(), router_url=router_url,
+                     api_url=api_url, nats_url=infra.nats_url, database_url=infra.database_url,
+                     pops=pops, deployment=f"{demo.deployment.name} ({demo.deployment.id})",
+                     state=platform.state_dir.resolve(), processes=supervisor.status_file.resolve(),
+                     admin_token=token, key=key,
+                     infer_url=f"{router_url}/v1/deployments/{demo.deployment.name}/infer",
+                     body=body), flush=True)
         await _until_signalled()
         log.info("stopping")
     finally:
@@ -231,6 +216,37 @@ Ctrl-C stops everything.
             await watch
         await infra.stop()
     return 0
+
+
+def banner(*, ready_s: float, rss_mb: float, router_url: str, api_url: str, nats_url: str,
+           database_url: str, pops: list[str], deployment: str, state: Path, processes: Path,
+           admin_token: str, key: str, infer_url: str, body: str) -> str:
+    auth = f'-H "Authorization: Bearer {key}"'
+    return f"""
+edgeinfer is up in {ready_s:.1f} s  (stack RSS {rss_mb:.0f} MB)
+
+  router (inference)   {router_url}
+  API                  {api_url}      OpenAPI: {api_url}/schema
+  NATS                 {nats_url}
+  PostgreSQL           {database_url}
+  PoPs                 {', '.join(pops)}   demo deployment: {deployment}
+  state                {state}
+  processes            {processes}  (restarted when they die)
+  admin token          {admin_token}
+
+Try it (a handwritten 0 from scikit-learn's digits):
+
+  curl -s {infer_url} {auth} -H 'Content-Type: application/json' -d {shlex.quote(body)}
+
+Then your GPU-seconds, and what they cost:
+
+  curl -s {api_url}/v1/usage {auth}
+  curl -s {api_url}/v1/invoices/preview {auth}
+
+or in the billing portal: {api_url}/portal (sign in with the demo API key).
+
+Ctrl-C stops everything.
+"""
 
 
 async def _wait_ready(nc: Any, subjects: Subjects, deployment_id: str, pops: list[str],

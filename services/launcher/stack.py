@@ -39,7 +39,7 @@ from services.router.service import RouterService
 from shared.bus import connect, ensure_hub_streams, ensure_streams
 from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
 from shared.db import create_pool, migrate
-from shared.http import EXCEPTION_HANDLERS
+from shared.http import EXCEPTION_HANDLERS, refuse_unstorable_text
 from shared.nats_topology import Topology, load_topology
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver
@@ -123,10 +123,19 @@ def load_or_create_secret(path: Path) -> str:
     if path.exists():
         return path.read_text().strip()
     token = "adm_" + secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(token)
+    write_private(path, token)
     return token
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner may read (0600), atomically: it holds secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # also when the file was there with a wider mode
+        out.write(text)
+    tmp.replace(path)
 
 
 @dataclass
@@ -289,6 +298,7 @@ def control_plane_app(route_handlers: list[Any]) -> Litestar:
     return Litestar(
         route_handlers=[*route_handlers, healthz, metrics],
         exception_handlers=EXCEPTION_HANDLERS,
+        before_request=refuse_unstorable_text,
         template_config=TemplateConfig(directory=PORTAL_TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
     )

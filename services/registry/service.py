@@ -29,7 +29,7 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.http import Refusal
+from shared.http import Refusal, unstorable
 from shared.model_formats import FRAMEWORKS, InvalidArtifact, read_embedding_artifact
 from shared.schedules import InvalidSchedule
 from shared.schedules import validate as validate_schedule
@@ -106,6 +106,9 @@ class RegistryService:
         try:
             req = msgspec.json.decode(msg.data, type=ResolveDeploymentRequest)
         except msgspec.ValidationError:
+            await msg.respond(encode(ResolveDeploymentReply(deployment=None)))
+            return
+        if unstorable(req.tenant_id) or unstorable(req.name):  # no such row can exist
             await msg.respond(encode(ResolveDeploymentReply(deployment=None)))
             return
         found = await repository.get_deployment(self._pool, req.tenant_id, req.name)

@@ -48,7 +48,7 @@ from shared.events import (
     heartbeat_decoder,
     new_id,
 )
-from shared.http import EXCEPTION_HANDLERS, Refusal
+from shared.http import EXCEPTION_HANDLERS, Refusal, unstorable
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant
 
@@ -156,6 +156,8 @@ class RouterService:
         started = self._clock.monotonic()
         deployment_label, pop_label = "", ""
         try:
+            if why := unstorable(name):  # it would reach the registry's SQL
+                raise Refusal(400, "invalid_text", f"the deployment name contains {why}")
             tenant = await self.keys.tenant_from_header(request.headers.get("authorization"))
             self.gate.admit(tenant, started)
             self.gate.in_flight[tenant.id] += 1

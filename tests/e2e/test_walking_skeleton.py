@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -186,6 +187,29 @@ def test_a_second_tenant_sees_none_of_the_first_tenants_data(stack: Stack) -> No
     assert stack.ready["deployment_id"] not in resp.text
 
 
+@pytest.mark.parametrize("method, where, path, body", [
+    ("POST", "api", "/admin/tenants", '{"name": "a\\u0000b"}'),
+    ("POST", "api", "/admin/tenants", '{"name": "a\\ud800b"}'),  # a lone surrogate
+    ("GET", "api", "/v1/deployments/x%00", None),
+    ("GET", "api", "/v1/invoices/inv%00", None),
+    ("GET", "api", "/v1/usage?from=2026-01%00", None),
+    ("POST", "router", "/v1/deployments/digits%00/infer", '{"inputs": []}'),
+])
+def test_text_postgresql_cannot_store_is_a_400_with_the_reason(
+        stack: Stack, method: str, where: str, path: str, body: str | None) -> None:
+    """NUL and lone surrogates are refused at the door: before, each was a 500 (PostgreSQL
+    refuses them), and the router waited 2 s for a registry that had crashed on it."""
+    admin = {"Authorization": f"Bearer {stack.ready['admin_token']}"}
+    base, headers = (stack.api, admin) if path.startswith("/admin") else (
+        stack.api if where == "api" else stack.router, stack.auth())
+    started = time.monotonic()
+    resp = httpx.request(method, base + path, content=body, timeout=10,
+                         headers={**headers, "Content-Type": "application/json"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid_text", resp.text
+    assert time.monotonic() - started < 1
+
+
 def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
     resp = httpx.get(f"{stack.api}/admin/tenants", headers=stack.auth())
     assert resp.status_code == 401
@@ -230,6 +254,17 @@ def _metric(text: str, name: str) -> float:
               if line.startswith(name + " ") or line.startswith(name + "{")]
     assert values, f"{name} missing from /metrics"
     return sum(values)
+
+
+def test_secrets_are_files_only_their_owner_reads_and_never_logged(stack: Stack) -> None:
+    state = Path(stack.ready["processes"]).parent
+    for name in ("ready.json", "admin-token", "portal-secret", "demo-api-key"):
+        assert (state / name).stat().st_mode & 0o777 == 0o600, name
+    # stdout here is a file, not a terminal: the banner names where the secrets are instead.
+    logged = stack.log.read_text()
+    assert "edgeinfer is up" in logged
+    assert stack.key not in logged and stack.ready["admin_token"] not in logged
+    assert f"$(cat {state.resolve() / 'demo-api-key'})" in logged
 
 
 def test_ctrl_c_stops_everything_and_leaves_no_process(stack: Stack) -> None:
