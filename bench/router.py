@@ -39,6 +39,7 @@ from services.router.policy import ReplicaView, choose, order_pops
 from shared.bus import connect
 from shared.embedded import free_port, start_nats, start_postgres, wait_for_port
 from shared.events import RunnerHeartbeat, encode, new_id
+from shared.hops import HopSigner
 from shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,7 +190,11 @@ async def real_runner(nats_url: str, work: Path, paths: dict[str, tuple[str, byt
     try:
         await asyncio.wait_for(ready.wait(), 120)
         await asyncio.sleep(3.5)  # the echo backend goes stale in the router's table
-        direct = (replica.url + "/infer", runner_body, paths["direct"][2])
+        signer = HopSigner()  # as a router would: the runner checks a signed token
+        await signer.publish(nc.jetstream(), subjects.hop_keys_bucket)
+        direct = (replica.url + "/infer", runner_body, {
+            **paths["direct"][2], **signer.headers(deployment.tenant_id, deployment.id,
+                                                   ttl_s=24 * 3600)})
         print("  real BentoML runner, digits model (ONNX, CPU slot):")
         for rate in (100, 300):
             d, _ = await fixed_rate(*direct, rate, seconds)
@@ -245,7 +250,7 @@ async def main(seconds: float) -> None:
         for port in (backend_port, api_port, router_port, nginx_port):
             wait_for_port(port, 60)
 
-        tenant_id, key, deployment_id = await asyncio.to_thread(
+        _tenant, key, deployment_id = await asyncio.to_thread(
             seed, f"http://127.0.0.1:{api_port}")
         auth = {"Authorization": f"Bearer {key}"}
         # Heartbeats from a thread of their own: the load generator saturates this loop at
@@ -257,8 +262,7 @@ async def main(seconds: float) -> None:
         beats.start()
 
         inputs = {"inputs": [sample_digit(0)]}
-        runner_body = msgspec.json.encode({"tenant_id": tenant_id, "request_id": "b",
-                                           "deployment_id": deployment_id, **inputs})
+        runner_body = msgspec.json.encode(inputs)
         json_h = {"Content-Type": "application/json"}
         paths = {
             "direct": (f"http://127.0.0.1:{backend_port}/infer", runner_body, json_h),

@@ -43,10 +43,12 @@ from shared.artifacts import put_artifact
 from shared.bus import connect, ensure_streams
 from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import Deployment
+from shared.hops import HopSigner
 from shared.subjects import Subjects
 from shared.topology import pops_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
+WRK_HEADERS: dict[str, str] = {}  # sent with every wrk request: the signed-hop token
 
 
 # Frames of edgeinfer's own per-request and background work in the runner's worker: what
@@ -123,7 +125,8 @@ def wrk(url: str, body: str, connections: int, seconds: float, work: Path,
     cpu_before = tree_cpu_s(pid)
     script = work / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f"wrk.body = [==[{body}]==]\n")
+                      + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in WRK_HEADERS.items())
+                      +                       f"wrk.body = [==[{body}]==]\n")
     threads = min(2, connections, len(CLIENT_CPUS) if CLIENT_CPUS else 2)
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}",
                           f"-d{int(seconds)}s", "--latency", "-s", str(script), url],
@@ -272,8 +275,12 @@ async def main(seconds: float, model_name: str, rounds: int, concurrencies: list
             await until_ready(second.runner_id)
             ours_twin = (f"{second.url}/infer", runner_pid(second.runner_id))
 
-        body = json.dumps({"tenant_id": "ten_bench", "request_id": "b",
-                           "deployment_id": "dep_bench", "inputs": inputs()})
+        # One token for every request (a router signs one each): its check is in the figures,
+        # and the bare runner, which checks nothing, ignores the header.
+        signer = HopSigner()
+        await signer.publish(nc.jetstream(), subjects.hop_keys_bucket)
+        WRK_HEADERS.update(signer.headers("ten_bench", "dep_bench", ttl_s=24 * 3600))
+        body = json.dumps({"inputs": inputs()})
         ours_pid = runner_pid(replica.runner_id)
         rss = {"edgeinfer": PeakRss(ours_pid), "bare": PeakRss(bare.pid)}
         for watcher in rss.values():

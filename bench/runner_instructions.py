@@ -43,6 +43,7 @@ from runner import MODELS, runner_pid, set_up, start_bare
 
 from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
 from services.runner.outbox import Spool
+from shared.hops import HopSigner
 from shared.topology import pops_from_env
 
 WORKER = "_bentoml_impl.worker.service"
@@ -117,10 +118,11 @@ def functions(dump: Path, inclusive: bool = False) -> Counter[str]:
     return counts
 
 
-async def send(url: str, body: dict, requests: int, concurrency: int) -> None:
+async def send(url: str, body: dict, requests: int, concurrency: int,
+               headers: dict[str, str]) -> None:
     left = requests
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120) as http:
+    async with httpx.AsyncClient(limits=limits, timeout=120, headers=headers) as http:
         async def client() -> None:
             nonlocal left
             while left > 0:
@@ -183,12 +185,15 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
         ours_root = runner_pid(replica.runner_id)
         services = {"bare": (f"http://127.0.0.1:{bare_port}/infer", worker_of(bare.pid)),
                     "edgeinfer": (f"{replica.url}/infer", worker_of(ours_root))}
-        body = {"tenant_id": "ten_bench", "request_id": "b", "deployment_id": "dep_bench",
-                "inputs": inputs()}
+        body = {"inputs": inputs()}
+        # The signed-hop token a router would send (checked by ours, ignored by the bare one).
+        signer = HopSigner()
+        await signer.publish(nc.jetstream(), subjects.hop_keys_bucket)
+        headers = signer.headers("ten_bench", "dep_bench", ttl_s=24 * 3600)
         idle_rate: dict[str, float] = {}
         idle_cycles: dict[str, float] = {}
         for name, (url, pid) in services.items():
-            await send(url, body, warm_up, max(concurrencies))  # not counted
+            await send(url, body, warm_up, max(concurrencies), headers)  # not counted
             await asyncio.sleep(linger_s + 1)  # the warm-up's usage published before the window
             window = Window(work, pid)
             window.open()
@@ -209,7 +214,7 @@ async def main(model_name: str, requests: int, warm_up: int, concurrencies: list
                     published.clear()
                 window = Window(work, pid)
                 window.open()
-                await send(url, body, requests, c)
+                await send(url, body, requests, c, headers)
                 events, seconds, by_function, gc = window.close()
                 per_request[name] = (events["Ir"] - idle_rate[name] * seconds) / requests
                 if cache_sim:

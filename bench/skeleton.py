@@ -8,6 +8,7 @@ Not a test: it prints figures.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,16 +18,31 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import msgspec
 import psutil
 from common import pct
 
+from shared.bus import connect
 from shared.embedded import free_port
+from shared.hops import HopSigner
+from shared.subjects import Subjects
 
 N = 100
 
+
+
+async def trusted_hop(ready: dict[str, Any]) -> dict[str, str]:
+    """A signed-hop header from a key published as a router's: runners serve nothing else."""
+    signer = HopSigner()
+    nc = await connect(ready["nats_url"], name="bench-skeleton")
+    try:
+        await signer.publish(nc.jetstream(), Subjects(ready["namespace"]).hop_keys_bucket)
+    finally:
+        await nc.close()
+    return signer.headers(ready["tenant_id"], ready["deployment_id"], ttl_s=3600)
 
 
 def main() -> None:
@@ -71,11 +87,10 @@ def main() -> None:
             direct_url = beats.get(runner_url)
             direct = []
             if direct_url:
-                payload = {"tenant_id": ready["tenant_id"], "request_id": "bench",
-                           "deployment_id": ready["deployment_id"], **body}
+                hop = asyncio.run(trusted_hop(ready))
                 for _ in range(N):
                     t0 = time.perf_counter()
-                    http.post(direct_url + "/infer", json=payload).raise_for_status()
+                    http.post(direct_url + "/infer", json=body, headers=hop).raise_for_status()
                     direct.append((time.perf_counter() - t0) * 1000)
         curl = []
         data = json.dumps(body)

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
+from shared.hops import hop_keys
 from shared.http import Refusal
 from shared.subjects import Subjects
 
@@ -65,8 +66,9 @@ async def ensure_hub_streams(js: JetStreamContext, subjects: Subjects, pops: Ite
 
 
 async def _ensure_buckets(js: JetStreamContext, subjects: Subjects, replicas: int) -> None:
-    """The artifact store (registry) and the keep-alive history (autoscaler), made here so
-    that their replication is decided in one place; an existing bucket is left as it is."""
+    """The artifact store (registry), the keep-alive history (autoscaler) and the routers'
+    hop keys, made here so that their replication is decided in one place; an existing
+    bucket is left as it is. (A PoP's router makes its PoP's hop-key bucket itself.)"""
     try:
         await js.object_store(subjects.artifact_bucket)
     except BucketNotFoundError:
@@ -77,6 +79,7 @@ async def _ensure_buckets(js: JetStreamContext, subjects: Subjects, replicas: in
     except BucketNotFoundError:
         await js.create_key_value(js_api.KeyValueConfig(
             bucket=subjects.keepalive_bucket, history=1, replicas=replicas))
+    await hop_keys(js, subjects.hop_keys_bucket, replicas)
 
 
 async def ensure_pop_streams(js: JetStreamContext, subjects: Subjects, pop: str) -> None:

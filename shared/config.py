@@ -98,6 +98,9 @@ class PlatformConfig:
     state_dir: Path = Path(".edgeinfer")
     # Copies of every stream and bucket: 3 on a NATS cluster of three, to outlive a server.
     stream_replicas: int = 1
+    # When set, /metrics (api, router) answers only `Authorization: Bearer <token>`: its
+    # labels name every deployment.
+    metrics_token: str | None = None
 
 
 def platform_from_env(env: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -115,4 +118,5 @@ def platform_from_env(env: Mapping[str, str] | None = None) -> PlatformConfig:
         state_dir=Path(env_str(env, "EDGEINFER_STATE_DIR", str(PlatformConfig.state_dir))),
         stream_replicas=env_int(env, "EDGEINFER_STREAM_REPLICAS", PlatformConfig.stream_replicas,
                                 lo=1, hi=5),
+        metrics_token=env_optional(env, "EDGEINFER_METRICS_TOKEN"),
     )

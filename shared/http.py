@@ -89,6 +89,25 @@ def admin_guard(admin_token: str):
     return guard
 
 
+def metrics_guard(metrics_token: str | None):
+    """Guard for /metrics: open when no token is configured (a scraper on a private
+    network), else the scraper's bearer token (Prometheus: `authorization: credentials`)."""
+    from litestar.connection import ASGIConnection
+    from litestar.handlers.base import BaseRouteHandler
+
+    from shared.auth import bearer_token, same_secret
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if metrics_token is None:
+            return
+        token = bearer_token(connection.headers.get("authorization"))
+        if token is None or not same_secret(token, metrics_token):
+            raise Refusal(401, "metrics_unauthenticated",
+                          "/metrics needs 'Authorization: Bearer <EDGEINFER_METRICS_TOKEN>'")
+
+    return guard
+
+
 # --- text PostgreSQL cannot store ------------------------------------------------------
 # PostgreSQL refuses NUL in text, and UTF-8 has no lone surrogates (JSON can spell both:
 # "\u0000", "\ud800"). Refused at the door with a 400, before any SQL or NATS sees them.

@@ -57,6 +57,11 @@ class Subjects:
         return f"{self.namespace}_artifacts"
 
     @property
+    def hop_keys_bucket(self) -> str:
+        """Routers' public keys for signed hops, by key id (shared/hops.py)."""
+        return f"{self.namespace}_hop_keys"
+
+    @property
     def keepalive_bucket(self) -> str:
         """The autoscaler's learned keep-alive history per deployment × PoP."""
         return f"{self.namespace}_keepalive"

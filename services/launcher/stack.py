@@ -39,7 +39,7 @@ from services.router.service import RouterService
 from shared.bus import connect, ensure_hub_streams, ensure_streams
 from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
 from shared.db import create_pool, migrate
-from shared.http import EXCEPTION_HANDLERS, refuse_unstorable_text
+from shared.http import EXCEPTION_HANDLERS, metrics_guard, refuse_unstorable_text
 from shared.nats_topology import Topology, load_topology
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver
@@ -216,12 +216,12 @@ class Stack:
                 billing_tenant_router(billing, resolver),
                 billing_admin_router(billing, self.admin_token),
                 portal_router(billing, resolver, hashlib.sha256(portal_secret.encode()).digest()),
-            ]), c.api_host, c.api_port)
+            ], p.metrics_token), c.api_host, c.api_port)
         if "router" in wanted:
             self.router = RouterService(self.nc, subjects, c.router)
             await self.router.start()
             self.started.append(self.router)
-            self._serve(self.router.app(), c.router.host, c.router.port)
+            self._serve(self.router.app(p.metrics_token), c.router.host, c.router.port)
         if "autoscaler" in wanted:
             executor = await make_executor(c, p.nats_url)
             self.autoscaler = AutoscalerService(self.nc, subjects, executor, c.pops, c.autoscaler)
@@ -286,12 +286,13 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
         namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
 
 
-def control_plane_app(route_handlers: list[Any]) -> Litestar:
+def control_plane_app(route_handlers: list[Any], metrics_token: str | None = None) -> Litestar:
     @get("/healthz", operation_id="health", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @get("/metrics", operation_id="metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST)
+    @get("/metrics", operation_id="metrics", tags=["ops"], media_type=CONTENT_TYPE_LATEST,
+         guards=[metrics_guard(metrics_token)])
     async def metrics() -> bytes:
         return generate_latest()
 

@@ -31,6 +31,7 @@ from services.router.config import RouterConfig
 from services.router.deployments import DeploymentCache
 from services.router.gate import TenantGate
 from services.router.holds import Holds
+from services.router.hopkeys import HopKeys
 from services.router.location import client_region
 from services.router.metrics import RouterMetrics
 from services.router.policy import Route, choose, order_pops
@@ -48,7 +49,8 @@ from shared.events import (
     heartbeat_decoder,
     new_id,
 )
-from shared.http import EXCEPTION_HANDLERS, Refusal, unstorable
+from shared.hops import now_ms
+from shared.http import EXCEPTION_HANDLERS, Refusal, metrics_guard, unstorable
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant
 
@@ -71,6 +73,20 @@ _infer_decoders: dict[str, tuple[msgspec.json.Decoder[Any], str]] = {
 }
 
 
+def scale_up_timeout_of(raw: str | None, config: RouterConfig) -> float:
+    """How long the client will wait for a cold deployment (X-Scale-Up-Timeout)."""
+    if raw is None:
+        return config.scale_up_timeout_s
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= config.max_scale_up_timeout_s:
+        raise Refusal(400, "invalid_scale_up_timeout",
+                      f"X-Scale-Up-Timeout is seconds in [0; {config.max_scale_up_timeout_s:g}]")
+    return value
+
+
 class RouterService:
     def __init__(self, nc: NATS, subjects: Subjects, config: RouterConfig,
                  clock: Clock = SYSTEM_CLOCK) -> None:
@@ -86,6 +102,7 @@ class RouterService:
         self.holds = Holds(self.metrics, clock)
         self.signals = DemandSignals(nc, subjects, self.metrics, clock)
         self._forwarder = Forwarder(self.table, self.metrics, clock, config.forward_timeout_s)
+        self.hops = HopKeys(nc.jetstream(), subjects.hop_keys_bucket)
         self.deployments = DeploymentCache(nc, subjects, clock, config.deployment_cache_s,
                                            config.cache_stale_s)
         self._random = random.Random()
@@ -93,6 +110,7 @@ class RouterService:
 
     async def start(self) -> None:
         await self._forwarder.start()
+        await self.hops.start()
         s = self._subjects
         await self._nc.subscribe(s.heartbeat_wildcard, cb=self._on_heartbeat)
         await self._nc.subscribe(s.key_revoked, cb=self._on_accounts_event)
@@ -100,6 +118,7 @@ class RouterService:
         await self._nc.subscribe(s.budget_wildcard, cb=self._on_budget)
 
     async def stop(self) -> None:
+        await self.hops.stop()
         await self._forwarder.stop()
 
     # --- events ----------------------------------------------------------------------------
@@ -139,19 +158,6 @@ class RouterService:
             self._pop_orders[key] = ordered
         return ordered
 
-    def _scale_up_timeout(self, request: Request[Any, Any, Any]) -> float:
-        raw = request.headers.get("x-scale-up-timeout")
-        if raw is None:
-            return self._config.scale_up_timeout_s
-        try:
-            value = float(raw)
-        except ValueError:
-            value = -1.0
-        if not 0 <= value <= self._config.max_scale_up_timeout_s:
-            raise Refusal(400, "invalid_scale_up_timeout",
-                          f"X-Scale-Up-Timeout is seconds in [0; {self._config.max_scale_up_timeout_s:g}]")
-        return value
-
     async def infer(self, request: Request[Any, Any, Any], name: str) -> Response[Any]:
         started = self._clock.monotonic()
         deployment_label, pop_label = "", ""
@@ -186,15 +192,17 @@ class RouterService:
             payload = decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Refusal(400, "invalid_body", f"expected JSON {shape}: {exc}") from None
-        scale_up_timeout = self._scale_up_timeout(request)
+        scale_up_timeout = scale_up_timeout_of(request.headers.get("x-scale-up-timeout"),
+                                              self._config)
         region = client_region(request.headers.get(self._config.client_region_header),
                                request.client.host if request.client else None,
                                self._config.client_prefixes, self._config.default_client_region)
         ordered = self._pop_order(region, deployment.allowed_pops)
         nearest = ordered[0][0] if ordered else ""
+        # The runner takes tenant, deployment and request from the signed token alone.
         request_id = new_id()
-        forward = encode({"tenant_id": tenant.id, "request_id": request_id,
-                          "deployment_id": deployment.id, "inputs": payload.inputs})
+        hop = self.hops.signer.token(tenant.id, deployment.id, request_id, now_ms(self._clock))
+        forward = encode({"inputs": payload.inputs})
         tried: set[str] = set()
         waited_s = 0.0
         deadline: float | None = None  # set when the request is first held
@@ -212,7 +220,8 @@ class RouterService:
                                             requests=1 if attempts == 0 else 0)
                 attempts += 1
                 try:
-                    upstream = await self._forwarder.forward(deployment.id, route.replica, forward)
+                    upstream = await self._forwarder.forward(deployment.id, route.replica, forward,
+                                                             hop)
                 except NotStarted:
                     tried.add(route.replica.runner_id)
                     self.table.mark_down(deployment.id, route.replica.runner_id)
@@ -248,7 +257,7 @@ class RouterService:
                               headers={"Retry-After": "5"})
             waited_s += await self.holds.wait(deployment.id, nearest, min(remaining, 2.0))
 
-    def app(self) -> Litestar:
+    def app(self, metrics_token: str | None = None) -> Litestar:
         service = self
 
         @post("/v1/deployments/{name:str}/infer", operation_id="infer",
@@ -260,7 +269,8 @@ class RouterService:
         async def healthz() -> dict[str, str]:
             return {"status": "ok"}
 
-        @get("/metrics", operation_id="router_metrics", media_type=CONTENT_TYPE_LATEST)
+        @get("/metrics", operation_id="router_metrics", media_type=CONTENT_TYPE_LATEST,
+             guards=[metrics_guard(metrics_token)])
         async def metrics() -> bytes:
             return generate_latest(service.metrics.registry)
 

@@ -18,6 +18,7 @@ from services.router.metrics import RouterMetrics
 from services.router.policy import ReplicaView
 from services.router.table import RoutingTable
 from shared.clock import Clock
+from shared.hops import HEADER as HOP_HEADER
 from shared.http import Refusal
 
 
@@ -65,15 +66,16 @@ class Forwarder:
         if self._http is not None:
             await self._http.close()
 
-    async def forward(self, deployment_id: str, replica: ReplicaView, body: bytes) -> Upstream:
+    async def forward(self, deployment_id: str, replica: ReplicaView, body: bytes,
+                      hop: str) -> Upstream:
         assert self._http is not None, "Forwarder.start() first"
         self._table.outstanding[replica.runner_id] += 1
         gauge = self._metrics.in_flight.labels(deployment_id, replica.pop)
         gauge.inc()
         t0 = self._clock.monotonic()
         try:
-            async with self._http.post(replica.url + "/infer", data=body,
-                                       headers={"content-type": "application/json"}) as resp:
+            async with self._http.post(replica.url + "/infer", data=body, headers={
+                    "content-type": "application/json", HOP_HEADER: hop}) as resp:
                 data = await resp.read()
                 if resp.status == 503:
                     raise NotStarted()
@@ -106,6 +108,9 @@ def answer(upstream: Upstream, request_id: str, replica: ReplicaView, held: bool
         # decoding and re-encoding the outputs would cost more than the rest of the hop.
         body = b'{"request_id":"' + request_id.encode() + b'",' + upstream.data.lstrip()[1:]
         return Response(body, status_code=200, headers=headers, media_type="application/json")
+    if upstream.status == 401:  # our own signed token refused: not the client's fault
+        raise Refusal(502, "runner_refused_hop", "the replica refused this router's token "
+                      f"({runner_error_message(upstream.data)}); not charged")
     if 400 <= upstream.status < 500:
         raise Refusal(400, "invalid_input", runner_error_message(upstream.data))
     raise Refusal(502, "runner_error", f"the replica answered {upstream.status}; not charged")

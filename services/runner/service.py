@@ -20,10 +20,11 @@ import logging
 import os
 import signal
 from decimal import Decimal
+from http import HTTPStatus
 from typing import Any
 
 import bentoml
-from bentoml.exceptions import InvalidArgument
+from bentoml.exceptions import BentoMLException, InvalidArgument
 
 from services.runner.accounting import Ledger
 from services.runner.answers import json_answer
@@ -48,11 +49,18 @@ from shared.events import (
     encode,
     new_id,
 )
+from shared.hops import HEADER as HOP_HEADER
+from shared.hops import HopVerifier, InvalidHop, KeysUnavailable, kv_fetcher, now_ms
 from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer.runner")
 
-MAX_ID_CHARS = 256  # router-made ids are ~32; a line must fit a spool generation (4 MiB)
+
+
+class Unauthorized(BentoMLException):
+    """No valid signed-hop token: nothing is done, spooled or charged."""
+
+    error_code = HTTPStatus.UNAUTHORIZED
 
 install_releasing_timeout()  # BentoML's own holds every request for 60 s (traffic_timeout.py)
 
@@ -110,6 +118,7 @@ class Runner:
         self._outbox: Outbox | None = None
         self._metrics: _RunnerMetrics | None = None
         self._batcher: MicroBatcher | None = None
+        self._hops: HopVerifier | None = None
 
     @bentoml.on_startup
     async def start(self) -> None:
@@ -131,6 +140,7 @@ class Runner:
             deployment_id=c.deployment_id, model_version=c.model_version, runner_id=c.runner_id,
             pop=c.pop, region=c.region, gpu_class=c.gpu_class, gpu_share=c.gpu_share, busy_us=0,
             gpu_us=0, started_at=now, ended_at=now))
+        self._hops = HopVerifier(kv_fetcher(js, self.subjects.hop_keys_bucket))
         self._outbox = Outbox(c.spool_dir, js, self.subjects.usage(c.pop),
                               linger_s=c.outbox_linger_s, clock=self.clock)
         self._books = Bookkeeper(self._unbooked, lines, self._outbox)
@@ -154,24 +164,28 @@ class Runner:
         return self.state == "ready"
 
     @bentoml.api(route="/infer")
-    async def infer(self, tenant_id: str, request_id: str, deployment_id: str,
-                    inputs: list[Any]) -> dict[str, Any]:
-        """`inputs`: rows of numbers for ONNX models, texts for sentence-embedding models."""
+    async def infer(self, inputs: list[Any], ctx: bentoml.Context) -> dict[str, Any]:
+        """`inputs`: rows of numbers for ONNX models, texts for sentence-embedding models.
+        Tenant, deployment and request id come from the router's signed token alone."""
         c = self.config
-        if self.state != "ready" or self.model is None or self._batcher is None:
+        if self.state != "ready" or self.model is None or self._batcher is None \
+                or self._hops is None:
             raise bentoml.exceptions.ServiceUnavailable(f"runner is {self.state}")
-        if deployment_id != c.deployment_id:
-            raise InvalidArgument(f"this runner serves {c.deployment_id}, not {deployment_id}")
-        if len(tenant_id) > MAX_ID_CHARS or len(request_id) > MAX_ID_CHARS:
-            raise InvalidArgument(f"tenant_id and request_id are at most {MAX_ID_CHARS} "
-                                  "characters")  # each is spooled with every usage event
+        try:  # before anything is done or charged
+            claims = await self._hops.verify(ctx.request.headers.get(HOP_HEADER),
+                                             c.deployment_id, now_ms(self.clock))
+        except InvalidHop as exc:
+            raise Unauthorized(str(exc)) from None
+        except KeysUnavailable as exc:  # the router sends it elsewhere, or holds it
+            raise bentoml.exceptions.ServiceUnavailable(str(exc)) from None
         try:
             work = self.model.validate(inputs)
         except InvalidInput as exc:
             raise InvalidArgument(str(exc)) from None
         self.in_flight += 1
         try:
-            part, (event_id, gpu_us) = await self._batcher.submit(work, (tenant_id, request_id))
+            part, (event_id, gpu_us) = await self._batcher.submit(
+                work, (claims.tenant_id, claims.request_id))
         finally:
             self.in_flight -= 1
         return json_answer({  # type: ignore[return-value]  # the same JSON object, ready

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -25,6 +26,9 @@ from shared.periods import month_start
 from tests.e2e.conftest import Stack, run
 
 pytestmark = pytest.mark.e2e
+
+METRICS_TOKEN = "metrics-" + "x" * 24
+STACK_ENV = {"EDGEINFER_METRICS_TOKEN": METRICS_TOKEN}
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 LAST_MONTH = month_start(month_start(datetime.now(UTC)) - timedelta(days=1))
@@ -149,3 +153,57 @@ def test_a_tenant_sees_its_ledger_in_the_portal(stack: Stack, stack_database: st
         page.goto(f"{stack.api}/portal/invoices")
         assert page.url.endswith("/portal/login")
         browser.close()
+
+
+def form_token(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert found, page.text[:500]
+    return found.group(1)
+
+
+def test_forms_refuse_other_sites_and_missing_tokens(stack: Stack) -> None:
+    """A page elsewhere can make a signed-in browser post here, with its cookie: without the
+    form's token, or with another site's Origin, nothing changes (403)."""
+    with httpx.Client(base_url=stack.api, timeout=30) as browser:
+        signed_out = form_token(browser.get("/portal/login"))
+        assert browser.post("/portal/login", data={"api_key": stack.key}).status_code == 403
+        signed_in = browser.post("/portal/login", data={"api_key": stack.key,
+                                                        "csrf_token": signed_out})
+        assert signed_in.status_code == 303, signed_in.text
+        token = form_token(browser.get("/portal/budget"))
+        assert token != signed_out  # a new one with the session
+        before = httpx.get(f"{stack.api}/v1/budget", headers=stack.auth(), timeout=30).json()
+        forged = {"monthly_limit": "0.01", "thresholds": "100", "hard_stop": "on"}
+        missing = browser.post("/portal/budget", data=forged)
+        assert missing.status_code == 403 and missing.json()["error"]["code"] == "form_expired"
+        elsewhere = browser.post("/portal/budget", data={**forged, "csrf_token": token},
+                                 headers={"Origin": "https://evil.example"})
+        assert elsewhere.status_code == 403
+        assert elsewhere.json()["error"]["code"] == "cross_site_request"
+        after = httpx.get(f"{stack.api}/v1/budget", headers=stack.auth(), timeout=30).json()
+        assert after == before
+        # The same form from this site, with its token, is saved.
+        ours = browser.post("/portal/budget", data={"monthly_limit": "30", "thresholds": "50",
+                                                    "csrf_token": token},
+                            headers={"Origin": stack.api})
+        assert ours.status_code == 200 and 'id="saved"' in ours.text
+        assert browser.post("/portal/logout", data={}).status_code == 403  # no token
+        assert browser.post("/portal/logout", data={"csrf_token": token}).status_code == 303
+
+
+def test_the_session_cookie_is_secure_behind_https(stack: Stack) -> None:
+    plain = httpx.get(f"{stack.api}/portal/login", timeout=30)
+    behind_tls = httpx.get(f"{stack.api}/portal/login", headers={"X-Forwarded-Proto": "https"},
+                           timeout=30)
+    assert "secure" not in plain.headers["set-cookie"].lower()
+    cookie = behind_tls.headers["set-cookie"].lower()
+    assert "; secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+
+
+def test_metrics_need_the_scrapers_token_when_one_is_set(stack: Stack) -> None:
+    for base in (stack.api, stack.router):
+        assert httpx.get(f"{base}/metrics", timeout=30).status_code == 401
+        assert httpx.get(f"{base}/metrics", headers=stack.auth(), timeout=30).status_code == 401
+        scraped = httpx.get(f"{base}/metrics", timeout=30,
+                            headers={"Authorization": f"Bearer {METRICS_TOKEN}"})
+        assert scraped.status_code == 200 and "# TYPE" in scraped.text

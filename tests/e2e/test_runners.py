@@ -22,8 +22,10 @@ from services.registry.demo_model import minilm_artifact, sample_digit
 from shared.bus import connect
 from shared.embedded import EmbeddedNats, free_port, start_nats
 from shared.events import RunnerHeartbeat, heartbeat_decoder
+from shared.hops import HopSigner
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack, ledger_events, process_env, run
+from tests.hops import hop, trusted_signer
 from tests.unit.test_model_formats import tar_of
 
 pytestmark = pytest.mark.e2e
@@ -144,20 +146,28 @@ def test_runner_keeps_usage_through_nats_outage_and_kill(stack: Stack, stack_dat
     digits = stack.ready["deployment_id"]
     runner = next(b for b in beats.values() if b.deployment_id == digits and b.pop == "us-east")
     received: dict[str, int] = {}
+    signer = run(trusted_signer(private_nats.url, namespace))
+    tenant = stack.ready["tenant_id"]
 
     def call(i: int) -> None:
-        resp = httpx.post(f"{runner.url}/infer", timeout=30, json={
-            "tenant_id": stack.ready["tenant_id"], "request_id": f"fault-{i}",
-            "deployment_id": digits, "inputs": [sample_digit(i % 10)]})
+        resp = httpx.post(f"{runner.url}/infer", timeout=30, json={"inputs": [sample_digit(i % 10)]},
+                          headers=hop(signer, tenant, digits, f"fault-{i}"))
         assert resp.status_code == 200, resp.text
         received[resp.json()["usage"]["event_id"]] = resp.json()["usage"]["gpu_us"]
 
     for i in range(200):
         call(i)
-    too_long = httpx.post(f"{runner.url}/infer", timeout=30, json={
-        "tenant_id": stack.ready["tenant_id"], "request_id": "x" * 257, "deployment_id": digits,
-        "inputs": [sample_digit(0)]})
-    assert too_long.status_code == 400 and "at most 256" in too_long.text, too_long.text
+    # Only a router's signed token is served, and the tenant is the token's: a request with
+    # none, a forged or expired one, or one for another deployment is refused and not
+    # charged (the ledger below holds exactly the 200s).
+    forged = hop(HopSigner(signer.kid), "ten_someone_else", digits)  # same id, other key
+    for headers in ({}, {"edgeinfer-hop": "not.a.token"}, forged,
+                    hop(signer, tenant, "dep_other"), hop(signer, tenant, digits, ttl_s=-1),
+                    hop(HopSigner(), tenant, digits)):  # a key nobody published
+        refused = httpx.post(f"{runner.url}/infer", timeout=30,
+                             json={"tenant_id": "ten_x", "inputs": [sample_digit(0)]},
+                             headers=headers)
+        assert refused.status_code == 401, (headers, refused.text)
     private_nats.stop()
     for i in range(200, 500):  # answered while NATS is down: the outbox holds the usage
         call(i)

@@ -20,6 +20,7 @@ from shared.bus import connect, ensure_streams
 from shared.events import Deployment
 from shared.subjects import Subjects
 from shared.topology import Pop
+from tests.hops import hop, trusted_signer
 
 
 async def test_a_runner_drains_before_its_process_stops(nats_url: str, namespace: str,
@@ -48,9 +49,10 @@ async def test_a_runner_drains_before_its_process_stops(nats_url: str, namespace
     try:
         replica = await executor.start(deployment, "eu-west", 0)
         await asyncio.wait_for(ready.wait(), 120)
-        body = {"tenant_id": "ten_drain", "request_id": "r1", "deployment_id": "dep_drain",
-                "inputs": [sample_digit(0)]}
-        async with httpx.AsyncClient(timeout=10) as http:
+        body = {"inputs": [sample_digit(0)]}
+        signer = await trusted_signer(nats_url, namespace)
+        async with httpx.AsyncClient(timeout=10, headers=hop(signer, "ten_drain",
+                                                               "dep_drain")) as http:
             assert (await http.post(f"{replica.url}/infer", json=body)).status_code == 200
             pid = _runner_pid(replica.runner_id)
             stopping = asyncio.create_task(executor.stop(replica))
