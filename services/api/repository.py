@@ -102,3 +102,53 @@ async def update_tenant_admin(
         " WHERE id = $1 RETURNING status, rate_limit_rps, rate_limit_burst, max_concurrency",
         tenant_id, status, rate_limit_rps, rate_limit_burst, max_concurrency)
     return (row["status"], _limits(row)) if row else None
+
+
+# ---- Idempotency-Key (services/api/idempotency.py) --------------------------------------
+
+IDEMPOTENCY_WINDOW = "24 hours"
+ABANDONED_AFTER = "2 minutes"  # longer than any API request runs
+
+
+async def claim_idempotency_key(pool: asyncpg.Pool, principal: str, key: str,
+                                fingerprint: bytes) -> asyncpg.Record | None:
+    """None when this request claimed the key (it runs); else the row that holds it (a
+    first answer to replay, one still running, or another request's). A row older than
+    the window is forgotten first."""
+    async with pool.acquire() as conn, conn.transaction():
+        # Forgotten: past the window, or claimed by a request that never finished (its
+        # process killed). What that one may have done is guarded where it matters (a
+        # credit's id comes from its key: billing).
+        await conn.execute(
+            "DELETE FROM accounts.idempotency_keys WHERE principal = $1 AND key = $2"
+            f" AND (created_at < now() - interval '{IDEMPOTENCY_WINDOW}'"
+            f" OR (status IS NULL AND created_at < now() - interval '{ABANDONED_AFTER}'))",
+            principal, key)
+        claimed = await conn.fetchval(
+            "INSERT INTO accounts.idempotency_keys (principal, key, fingerprint)"
+            " VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING true",
+            principal, key, fingerprint)
+        if claimed:
+            return None
+        return await conn.fetchrow(
+            "SELECT fingerprint, status, content_type, body FROM accounts.idempotency_keys"
+            " WHERE principal = $1 AND key = $2", principal, key)
+
+
+async def complete_idempotency_key(pool: asyncpg.Pool, principal: str, key: str, status: int,
+                                   content_type: str, body: bytes) -> None:
+    await pool.execute(
+        "UPDATE accounts.idempotency_keys SET status = $3, content_type = $4, body = $5"
+        " WHERE principal = $1 AND key = $2", principal, key, status, content_type, body)
+
+
+async def release_idempotency_key(pool: asyncpg.Pool, principal: str, key: str) -> None:
+    """The first request failed (5xx, or the process stopping): a retry may run again."""
+    await pool.execute("DELETE FROM accounts.idempotency_keys WHERE principal = $1 AND key = $2"
+                       " AND status IS NULL", principal, key)
+
+
+async def forget_old_idempotency_keys(pool: asyncpg.Pool) -> int:
+    deleted = await pool.execute("DELETE FROM accounts.idempotency_keys"
+                                 f" WHERE created_at < now() - interval '{IDEMPOTENCY_WINDOW}'")
+    return int(deleted.split()[-1])

@@ -6,6 +6,7 @@ so none of them reads this schema.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -56,16 +57,30 @@ class AccountsService:
         self._nc = nc
         self._subjects = subjects
         self._subscriptions: list[Subscription] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # A queue group, so several api processes share the requests.
         self._subscriptions.append(
             await self._nc.subscribe(self._subjects.resolve_key, queue="accounts",
                                      cb=self._on_resolve_key))
+        self._sweeper = asyncio.create_task(self._sweep_idempotency_keys(), name="idempotency")
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         for sub in self._subscriptions:
             await sub.unsubscribe()
+
+    async def _sweep_idempotency_keys(self) -> None:
+        """Idempotency keys are kept 24 h (idempotency.py); drop older ones hourly."""
+        while True:
+            try:
+                await repository.forget_old_idempotency_keys(self._pool)
+            except Exception as exc:  # the database restarting: next hour
+                log.warning("old idempotency keys not swept: %s", exc)
+            await asyncio.sleep(3600)
 
     async def _on_resolve_key(self, msg: Msg) -> None:
         try:

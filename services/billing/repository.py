@@ -164,10 +164,17 @@ async def credit_grants(db: Db, tenant_id: str) -> list[asyncpg.Record]:
 
 
 async def insert_credit_grant(db: Db, grant_id: str, tenant_id: str, currency: str,
-                              amount: Decimal, reason: str, expires_at: datetime | None) -> None:
-    await db.execute("INSERT INTO billing.credit_grants (id, tenant_id, currency, amount, reason,"
-                     " expires_at) VALUES ($1, $2, $3, $4, $5, $6)", grant_id, tenant_id,
-                     currency, amount, reason, expires_at)
+                              amount: Decimal, reason: str, expires_at: datetime | None) -> bool:
+    """False when a grant with this id exists on other terms; the same terms again is a
+    no-op that counts as granted (a retried request)."""
+    existing = await db.fetchval(
+        "WITH new AS (INSERT INTO billing.credit_grants (id, tenant_id, currency, amount, reason,"
+        " expires_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING RETURNING id)"
+        " SELECT count(*) FROM billing.credit_grants g WHERE g.id = $1 AND NOT EXISTS"
+        " (SELECT 1 FROM new) AND (g.tenant_id, g.currency, g.amount, g.reason, g.expires_at)"
+        " IS DISTINCT FROM ($2, $3, $4, $5, $6)", grant_id, tenant_id, currency, amount, reason,
+        expires_at)
+    return existing == 0
 
 
 # ---- budgets ---------------------------------------------------------------------------

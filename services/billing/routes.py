@@ -8,6 +8,7 @@ float cannot hold a price exactly.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from datetime import datetime
 from decimal import Decimal
@@ -148,13 +149,20 @@ def admin_router(service: BillingService, admin_token: str) -> Router:
                 "already_closed": report.already_closed, "blocked": report.blocked}
 
     @post("/tenants/{tenant_id:str}/credits", operation_id="admin_grant_credit")
-    async def grant_credit(tenant_id: str, data: CreditSpec) -> dict[str, Any]:
+    async def grant_credit(tenant_id: str, data: CreditSpec, idempotency_key: str | None =
+                           Parameter(header="Idempotency-Key", default=None)) -> dict[str, Any]:
+        """With an Idempotency-Key, the grant's id comes from it: a retry — even one after
+        a crash that lost the first answer — grants once (money is never granted twice)."""
         amount = _amount(data.amount, "amount", data.currency, positive=True)
         if not data.reason.strip():
             raise Refusal(400, "invalid_credit", "say why the credit is granted (reason)")
-        grant_id = "crd_" + secrets.token_hex(16)
-        await repo.insert_credit_grant(pool, grant_id, tenant_id, data.currency, amount,
-                                       data.reason.strip(), data.expires_at)
+        grant_id = "crd_" + (secrets.token_hex(16) if idempotency_key is None else hashlib.sha256(
+            f"{tenant_id}\0{idempotency_key}".encode()).hexdigest()[:32])
+        granted = await repo.insert_credit_grant(pool, grant_id, tenant_id, data.currency, amount,
+                                                 data.reason.strip(), data.expires_at)
+        if not granted:
+            raise Refusal(422, "idempotency_key_reused", "a credit with this Idempotency-Key "
+                          "was granted with other terms; use a new key for a new credit")
         return {"id": grant_id, "tenant_id": tenant_id, "amount": str(amount),
                 "currency": data.currency}
 

@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.api.idempotency import idempotency
 from services.api.service import AccountsService
 from services.autoscaler.admin import admin_router as autoscaler_admin_router
 from services.autoscaler.executor import ReplicaExecutor
@@ -216,7 +218,7 @@ class Stack:
                 billing_tenant_router(billing, resolver),
                 billing_admin_router(billing, self.admin_token),
                 portal_router(billing, resolver, hashlib.sha256(portal_secret.encode()).digest()),
-            ], p.metrics_token), c.api_host, c.api_port)
+            ], p.metrics_token, lambda: self.pool), c.api_host, c.api_port)
         if "router" in wanted:
             self.router = RouterService(self.nc, subjects, c.router)
             await self.router.start()
@@ -286,7 +288,8 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
         namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
 
 
-def control_plane_app(route_handlers: list[Any], metrics_token: str | None = None) -> Litestar:
+def control_plane_app(route_handlers: list[Any], metrics_token: str | None = None,
+                      pool: Callable[[], Any] | None = None) -> Litestar:
     @get("/healthz", operation_id="health", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -300,6 +303,7 @@ def control_plane_app(route_handlers: list[Any], metrics_token: str | None = Non
         route_handlers=[*route_handlers, healthz, metrics],
         exception_handlers=EXCEPTION_HANDLERS,
         before_request=refuse_unstorable_text,
+        middleware=[idempotency(pool)] if pool is not None else [],
         template_config=TemplateConfig(directory=PORTAL_TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
     )

@@ -210,6 +210,43 @@ def test_text_postgresql_cannot_store_is_a_400_with_the_reason(
     assert time.monotonic() - started < 1
 
 
+async def test_a_retried_post_with_an_idempotency_key_acts_once(
+        stack: Stack, stack_database: str) -> None:
+    """A retried `POST …/credits` used to grant twice. With the same Idempotency-Key a retry
+    gets the first answer (replayed), another request under the key is a 422, and even a
+    retry whose first answer was lost entirely (the key's record gone) grants once."""
+    admin = {"Authorization": f"Bearer {stack.ready['admin_token']}"}
+    async with httpx.AsyncClient(base_url=stack.api, headers=admin, timeout=30) as http:
+        tenant = (await http.post("/admin/tenants", json={"name": "idem"},
+                                  headers={"Idempotency-Key": "t-1"})).json()
+        again = await http.post("/admin/tenants", json={"name": "idem"},
+                                headers={"Idempotency-Key": "t-1"})
+        assert again.json() == tenant and again.headers["idempotent-replayed"] == "true"
+        credits = f"/admin/tenants/{tenant['id']}/credits"
+        grant = {"amount": "5.00", "currency": "USD", "reason": "goodwill"}
+        first = await http.post(credits, json=grant, headers={"Idempotency-Key": "c-1"})
+        assert first.status_code == 201, first.text
+        retried = await http.post(credits, json=grant, headers={"Idempotency-Key": "c-1"})
+        assert (retried.status_code, retried.json()) == (201, first.json())
+        other = await http.post(credits, json={**grant, "amount": "50.00"},
+                                headers={"Idempotency-Key": "c-1"})
+        assert other.status_code == 422, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        # The first answer lost with its record (a crash after the grant committed):
+        conn = await asyncpg.connect(stack_database)
+        try:
+            await conn.execute("DELETE FROM accounts.idempotency_keys WHERE key = 'c-1'")
+            after_loss = await http.post(credits, json=grant, headers={"Idempotency-Key": "c-1"})
+            assert after_loss.json()["id"] == first.json()["id"]
+            grants = await conn.fetchval("SELECT count(*) FROM billing.credit_grants"
+                                         " WHERE tenant_id = $1", tenant["id"])
+        finally:
+            await conn.close()
+        assert grants == 1
+        bad = await http.post(credits, json=grant, headers={"Idempotency-Key": "x" * 300})
+        assert bad.status_code == 400
+
+
 def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
     resp = httpx.get(f"{stack.api}/admin/tenants", headers=stack.auth())
     assert resp.status_code == 401
