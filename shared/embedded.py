@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from shared.processes import alive
+
 log = logging.getLogger(__name__)
 
 
@@ -153,8 +155,7 @@ class EmbeddedPostgres:
         if info is None:
             return False
         try:
-            process = psutil.Process(info.pid)
-            return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+            return alive(psutil.Process(info.pid))
         except psutil.NoSuchProcess:
             return False
 

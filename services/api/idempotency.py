@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import asyncpg
 import msgspec
+from litestar.datastructures import Headers
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api import repository as repo
@@ -24,7 +24,7 @@ from shared.http import error_body, unstorable
 
 log = logging.getLogger(__name__)
 
-HEADER = b"idempotency-key"
+HEADER = "idempotency-key"
 MAX_KEY_CHARS = 255
 
 
@@ -33,8 +33,12 @@ def idempotency(pool: Callable[[], asyncpg.Pool]) -> Callable[[ASGIApp], ASGIApp
 
     def middleware(app: ASGIApp) -> ASGIApp:
         async def run(scope: Scope, receive: Receive, send: Send) -> None:
-            key = _header(scope, HEADER) if scope["type"] == "http" else None
-            if key is None or scope["method"] != "POST":
+            if scope["type"] != "http" or scope["method"] != "POST":
+                await app(scope, receive, send)
+                return
+            headers = Headers.from_scope(scope)
+            key = headers.get(HEADER)
+            if key is None:
                 await app(scope, receive, send)
                 return
             if not 0 < len(key) <= MAX_KEY_CHARS or unstorable(key) or not key.isprintable():
@@ -42,7 +46,7 @@ def idempotency(pool: Callable[[], asyncpg.Pool]) -> Callable[[ASGIApp], ASGIApp
                             f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable characters")
                 return
             body = await _read_body(receive)
-            principal = hashlib.sha256(_header(scope, b"authorization", "").encode()).hexdigest()
+            principal = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()
             fingerprint = hashlib.sha256(b"\0".join([
                 scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""),
                 body])).digest()
@@ -70,7 +74,7 @@ async def _run_once(app: ASGIApp, scope: Scope, body: bytes, send: Send, pool: a
         nonlocal status, content_type
         if message["type"] == "http.response.start":
             status = message["status"]
-            content_type = _header_of(message.get("headers", []), b"content-type", "")
+            content_type = Headers(message.get("headers", [])).get("content-type", "")
         elif message["type"] == "http.response.body":
             chunks.append(message.get("body", b""))
         await send(message)
@@ -121,15 +125,3 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body"):
             break
     return b"".join(parts)
-
-
-def _header(scope: Scope, name: bytes, default: Any = None) -> Any:
-    return _header_of(scope.get("headers", []), name, default)
-
-
-def _header_of(headers: Any, name: bytes, default: Any = None) -> Any:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return default
-

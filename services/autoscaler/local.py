@@ -30,6 +30,7 @@ from shared.config import ConfigError, list_items, split_share
 from shared.drain import drain
 from shared.embedded import free_port
 from shared.events import Deployment
+from shared.processes import alive
 from shared.topology import Pop
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class _Process:
         if self.popen is not None:
             return self.popen.poll() is None
         try:
-            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+            return alive(psutil.Process(self.pid))
         except psutil.NoSuchProcess:
             return False
 
@@ -247,11 +248,11 @@ def _stop_tree(pid: int, popen: subprocess.Popen[bytes] | None, timeout_s: float
         return
     with contextlib.suppress(psutil.NoSuchProcess):
         root.terminate()
-    alive = _wait_gone(tree, timeout_s)
-    for proc in alive:
+    left = _wait_gone(tree, timeout_s)
+    for proc in left:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-    _wait_gone(alive, 5)
+    _wait_gone(left, 5)
     if popen is not None:
         popen.wait()
 
@@ -262,14 +263,7 @@ def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Pro
     (psutil.wait_procs would wait on it until the timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        alive = [p for p in procs if _running(p)]
-        if not alive or time.monotonic() >= deadline:
-            return alive
+        running = [p for p in procs if alive(p)]
+        if not running or time.monotonic() >= deadline:
+            return running
         time.sleep(0.05)
-
-
-def _running(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

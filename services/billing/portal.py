@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from litestar import Request, Response, Router, get, post
+from litestar.datastructures import Headers
 from litestar.enums import RequestEncodingType
 from litestar.middleware.session.base import SessionMiddleware
 from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
@@ -232,7 +233,7 @@ def _session(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 def _scheme(scope: Scope) -> str:
     """https when asked for over TLS, directly or (X-Forwarded-Proto) behind a proxy."""
-    for name, value in scope.get("headers", []):
-        if name == b"x-forwarded-proto":
-            return value.decode("latin-1").split(",")[0].strip().lower()
+    forwarded = Headers.from_scope(scope).get("x-forwarded-proto")
+    if forwarded:
+        return forwarded.split(",")[0].strip().lower()
     return str(scope.get("scheme", "http"))

@@ -13,13 +13,7 @@ import asyncio
 
 import psutil
 
-
-def alive(process: psutil.Process) -> bool:
-    """Running: not gone, not a zombie, and still the same process (not a reused pid)."""
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+from shared.processes import alive
 
 
 async def until_gone(pid: int, interval_s: float = 1.0) -> None:
