@@ -61,14 +61,15 @@ def database_unavailable_handler(request: Request[Any, Any, Any], exc: Exception
                     status_code=503, headers={"Retry-After": "2"})
 
 
+# PostgreSQL away: a connection lost; the server shutting down, crashed or starting up; a
+# new connection refused, or its unix socket not there yet (OSError: ConnectionRefusedError,
+# FileNotFoundError).
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError, OSError)
+
 EXCEPTION_HANDLERS = {
     HTTPException: refusal_handler,
-    # A connection lost; the server shutting down, crashed or starting up; a new connection
-    # refused, or its unix socket not there yet (OSError: ConnectionRefusedError,
-    # FileNotFoundError).
-    asyncpg.PostgresConnectionError: database_unavailable_handler,
-    asyncpg.exceptions.OperatorInterventionError: database_unavailable_handler,
-    OSError: database_unavailable_handler,
+    **{error: database_unavailable_handler for error in DATABASE_UNAVAILABLE},
     Exception: internal_error_handler,
 }
 

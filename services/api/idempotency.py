@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import msgspec
@@ -20,7 +20,7 @@ from litestar.datastructures import Headers
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.api import repository as repo
-from shared.http import error_body, unstorable
+from shared.http import DATABASE_UNAVAILABLE, error_body, unstorable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,13 @@ def idempotency(pool: Callable[[], asyncpg.Pool]) -> Callable[[ASGIApp], ASGIApp
             fingerprint = hashlib.sha256(b"\0".join([
                 scope["method"].encode(), scope["path"].encode(), scope.get("query_string", b""),
                 body])).digest()
-            held = await repo.claim_idempotency_key(pool(), principal, key, fingerprint)
+            try:
+                held = await repo.claim_idempotency_key(pool(), principal, key, fingerprint)
+            except DATABASE_UNAVAILABLE as exc:  # outside Litestar's handlers: answer here
+                log.warning("idempotency key not claimed, database unavailable: %s", exc)
+                await _json(send, 503, "unavailable", "the database cannot be reached right "
+                            "now; retry shortly", retry_after=True)
+                return
             if held is not None:
                 await _answer_held(send, held, fingerprint)
                 return
@@ -82,13 +88,22 @@ async def _run_once(app: ASGIApp, scope: Scope, body: bytes, send: Send, pool: a
     try:
         await app(scope, replay, record)
     except BaseException:
-        await repo.release_idempotency_key(pool, principal, key)
+        await _settle(repo.release_idempotency_key(pool, principal, key))
         raise
+    # The answer is sent: if the database cannot take its record now, the key stays "in
+    # use" and is taken over after a while (repository.ABANDONED_AFTER).
     if status >= 500:
-        await repo.release_idempotency_key(pool, principal, key)
+        await _settle(repo.release_idempotency_key(pool, principal, key))
     else:
-        await repo.complete_idempotency_key(pool, principal, key, status, content_type,
-                                            b"".join(chunks))
+        await _settle(repo.complete_idempotency_key(pool, principal, key, status, content_type,
+                                                    b"".join(chunks)))
+
+
+async def _settle(write: Awaitable[None]) -> None:
+    try:
+        await write
+    except DATABASE_UNAVAILABLE as exc:
+        log.warning("idempotency record not written, database unavailable: %s", exc)
 
 
 async def _answer_held(send: Send, held: asyncpg.Record, fingerprint: bytes) -> None:
