@@ -83,10 +83,11 @@ async def _ensure_buckets(js: JetStreamContext, subjects: Subjects, replicas: in
 
 
 async def ensure_pop_streams(js: JetStreamContext, subjects: Subjects, pop: str) -> None:
-    """A PoP's own usage stream, in its own JetStream domain: runners' usage is stored at
-    the PoP first, whatever the state of the link to the hub."""
+    """A PoP's own usage stream, in its own JetStream domain: runners' usage (and routers'
+    delivery confirmations) are stored at the PoP first, whatever the state of the link to
+    the hub."""
     await _ensure_stream(js, js_api.StreamConfig(
-        name=subjects.pop_usage_stream(pop), subjects=[subjects.usage(pop)],
+        name=subjects.pop_usage_stream(pop), subjects=[subjects.usage(pop), subjects.delivered(pop)],
         storage=js_api.StorageType.FILE, retention=js_api.RetentionPolicy.LIMITS,
         duplicate_window=USAGE_DUPLICATE_WINDOW_S, max_age=7 * 24 * 3600))
 
@@ -98,7 +99,8 @@ def _platform_streams(subjects: Subjects, replicas: int,
         js_api.StreamConfig(
             name=subjects.usage_stream,
             # Sourced (the distributed layout) or captured here (one server).
-            subjects=None if usage_sources is not None else [subjects.usage_wildcard],
+            subjects=None if usage_sources is not None else [subjects.usage_wildcard,
+                                                               subjects.delivered_wildcard],
             sources=usage_sources,
             storage=js_api.StorageType.FILE,
             retention=js_api.RetentionPolicy.LIMITS,

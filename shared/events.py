@@ -94,6 +94,19 @@ class UsageBatch(msgspec.Struct, frozen=True, kw_only=True, tag="usage.gpu.batch
     events: list[UsageEvent]
 
 
+class Deliveries(msgspec.Struct, frozen=True, kw_only=True, tag="router.delivered.v1",
+                 tag_field="type"):
+    """A router handed these requests' answers to their clients (docs/billing.md, "Only
+    what was delivered"). Batched: one message per flush, not per request. `id` (the
+    Nats-Msg-Id) comes from the request ids, so a republished batch is dropped by JetStream;
+    metering's table keyed by request id drops any other repeat."""
+
+    id: str
+    source: str
+    time: datetime
+    request_ids: list[str]
+
+
 RunnerState = Literal["starting", "ready", "draining"]
 
 
@@ -313,6 +326,7 @@ class ReconciliationReply(msgspec.Struct, frozen=True, kw_only=True):
 
 usage_decoder = msgspec.json.Decoder(UsageEvent)
 usage_message_decoder = msgspec.json.Decoder(UsageEvent | UsageBatch)
+deliveries_decoder = msgspec.json.Decoder(Deliveries)
 accounts_event_decoder = msgspec.json.Decoder(KeyRevoked | TenantChanged)
 budget_decoder = msgspec.json.Decoder(BudgetState)
 heartbeat_decoder = msgspec.json.Decoder(RunnerHeartbeat)

@@ -40,6 +40,19 @@ class Subjects:
     def usage(self, pop: str) -> str:
         return f"{self.namespace}.usage.gpu.{token(pop)}"
 
+    def delivered(self, pop: str) -> str:
+        """A router's delivery confirmations: in the usage streams (the PoP's, then the
+        hub's), so they travel the same way as the usage they settle."""
+        return f"{self.namespace}.usage.delivered.{token(pop)}"
+
+    @property
+    def delivered_wildcard(self) -> str:
+        return f"{self.namespace}.usage.delivered.>"
+
+    @property
+    def deliveries_consumer(self) -> str:
+        return "metering-deliveries"
+
     @property
     def usage_dead_letter_stream(self) -> str:
         return f"{self.namespace.upper()}_USAGE_DLQ"

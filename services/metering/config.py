@@ -24,6 +24,11 @@ class MeteringConfig:
     # in flight) before reconciliation raises an alert.
     reconcile_grace_s: float = 120.0
     reconcile_interval_s: float = 5.0
+    # A usage event no router has confirmed as delivered this long after it reached the
+    # ledger is marked `undelivered` (not billed). Routers confirm within a fraction of a
+    # second; the grace covers their NATS being away for a while.
+    delivery_grace_s: float = 120.0
+    settle_interval_s: float = 1.0
 
 
 def consumer_config_from_env(env: Mapping[str, str]) -> ConsumerConfig:
@@ -40,4 +45,8 @@ def metering_config_from_env(env: Mapping[str, str]) -> MeteringConfig:
         consumer=consumer_config_from_env(env),
         reconcile_grace_s=env_float(env, "EDGEINFER_RECONCILE_GRACE_S",
                                     MeteringConfig.reconcile_grace_s, lo=1, hi=86400),
+        delivery_grace_s=env_float(env, "EDGEINFER_DELIVERY_GRACE_S",
+                                   MeteringConfig.delivery_grace_s, lo=0, hi=7 * 86400),
+        settle_interval_s=env_float(env, "EDGEINFER_SETTLE_INTERVAL_S",
+                                    MeteringConfig.settle_interval_s, lo=0.05, hi=3600),
     )

@@ -1,4 +1,8 @@
-"""The usage consumer: JetStream durable pull consumer → ledger, exactly once.
+"""The usage consumers: JetStream durable pull consumers → PostgreSQL, exactly once.
+
+`UsageConsumer` records runners' usage in the ledger; `DeliveryConsumer` records routers'
+delivery confirmations, which settlement.py matches with it. Both read the `USAGE` stream
+(each its own subjects, its own durable) with the same loop, `StreamConsumer`:
 
 Fetches a batch, writes all its good events (and their hourly sums) in ONE transaction,
 and acks the batch only after commit. A crash before commit redelivers the batch; a
@@ -22,10 +26,17 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 
-from services.metering import ledger
+from services.metering import ledger, settlement
 from services.metering.config import ConsumerConfig
 from shared.aio import raise_if_cancelled
-from shared.events import UsageBatch, UsageEvent, encode, usage_message_decoder
+from shared.events import (
+    UsageBatch,
+    UsageEvent,
+    deliveries_decoder,
+    encode,
+    usage_message_decoder,
+)
+from shared.http import unstorable
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -43,10 +54,19 @@ def problems(event: UsageEvent) -> str | None:
         return "ended before it started"
     if not event.tenant_id or not event.deployment_id:
         return "no tenant or deployment"
+    for name in ("tenant_id", "deployment_id", "request_id", "runner_id", "pop", "region",
+                 "gpu_class", "model_version"):
+        if why := unstorable(getattr(event, name)):
+            return f"{name} contains {why}"
     return None
 
 
-class UsageConsumer:
+class StreamConsumer:
+    """Fetch batches from one durable consumer and hand each to `handle_batch`, which acks
+    them only after its commit (subclasses say which subjects and what to write)."""
+
+    kind = "usage"
+
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
                  config: ConsumerConfig | None = None) -> None:
         self._pool = pool
@@ -54,9 +74,19 @@ class UsageConsumer:
         self._js = nc.jetstream()
         self._subjects = subjects
         self._config = config or ConsumerConfig()
-        self.recorded = 0
-        self.duplicates = 0
         self.dead_lettered = 0
+
+    def _filter_and_durable(self) -> tuple[str, str]:
+        raise NotImplementedError
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        raise NotImplementedError
+
+    async def _dead_letter(self, msg: Msg, data: bytes, reason: str) -> None:
+        await self._js.publish(self._subjects.usage_dead_letter, data, headers={
+            "Edgeinfer-Dead-Reason": reason[:500], "Edgeinfer-Original-Subject": msg.subject})
+        log.error("%s message dead-lettered: %s", self.kind, reason)
+        self.dead_lettered += 1
 
     async def run(self) -> None:
         """Consume until cancelled. Subscribing can fail for a while (the stream not made
@@ -69,18 +99,18 @@ class UsageConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("usage consumer stopped (%s: %s); subscribing again in %.1f s",
-                            type(exc).__name__, exc, backoff_s)
+                log.warning("%s consumer stopped (%s: %s); subscribing again in %.1f s",
+                            self.kind, type(exc).__name__, exc, backoff_s)
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(10.0, backoff_s * 2)
 
     async def _subscribe_and_consume(self) -> None:
-        s = self._subjects
+        subject, durable = self._filter_and_durable()
         sub = await self._js.pull_subscribe(
-            s.usage_wildcard, durable=s.metering_consumer, stream=s.usage_stream,
+            subject, durable=durable, stream=self._subjects.usage_stream,
             config=js_api.ConsumerConfig(ack_wait=self._config.ack_wait_s,
                                          max_ack_pending=50_000))
-        log.info("consuming usage from %s as %s", s.usage_stream, s.metering_consumer)
+        log.info("consuming %s from %s as %s", subject, self._subjects.usage_stream, durable)
         try:
             await self._consume(sub)
         finally:
@@ -92,8 +122,8 @@ class UsageConsumer:
         # (one connection each): NATS, this process and PostgreSQL's backends work at the
         # same time. Every batch in hand is unacked until its own commit.
         batches: asyncio.Queue[list[Msg]] = asyncio.Queue(maxsize=1)
-        tasks = [asyncio.create_task(self._fetch_into(sub, batches), name="usage-fetch")]
-        tasks += [asyncio.create_task(self._write_from(batches), name=f"usage-writer-{i}")
+        tasks = [asyncio.create_task(self._fetch_into(sub, batches), name=f"{self.kind}-fetch")]
+        tasks += [asyncio.create_task(self._write_from(batches), name=f"{self.kind}-writer-{i}")
                   for i in range(self._config.writers)]
         try:
             await asyncio.gather(*tasks)
@@ -112,8 +142,8 @@ class UsageConsumer:
                 raise
             except Exception as exc:
                 # Nothing acked: JetStream redelivers the batch after ack_wait.
-                log.warning("usage batch of %d not recorded (%s); it will be redelivered",
-                            len(msgs), exc)
+                log.warning("%s batch of %d not recorded (%s); it will be redelivered",
+                            self.kind, len(msgs), exc)
                 await asyncio.sleep(0.5)
 
     async def _fetch_into(self, sub: Any, batches: asyncio.Queue[list[Msg]]) -> None:
@@ -126,11 +156,21 @@ class UsageConsumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # NATS restarting: the client reconnects by itself
-                log.warning("usage fetch failed: %s", exc)
+                log.warning("%s fetch failed: %s", self.kind, exc)
                 await asyncio.sleep(0.5)
                 continue
             raise_if_cancelled()  # a cancellation the fetch swallowed (see shared/aio.py)
             await batches.put(msgs)
+
+class UsageConsumer(StreamConsumer):
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
+                 config: ConsumerConfig | None = None) -> None:
+        super().__init__(pool, nc, subjects, config)
+        self.recorded = 0
+        self.duplicates = 0
+
+    def _filter_and_durable(self) -> tuple[str, str]:
+        return self._subjects.usage_wildcard, self._subjects.metering_consumer
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
         good: list[UsageEvent] = []
@@ -148,13 +188,40 @@ class UsageConsumer:
                 else:
                     good.append(event)
         for msg, data, reason in dead:
-            await self._js.publish(self._subjects.usage_dead_letter, data, headers={
-                "Edgeinfer-Dead-Reason": reason[:500], "Edgeinfer-Original-Subject": msg.subject})
-            log.error("usage event dead-lettered: %s", reason)
+            await self._dead_letter(msg, data, reason)
         async with self._pool.acquire() as conn, conn.transaction():
             inserted = await ledger.record(conn, good)
         self.recorded += inserted
         self.duplicates += len(good) - inserted
-        self.dead_lettered += len(dead)
         for msg in msgs:  # each ack only buffers a publish: no task per message
+            await msg.ack()
+
+
+class DeliveryConsumer(StreamConsumer):
+    kind = "delivery"
+
+    def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
+                 config: ConsumerConfig | None = None) -> None:
+        super().__init__(pool, nc, subjects, config)
+        self.confirmed = 0
+
+    def _filter_and_durable(self) -> tuple[str, str]:
+        return self._subjects.delivered_wildcard, self._subjects.deliveries_consumer
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        request_ids: list[str] = []
+        for msg in msgs:
+            try:
+                ids = deliveries_decoder.decode(msg.data).request_ids
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await self._dead_letter(msg, msg.data, f"undecodable: {exc}")
+                continue
+            if bad := next((i for i in ids if unstorable(i) or len(i) > 200), None):
+                await self._dead_letter(msg, msg.data, f"request id {bad[:80]!r} cannot be stored")
+                continue
+            request_ids += ids
+        async with self._pool.acquire() as conn, conn.transaction():
+            await settlement.record_deliveries(conn, request_ids)
+        self.confirmed += len(request_ids)
+        for msg in msgs:
             await msg.ack()

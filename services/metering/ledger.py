@@ -70,7 +70,11 @@ async def usage_by_deployment(pool: asyncpg.Pool, tenant_id: str, start: datetim
                               end: datetime) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT deployment_id, pop, region, gpu_class, sum(gpu_us)::bigint AS gpu_us,"
-        " sum(requests)::bigint AS requests FROM metering.usage_hourly"
+        " sum(requests)::bigint AS requests,"
+        " sum(delivered_gpu_us)::bigint AS delivered_gpu_us,"
+        " sum(delivered_requests)::bigint AS delivered_requests,"
+        " sum(undelivered_gpu_us)::bigint AS undelivered_gpu_us,"
+        " sum(undelivered_requests)::bigint AS undelivered_requests FROM metering.usage_hourly"
         " WHERE tenant_id = $1 AND hour >= $2 AND hour < $3"
         " GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4", tenant_id, start, end)
 

@@ -20,9 +20,9 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
-from services.metering import ledger
+from services.metering import ledger, settlement
 from services.metering.config import MeteringConfig
-from services.metering.consumer import UsageConsumer
+from services.metering.consumer import DeliveryConsumer, UsageConsumer
 from services.metering.reconcile import RunnerBalance, reconcile
 from services.metering.sources import SourceWatch
 from shared.bus import decode_or_warn, request
@@ -46,6 +46,16 @@ UNRECONCILED = Gauge("edgeinfer_metering_unreconciled_runners",
                      " than the grace period (usage lost or counted twice).")
 
 
+def outcomes(row: asyncpg.Record) -> dict[str, dict[str, int]]:
+    """A usage row's GPU time and requests by delivery outcome (pending is the rest)."""
+    delivered = {"gpu_us": row["delivered_gpu_us"], "requests": row["delivered_requests"]}
+    undelivered = {"gpu_us": row["undelivered_gpu_us"], "requests": row["undelivered_requests"]}
+    return {"delivered": delivered, "undelivered": undelivered,
+            "pending": {"gpu_us": row["gpu_us"] - delivered["gpu_us"] - undelivered["gpu_us"],
+                        "requests": row["requests"] - delivered["requests"]
+                        - undelivered["requests"]}}
+
+
 class MeteringService:
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
                  config: MeteringConfig | None = None, clock: Clock = SYSTEM_CLOCK,
@@ -56,6 +66,7 @@ class MeteringService:
         self._subjects = subjects
         self._clock = clock
         self.consumer = UsageConsumer(pool, nc, subjects, self.config.consumer)
+        self.deliveries = DeliveryConsumer(pool, nc, subjects, self.config.consumer)
         self._reported: dict[str, int] = {}
         self._open_since: dict[str, float] = {}
         self.balances: list[RunnerBalance] = []
@@ -67,6 +78,8 @@ class MeteringService:
         await self._nc.subscribe(self._subjects.reconciliation, queue="metering",
                                  cb=self._on_reconciliation)
         self._tasks = [asyncio.create_task(self.consumer.run(), name="usage-consumer"),
+                       asyncio.create_task(self.deliveries.run(), name="delivery-consumer"),
+                       asyncio.create_task(self._settle_loop(), name="settle"),
                        asyncio.create_task(self._reconcile_loop(), name="reconcile")]
         if self.sources is not None:
             self._tasks.append(asyncio.create_task(self.sources.run(), name="usage-sources"))
@@ -110,6 +123,19 @@ class MeteringService:
                 await self.reconcile_now(self._clock.monotonic())
             except Exception as exc:  # the database restarting: try again next round
                 log.warning("reconciliation failed: %s", exc)
+
+    async def _settle_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.settle_interval_s)
+            try:
+                settled = await settlement.settle(self._pool, self.config.delivery_grace_s)
+            except Exception as exc:  # the database restarting: try again next round
+                log.warning("settling deliveries failed: %s", exc)
+                continue
+            if settled.undelivered:
+                log.warning("%d usage events marked undelivered (no router confirmed them"
+                            " within %.0f s): not billed", settled.undelivered,
+                            self.config.delivery_grace_s)
 
     async def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         js = self._nc.jetstream()
@@ -156,7 +182,9 @@ class MeteringService:
         async def usage(tenant: Tenant,
                         from_: str | None = Parameter(query="from", default=None),
                         to: str | None = None) -> dict[str, Any]:
-            """GPU-seconds by deployment and PoP over [from, to) (default: this month, UTC)."""
+            """GPU-seconds by deployment and PoP over [from, to) (default: this month, UTC),
+            with each outcome: `delivered` (billed), `undelivered` (the answer never reached
+            the client: not billed) and `pending` (not settled yet)."""
             start, end = parse_period(from_, to, service._clock.now())
             rows = await ledger.usage_by_deployment(service._pool, tenant.id, start, end)
             total_us = sum(r["gpu_us"] for r in rows)
@@ -165,9 +193,11 @@ class MeteringService:
                 "items": [{"deployment_id": r["deployment_id"], "pop": r["pop"],
                            "region": r["region"], "gpu_class": r["gpu_class"],
                            "gpu_us": r["gpu_us"], "gpu_seconds": str(gpu_seconds(r["gpu_us"])),
-                           "requests": r["requests"]} for r in rows],
+                           "requests": r["requests"], "outcomes": outcomes(r)} for r in rows],
                 "total_gpu_us": total_us,
                 "total_gpu_seconds": str(gpu_seconds(total_us)),
+                "total_delivered_gpu_us": sum(r["delivered_gpu_us"] for r in rows),
+                "total_undelivered_gpu_us": sum(r["undelivered_gpu_us"] for r in rows),
             }
 
         return Router("/v1", route_handlers=[usage],

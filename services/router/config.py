@@ -50,6 +50,12 @@ class RouterConfig:
     # How long a request waits for a cold start unless it sends X-Scale-Up-Timeout.
     scale_up_timeout_s: float = 60.0
     max_scale_up_timeout_s: float = 300.0
+    # The PoP this router serves from: its delivery confirmations go to
+    # `<ns>.usage.delivered.<pop>`, which that PoP's usage stream stores.
+    pop: str = "local"
+    # How often delivered requests are confirmed (one message per flush): also the most
+    # traffic whose billing a router crash can lose (docs/billing.md).
+    delivery_flush_s: float = 0.2
 
 
 def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig:
@@ -71,4 +77,7 @@ def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig
                                      RouterConfig.scale_up_timeout_s, lo=0, hi=3600),
         cache_stale_s=env_float(env, "EDGEINFER_CACHE_STALE_S", RouterConfig.cache_stale_s,
                                 lo=0, hi=7 * 86400),
+        pop=env_str(env, "EDGEINFER_ROUTER_POP", RouterConfig.pop),
+        delivery_flush_s=env_float(env, "EDGEINFER_DELIVERY_FLUSH_S",
+                                   RouterConfig.delivery_flush_s, lo=0.01, hi=60),
     )

@@ -40,6 +40,15 @@ class RouterMetrics:
             "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
             ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)
 
+        self.confirmations = Counter(
+            "edgeinfer_router_delivery_confirmations",
+            "Answers confirmed as handed to their clients (what makes usage billable).",
+            registry=self.registry)
+        self.confirmations_dropped = Counter(
+            "edgeinfer_router_delivery_confirmations_dropped",
+            "Confirmations dropped because NATS was away too long: that usage is not billed.",
+            registry=self.registry)
+
     def outcome(self, deployment: str, pop: str, outcome: str) -> None:
         key = (deployment, pop, outcome)
         child = self._outcomes.get(key)

@@ -28,6 +28,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.config import RouterConfig
+from services.router.deliveries import DeliveryConfirmations
 from services.router.deployments import DeploymentCache
 from services.router.gate import TenantGate
 from services.router.holds import Holds
@@ -103,6 +104,8 @@ class RouterService:
         self.signals = DemandSignals(nc, subjects, self.metrics, clock)
         self._forwarder = Forwarder(self.table, self.metrics, clock, config.forward_timeout_s)
         self.hops = HopKeys(nc.jetstream(), subjects.hop_keys_bucket)
+        self.deliveries = DeliveryConfirmations(nc.jetstream(), subjects.delivered(config.pop),
+                                                self.metrics, clock, config.delivery_flush_s)
         self.deployments = DeploymentCache(nc, subjects, clock, config.deployment_cache_s,
                                            config.cache_stale_s)
         self._random = random.Random()
@@ -111,6 +114,7 @@ class RouterService:
     async def start(self) -> None:
         await self._forwarder.start()
         await self.hops.start()
+        await self.deliveries.start()
         s = self._subjects
         await self._nc.subscribe(s.heartbeat_wildcard, cb=self._on_heartbeat)
         await self._nc.subscribe(s.key_revoked, cb=self._on_accounts_event)
@@ -118,6 +122,7 @@ class RouterService:
         await self._nc.subscribe(s.budget_wildcard, cb=self._on_budget)
 
     async def stop(self) -> None:
+        await self.deliveries.stop()
         await self.hops.stop()
         await self._forwarder.stop()
 
@@ -232,7 +237,7 @@ class RouterService:
                     continue
                 self.signals.observe_service_time(deployment.id, upstream.seconds)
                 response = answer(upstream, request_id, route.replica, deadline is not None,
-                                  waited_s)
+                                  waited_s, self.deliveries.delivered)
                 return response, route.replica.pop, upstream.seconds + waited_s
             # A replica that refused (draining, or gone) and no other ready: the same as cold
             # — hold the request and wake the deployment — unless the rest are full.

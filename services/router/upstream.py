@@ -2,17 +2,20 @@
 
 A replica that refuses the connection, or answers 503 before taking the request (it is
 draining), never started it: `NotStarted`, safe to send elsewhere. One that fails after
-taking it is not retried (the model may not be idempotent): 502, and it is not charged.
+taking it is not retried (the model may not be idempotent): 502, and it is not billed (no
+delivery is confirmed for it; its GPU time stays in the ledger as undelivered).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import msgspec
 from litestar import Response
+from litestar.background_tasks import BackgroundTask
 
 from services.router.metrics import RouterMetrics
 from services.router.policy import ReplicaView
@@ -93,8 +96,10 @@ class Forwarder:
 
 
 def answer(upstream: Upstream, request_id: str, replica: ReplicaView, held: bool,
-           waited_s: float) -> Response[Any]:
-    """The tenant's response from the runner's, or the refusal that replaces it."""
+           waited_s: float, delivered: Callable[[str], Awaitable[None]]) -> Response[Any]:
+    """The tenant's response from the runner's, or the refusal that replaces it. A 200 is
+    confirmed as `delivered` once its body has been written to the client: that, not the
+    runner's answer, makes its GPU time billable."""
     headers = {"x-request-id": request_id, "x-edgeinfer-pop": replica.pop,
                "x-edgeinfer-cold-start": "true" if held else "false",
                "x-edgeinfer-cold-start-wait-ms": str(round(waited_s * 1000))}
@@ -107,7 +112,8 @@ def answer(upstream: Upstream, request_id: str, replica: ReplicaView, held: bool
         # Pass the runner's JSON object through, with our request id spliced in front:
         # decoding and re-encoding the outputs would cost more than the rest of the hop.
         body = b'{"request_id":"' + request_id.encode() + b'",' + upstream.data.lstrip()[1:]
-        return Response(body, status_code=200, headers=headers, media_type="application/json")
+        return Response(body, status_code=200, headers=headers, media_type="application/json",
+                        background=BackgroundTask(delivered, request_id))
     if upstream.status == 401:  # our own signed token refused: not the client's fault
         raise Refusal(502, "runner_refused_hop", "the replica refused this router's token "
                       f"({runner_error_message(upstream.data)}); not charged")
