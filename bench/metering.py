@@ -31,6 +31,7 @@ from shared.db import migrate
 from shared.embedded import free_port, start_nats, start_postgres
 from shared.events import UsageBatch, UsageEvent, batch_id, encode, new_id
 from shared.subjects import Subjects
+from tests.seed import register_deployment
 
 BATCH = int(os.environ.get("BENCH_BATCH", "64"))  # events per message; 1 = one per message
 
@@ -39,7 +40,7 @@ def events(n: int, tenant: str) -> list[UsageEvent]:
     now = datetime.now(UTC)
     return [UsageEvent(
         id=new_id(), source="bench", time=now, tenant_id=tenant, request_id=new_id(),
-        deployment_id=f"dep_{i % 20}", model_version="1", runner_id=f"r{i % 50}",
+        deployment_id=f"dep_{tenant}_{i % 20}", model_version="1", runner_id=f"r{i % 50}",
         pop=("eu-west", "us-east")[i % 2], region=("eu-west", "us-east")[i % 2],
         gpu_class="cpu", gpu_share=Decimal(1), busy_us=100 + i % 900, gpu_us=100 + i % 900,
         started_at=now - timedelta(microseconds=500), ended_at=now) for i in range(n)]
@@ -99,6 +100,10 @@ async def main(n: int, rate: int) -> None:
     js = nc.jetstream()
     await ensure_streams(js, subjects)
     conn = await asyncpg.connect(pg.url)
+    # Metering records usage only for deployments the registry has (metering/owners.py).
+    for tenant in ("backlog", "steady"):
+        for i in range(20):
+            await register_deployment(conn, f"dep_{tenant}_{i}", tenant)
     env = {**os.environ, "NATS_URL": nats.url, "DATABASE_URL": pg.url,
            "EDGEINFER_STATE_DIR": str(work), "EDGEINFER_API_PORT": str(free_port()),
            "EDGEINFER_LOG_LEVEL": "WARNING"}

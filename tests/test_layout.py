@@ -78,6 +78,8 @@ def test_billing_reads_usage_only_through_metering_view() -> None:
     metering = "\n".join(p.read_text() for p in (ROOT / "services" / "metering").rglob("*.py"))
     assert set(re.findall(r"\bmetering\.[a-z_]+", billing)) <= {"metering.billable_usage_hourly"}
     assert re.findall(r"\bbilling\.[a-z_]+", metering) == []
+    # ...and of the registry, metering reads only who owns each deployment.
+    assert set(re.findall(r"\bregistry\.[a-z_]+", metering)) <= {"registry.deployment_owners"}
 
 
 def test_no_class_in_services_reaches_200_lines() -> None:

@@ -43,6 +43,7 @@ from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_
 from shared.db import create_pool, migrate
 from shared.http import EXCEPTION_HANDLERS, metrics_guard, refuse_unstorable_text
 from shared.nats_topology import Topology, load_topology
+from shared.openapi import document_errors
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver
 from shared.topology import Pop, pops_from_env
@@ -306,4 +307,5 @@ def control_plane_app(route_handlers: list[Any], metrics_token: str | None = Non
         middleware=[idempotency(pool)] if pool is not None else [],
         template_config=TemplateConfig(directory=PORTAL_TEMPLATES, engine=JinjaTemplateEngine),
         openapi_config=OpenAPIConfig(title="edgeinfer", version="0.1.0", path="/schema"),
+        on_startup=[document_errors],
     )

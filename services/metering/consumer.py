@@ -28,6 +28,7 @@ from nats.js import api as js_api
 
 from services.metering import ledger, settlement
 from services.metering.config import ConsumerConfig
+from services.metering.owners import DeploymentOwners
 from shared.aio import raise_if_cancelled
 from shared.events import (
     UsageBatch,
@@ -166,6 +167,7 @@ class UsageConsumer(StreamConsumer):
     def __init__(self, pool: asyncpg.Pool, nc: NATS, subjects: Subjects,
                  config: ConsumerConfig | None = None) -> None:
         super().__init__(pool, nc, subjects, config)
+        self._owners = DeploymentOwners(pool)
         self.recorded = 0
         self.duplicates = 0
 
@@ -173,7 +175,7 @@ class UsageConsumer(StreamConsumer):
         return self._subjects.usage_wildcard, self._subjects.metering_consumer
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
-        good: list[UsageEvent] = []
+        good: list[tuple[Msg, UsageEvent]] = []
         dead: list[tuple[Msg, bytes, str]] = []
         for msg in msgs:
             try:
@@ -186,13 +188,17 @@ class UsageConsumer(StreamConsumer):
                 if reason:
                     dead.append((msg, encode(event), reason))
                 else:
-                    good.append(event)
+                    good.append((msg, event))
+        # The database away: raises, nothing is acked, the batch comes again.
+        unknown = await self._owners.problems([event for _, event in good])
+        dead += [(msg, encode(event), unknown[event.id]) for msg, event in good if event.id in unknown]
+        events = [event for _, event in good if event.id not in unknown]
         for msg, data, reason in dead:
             await self._dead_letter(msg, data, reason)
         async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await ledger.record(conn, good)
+            inserted = await ledger.record(conn, events)
         self.recorded += inserted
-        self.duplicates += len(good) - inserted
+        self.duplicates += len(events) - inserted
         for msg in msgs:  # each ack only buffers a publish: no task per message
             await msg.ack()
 

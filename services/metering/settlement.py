@@ -93,12 +93,18 @@ async def record_deliveries(conn: asyncpg.Connection, request_ids: Sequence[str]
 
 
 async def settle(pool: asyncpg.Pool, grace_s: float) -> Settled:
-    """Match confirmations with their events, then expire what waited past the grace.
-    Matching first: an event confirmed in this very round is never marked undelivered."""
+    """One settling round in a transaction of its own."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _SETTLE_LOCK):
-            return Settled(0, 0)  # another metering process is settling right now
-        delivered = await conn.fetchval(_DELIVER)
-        undelivered = await conn.fetchval(_EXPIRE, grace_s)
-        await conn.execute(_FORGET_UNMATCHED)
+        return await settle_in(conn, grace_s)
+
+
+async def settle_in(conn: asyncpg.Connection, grace_s: float) -> Settled:
+    """Match confirmations with their events, then expire what waited past the grace,
+    inside the caller's transaction. Matching first: an event confirmed in this very round
+    is never marked undelivered."""
+    if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _SETTLE_LOCK):
+        return Settled(0, 0)  # another metering process is settling right now
+    delivered = await conn.fetchval(_DELIVER)
+    undelivered = await conn.fetchval(_EXPIRE, grace_s)
+    await conn.execute(_FORGET_UNMATCHED)
     return Settled(delivered, undelivered)

@@ -121,3 +121,13 @@ async def ledger_events(database_url: str, tenant_id: str,
     finally:
         await conn.close()
     return {r["event_id"]: r["gpu_us"] for r in rows}
+
+
+async def billable_us(database_url: str, tenant_id: str) -> int:
+    """What billing sees of a tenant's usage: the delivered GPU-µs (metering's view)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT coalesce(sum(gpu_us), 0)::bigint FROM"
+                                   " metering.billable_usage_hourly WHERE tenant_id = $1", tenant_id)
+    finally:
+        await conn.close()

@@ -19,11 +19,11 @@ import asyncpg
 import httpx
 import pytest
 
-from services.metering import ledger
 from services.registry.demo_model import sample_digit
 from shared.events import UsageEvent, new_id
 from shared.periods import month_start
 from tests.e2e.conftest import Stack, run
+from tests.seed import record_delivered
 
 pytestmark = pytest.mark.e2e
 
@@ -36,11 +36,11 @@ HOUR_US = 3_600 * 1_000_000
 
 
 async def seed_last_month(database_url: str, tenant_id: str, deployment_id: str) -> None:
-    """Usage of last month, straight into the ledger (as the consumer would write it)."""
+    """Usage of last month, straight into the ledger (as the consumer would write it),
+    delivered."""
     conn = await asyncpg.connect(database_url)
     try:
-        async with conn.transaction():
-            await ledger.record(conn, [UsageEvent(
+        await record_delivered(conn, [UsageEvent(
                 id=new_id(), source="test", time=at, tenant_id=tenant_id, request_id=new_id(),
                 deployment_id=deployment_id, model_version="1", runner_id="r-old", pop="eu-west",
                 region="eu-west", gpu_class="cpu", gpu_share=Decimal(1), busy_us=HOUR_US,

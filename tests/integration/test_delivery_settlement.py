@@ -21,6 +21,7 @@ from shared.clock import SYSTEM_CLOCK
 from shared.events import encode
 from shared.subjects import Subjects
 from tests.integration.test_metering_ledger import usage, wait_until
+from tests.seed import register_deployment
 
 GRACE_S = 3.0
 
@@ -49,6 +50,7 @@ async def test_billable_is_exactly_what_routers_confirmed(
     js = nc.jetstream()
     await ensure_streams(js, subjects)
     tenant = "ten_" + namespace
+    await register_deployment(pool, "dep_" + tenant, tenant)
     events = [usage(tenant, 1000 + i) for i in range(300)]
     confirmed_first = events[:100]    # the confirmation reaches metering before the usage
     confirmed_after = events[100:200]  # the usual order

@@ -11,8 +11,8 @@ import asyncpg
 
 from services.billing import invoicing
 from services.billing import repository as repo
-from services.metering import ledger
 from shared.events import UsageEvent, new_id
+from tests.seed import record_delivered
 
 SEP = datetime(2026, 9, 1, tzinfo=UTC)
 OCT = datetime(2026, 10, 1, tzinfo=UTC)
@@ -29,8 +29,8 @@ def event(tenant: str, at: datetime, gpu_us: int, pop: str = "eu-west", gpu_clas
 
 
 async def record(pool: asyncpg.Pool, *events: UsageEvent) -> None:
-    async with pool.acquire() as conn, conn.transaction():
-        await ledger.record(conn, events)
+    async with pool.acquire() as conn:
+        await record_delivered(conn, list(events))
 
 
 async def invoice_of(pool: asyncpg.Pool, tenant: str, month: datetime) -> dict:

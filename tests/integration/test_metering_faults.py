@@ -26,6 +26,7 @@ from shared.db import migrate
 from shared.embedded import EmbeddedNats, free_port, start_nats, start_postgres
 from shared.events import UsageEvent, encode, new_id
 from shared.subjects import Subjects
+from tests.seed import register_deployment
 
 N_EVENTS = 20_000
 TENANT = "ten_faults"
@@ -69,6 +70,10 @@ async def test_ledger_is_exact_after_kill_9_and_nats_and_postgres_restarts(tmp_p
     nats: EmbeddedNats = start_nats(tmp_path, port=nats_port)
     pg = start_postgres(tmp_path)
     await migrate(pg.url)
+    conn = await asyncpg.connect(pg.url)
+    for i in range(7):
+        await register_deployment(conn, f"dep_{i}", TENANT)
+    await conn.close()
     subjects = Subjects("faults")
     env = {**os.environ, "NATS_URL": nats.url, "DATABASE_URL": pg.url,
            "EDGEINFER_NAMESPACE": "faults", "EDGEINFER_STATE_DIR": str(tmp_path / "state"),

@@ -18,6 +18,7 @@ from services.metering.service import MeteringService
 from shared.bus import connect, ensure_streams
 from shared.events import UsageEvent, encode, new_id
 from shared.subjects import Subjects
+from tests.seed import register_deployment
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def usage(tenant: str, gpu_us: int, pop: str = "eu-west", hours_ago: int = 0) ->
     start = datetime.now(UTC) - timedelta(hours=hours_ago)
     return UsageEvent(
         id=new_id(), source="test", time=start, tenant_id=tenant, request_id=new_id(),
-        deployment_id="dep_t", model_version="1", runner_id="r1", pop=pop, region=pop,
+        deployment_id="dep_" + tenant, model_version="1", runner_id="r1", pop=pop, region=pop,
         gpu_class="cpu", gpu_share=Decimal(1), busy_us=gpu_us, gpu_us=gpu_us, started_at=start,
         ended_at=start + timedelta(microseconds=gpu_us))
 
@@ -57,6 +58,7 @@ async def test_duplicates_and_a_consumer_restart_never_double_count(
     js = nc.jetstream()
     await ensure_streams(js, subjects)
     tenant = "ten_" + namespace
+    await register_deployment(pool, "dep_" + tenant, tenant)
     rng = random.Random(1)
     events = [usage(tenant, rng.randint(1, 50_000), rng.choice(["eu-west", "us-east"]),
                     hours_ago=rng.choice([0, 0, 0, 5])) for _ in range(3000)]
@@ -96,27 +98,36 @@ async def test_poison_messages_go_to_the_dead_letter_stream_with_a_reason(
     js = nc.jetstream()
     await ensure_streams(js, subjects)
     tenant = "ten_" + namespace
+    await register_deployment(pool, "dep_" + tenant, tenant)
     good = usage(tenant, 1234)
     negative = msgspec_replace(usage(tenant, 10), gpu_us=-5)
-    for payload in (b"not json", b'{"type":"usage.gpu.v1"}', encode(negative), encode(good)):
+    # A deployment the registry never had, and another tenant's: the ledger's own guard.
+    unknown = msgspec_replace(usage(tenant, 11), deployment_id="dep_nowhere")
+    await register_deployment(pool, "dep_other_" + tenant, "ten_other_" + namespace)
+    not_theirs = msgspec_replace(usage(tenant, 12), deployment_id="dep_other_" + tenant)
+    nul = msgspec_replace(usage(tenant, 13), region="eu\x00west")
+    for payload in (b"not json", b'{"type":"usage.gpu.v1"}', encode(negative), encode(good),
+                    encode(unknown), encode(not_theirs), encode(nul)):
         await js.publish(subjects.usage("eu-west"), payload)
     consumer = UsageConsumer(pool, nc, subjects)
     task = asyncio.create_task(consumer.run())
     try:
         await wait_until(lambda: _has(pool, tenant, 1))
-        await wait_until(lambda: _dead_letters(js, subjects, 3))
+        await wait_until(lambda: _dead_letters(js, subjects, 6))
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert await ledger(pool, tenant) == (1, 1234, 1234)
     shown = await MeteringService(pool, nc, subjects).dead_letters(10)
-    assert sorted(m["reason"] for m in shown)[0] == "negative GPU time"
-    assert len(shown) == 3 and all(m["subject"] == subjects.usage("eu-west") for m in shown)
+    assert len(shown) == 6 and all(m["subject"] == subjects.usage("eu-west") for m in shown)
     sub = await js.pull_subscribe(subjects.usage_dead_letter, stream=subjects.usage_dead_letter_stream)
-    msgs = await sub.fetch(3, timeout=5)
+    msgs = await sub.fetch(6, timeout=5)
     reasons = sorted(m.headers["Edgeinfer-Dead-Reason"] for m in msgs)  # type: ignore[index]
-    assert reasons[0] == "negative GPU time"
-    assert all(r.startswith("undecodable") for r in reasons[1:])
+    assert sorted(m["reason"] for m in shown) == reasons
+    assert reasons[:4] == [
+        f"deployment 'dep_other_{tenant}' does not belong to tenant '{tenant}'",
+        "negative GPU time", "region contains a NUL character", "unknown deployment 'dep_nowhere'"]
+    assert all(r.startswith("undecodable") for r in reasons[4:])
 
 
 async def _dead_letters(js, subjects: Subjects, n: int) -> bool:
@@ -136,6 +147,7 @@ async def test_a_consumer_started_before_its_stream_exists_keeps_trying_and_then
     looks the same): the consumer must not end in silence, and consumes once it can."""
     subjects = Subjects(namespace)
     tenant = "ten_" + namespace
+    await register_deployment(pool, "dep_" + tenant, tenant)
     consumer = UsageConsumer(pool, nc, subjects)
     task = asyncio.create_task(consumer.run())
     try:

@@ -30,6 +30,7 @@ from shared.subjects import Subjects
 from tests.conftest import jetstream_ready
 from tests.integration.conftest import POPS
 from tests.netns import Hosts
+from tests.seed import register_deployment
 
 ROOT = Path(__file__).resolve().parents[2]
 CUT_S = 60
@@ -74,6 +75,7 @@ async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
 
     subjects = Subjects(namespace)
     tenant = f"ten_{namespace}"
+    await register_deployment(pool, "dep_" + tenant, tenant)
     stop = tmp_path / "stop"
     tasks: list[asyncio.Task[None]] = []
     hub = None

@@ -27,7 +27,7 @@ from services.registry.demo_model import digits_onnx, sample_digit
 from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.nats_topology import parse_topology, render
 from tests.conftest import jetstream_ready
-from tests.e2e.conftest import ledger_events, run
+from tests.e2e.conftest import billable_us, ledger_events, run
 from tests.integration.conftest import POPS
 from tests.netns import Hosts
 
@@ -148,6 +148,7 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
                             **common, "NATS_URL": topology.pop(pop).client_url,
                             "EDGEINFER_ROUTER_HOST": "0.0.0.0",
                             "EDGEINFER_ROUTER_PORT": str(router_port),
+                            "EDGEINFER_ROUTER_POP": pop,
                             "EDGEINFER_STATE_DIR": str(tmp_path / f"state-{pop}")})
             routers[pop] = f"http://{hosts.clients[pop]}:{router_port}"
             wait_http(f"{routers[pop]}/healthz")
@@ -209,6 +210,11 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
         deadline = time.monotonic() + 60
         while (got := run(ledger_events(database_url, tenant_id))) != received:
             assert time.monotonic() < deadline, (len(got), len(received))
+            time.sleep(0.5)
+        # Every answer a client got is billed, once: its router's confirmation crossed the
+        # same cut link as the usage.
+        while (billed := run(billable_us(database_url, tenant_id))) != sum(received.values()):
+            assert time.monotonic() < deadline, (billed, sum(received.values()))
             time.sleep(0.5)
         print(f"\nPoP serving through a {CUT_S}-s cut: {during.count(200)} of {len(during)}"
               f" requests 200 during the cut (the uncut PoP: {us.count(200)} of {len(us)});"

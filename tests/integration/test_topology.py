@@ -27,6 +27,7 @@ from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.events import UsageEvent, encode, new_id
 from shared.nats_topology import Topology, parse_topology, render
 from shared.subjects import Subjects
+from tests.seed import register_deployment
 
 POPS = ("eu-west", "us-east")
 
@@ -123,7 +124,7 @@ def usage(tenant: str, pop: str, rng: random.Random) -> UsageEvent:
     now = datetime.now(UTC)
     us = rng.randint(1, 50_000)
     return UsageEvent(id=new_id(), source="test", time=now, tenant_id=tenant, request_id=new_id(),
-                      deployment_id="dep_topo", model_version="1", runner_id=f"r-{pop}", pop=pop,
+                      deployment_id="dep_" + tenant, model_version="1", runner_id=f"r-{pop}", pop=pop,
                       region=pop, gpu_class="cpu", gpu_share=Decimal(1), busy_us=us, gpu_us=us,
                       started_at=now, ended_at=now)
 
@@ -141,6 +142,7 @@ async def test_pop_usage_reaches_the_hub_ledger_exactly_once_through_a_hub_serve
     topology, servers = topology_servers
     subjects = Subjects(namespace)
     tenant = f"ten_{namespace}"
+    await register_deployment(pool, "dep_" + tenant, tenant)
     hub = await connect(",".join(topology.hub_urls), "test-hub")
     pop_clients = {p.pop.name: await connect(p.client_url, f"test-{p.pop.name}")
                    for p in topology.pops}

@@ -41,7 +41,7 @@ async def main(args: argparse.Namespace) -> None:
             now = datetime.now(UTC)
             us = rng.randint(1, 50_000)
             event = UsageEvent(id=new_id(), source="test", time=now, tenant_id=args.tenant,
-                               request_id=new_id(), deployment_id="dep_cut", model_version="1",
+                               request_id=new_id(), deployment_id="dep_" + args.tenant, model_version="1",
                                runner_id=f"r-{args.pop}", pop=args.pop, region=args.pop,
                                gpu_class="cpu", gpu_share=Decimal(1), busy_us=us, gpu_us=us,
                                started_at=now, ended_at=now)
