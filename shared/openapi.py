@@ -10,7 +10,13 @@ so a generated client (or schemathesis) reads every refusal right.
 from __future__ import annotations
 
 from litestar import Litestar
-from litestar.openapi.spec import Components, MediaType, OpenAPIResponse, Reference, Schema
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Reference,
+    Schema,
+)
 from litestar.openapi.spec.enums import OpenAPIType
 
 ERROR_SCHEMA = Schema(
@@ -30,7 +36,7 @@ def document_errors(app: Litestar) -> None:
     spec = app.openapi_schema
     spec.components = spec.components or Components()
     spec.components.schemas = {**(spec.components.schemas or {}), "Error": ERROR_SCHEMA}
-    error = {"application/json": MediaType(schema=Reference(ref="#/components/schemas/Error"))}
+    error = {"application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/Error"))}
     for path_item in (spec.paths or {}).values():
         for method in _METHODS:
             operation = getattr(path_item, method, None)

@@ -124,10 +124,9 @@ async def test_poison_messages_go_to_the_dead_letter_stream_with_a_reason(
     msgs = await sub.fetch(6, timeout=5)
     reasons = sorted(m.headers["Edgeinfer-Dead-Reason"] for m in msgs)  # type: ignore[index]
     assert sorted(m["reason"] for m in shown) == reasons
-    assert reasons[:4] == [
+    assert [r for r in reasons if not r.startswith("undecodable: ")] == [
         f"deployment 'dep_other_{tenant}' does not belong to tenant '{tenant}'",
         "negative GPU time", "region contains a NUL character", "unknown deployment 'dep_nowhere'"]
-    assert all(r.startswith("undecodable") for r in reasons[4:])
 
 
 async def _dead_letters(js, subjects: Subjects, n: int) -> bool:
