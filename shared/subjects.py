@@ -75,6 +75,11 @@ class Subjects:
         return f"{self.namespace}_hop_keys"
 
     @property
+    def idempotency_bucket(self) -> str:
+        """Inference answers kept for their Idempotency-Key, per PoP (router/idempotency.py)."""
+        return f"{self.namespace}_idempotency"
+
+    @property
     def keepalive_bucket(self) -> str:
         """The autoscaler's learned keep-alive history per deployment × PoP."""
         return f"{self.namespace}_keepalive"

@@ -57,6 +57,11 @@ class RouterConfig:
     # traffic whose billing a router crash can lose (docs/billing.md).
     delivery_flush_s: float = 0.2
 
+    @property
+    def claim_abandoned_s(self) -> float:
+        """An Idempotency-Key claim older than any request can run: its router died."""
+        return self.forward_timeout_s + self.max_scale_up_timeout_s + 10
+
 
 def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig:
     env = os.environ if env is None else env

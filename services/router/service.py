@@ -33,6 +33,8 @@ from services.router.deployments import DeploymentCache
 from services.router.gate import TenantGate
 from services.router.holds import Holds
 from services.router.hopkeys import HopKeys
+from services.router.idempotency import HEADER as IDEMPOTENCY_HEADER
+from services.router.idempotency import Idempotency
 from services.router.location import client_region
 from services.router.metrics import RouterMetrics
 from services.router.policy import Route, choose, order_pops
@@ -106,6 +108,8 @@ class RouterService:
         self.hops = HopKeys(nc.jetstream(), subjects.hop_keys_bucket)
         self.deliveries = DeliveryConfirmations(nc.jetstream(), subjects.delivered(config.pop),
                                                 self.metrics, clock, config.delivery_flush_s)
+        self.idempotency = Idempotency(nc.jetstream(), subjects.idempotency_bucket, clock,
+                                       config.claim_abandoned_s)
         self.deployments = DeploymentCache(nc, subjects, clock, config.deployment_cache_s,
                                            config.cache_stale_s)
         self._random = random.Random()
@@ -147,8 +151,7 @@ class RouterService:
             self.gate.forget(event.tenant_id)
 
     async def _on_budget(self, msg: Msg) -> None:
-        state = decode_or_warn(budget_decoder, msg)
-        if state is not None:
+        if (state := decode_or_warn(budget_decoder, msg)) is not None:
             self.gate.budget(state)
 
     # --- the request path ------------------------------------------------------------------
@@ -177,7 +180,12 @@ class RouterService:
                 if deployment is None:
                     raise Refusal(404, "deployment_not_found", f"no deployment named {name!r}")
                 deployment_label = deployment.id
-                response, pop_label, outside_s = await self._serve(request, tenant, deployment)
+                if (key := request.headers.get(IDEMPOTENCY_HEADER)) is not None:
+                    response, pop_label, outside_s = await self.idempotency.once(
+                        tenant.id, key, deployment.id, await request.body(),
+                        lambda: self._serve(request, tenant, deployment))
+                else:
+                    response, pop_label, outside_s = await self._serve(request, tenant, deployment)
             finally:
                 self.gate.in_flight[tenant.id] -= 1
         except Refusal as refusal:

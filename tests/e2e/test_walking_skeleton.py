@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -245,6 +246,38 @@ async def test_a_retried_post_with_an_idempotency_key_acts_once(
         assert grants == 1
         bad = await http.post(credits, json=grant, headers={"Idempotency-Key": "x" * 300})
         assert bad.status_code == 400
+
+
+async def test_a_retried_inference_with_an_idempotency_key_runs_and_bills_once(
+        stack: Stack, stack_database: str) -> None:
+    """The same Idempotency-Key on inference: the retry gets the first answer (replayed,
+    not run again), one usage event, one delivery; another body under it is a 422."""
+    body = {"inputs": [sample_digit(4)]}
+    key = {**stack.auth(), "Idempotency-Key": "infer-" + os.urandom(4).hex()}
+    async with httpx.AsyncClient(base_url=stack.router, timeout=30) as http:
+        first = await http.post("/v1/deployments/digits/infer", json=body, headers=key)
+        assert first.status_code == 200, first.text
+        retries = [await http.post("/v1/deployments/digits/infer", json=body, headers=key)
+                   for _ in range(3)]
+        other = await http.post("/v1/deployments/digits/infer", headers=key,
+                                json={"inputs": [sample_digit(5)]})
+    stack.served += 1
+    assert all(r.status_code == 200 and r.content == first.content for r in retries)
+    assert all(r.headers["idempotent-replayed"] == "true" for r in retries)
+    assert retries[0].headers["x-request-id"] == first.headers["x-request-id"]
+    assert other.status_code == 422 and other.json()["error"]["code"] == "idempotency_key_reused"
+    request_id = first.json()["request_id"]
+    conn = await asyncpg.connect(stack_database)
+    try:
+        for _ in range(100):  # the runner's outbox and the settlement take a moment
+            rows = await conn.fetch("SELECT outcome FROM metering.usage_events"
+                                    " WHERE request_id = $1", request_id)
+            if rows and rows[0]["outcome"] == "delivered":
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert [r["outcome"] for r in rows] == ["delivered"]
 
 
 def test_admin_routes_refuse_tenant_keys(stack: Stack) -> None:
