@@ -8,7 +8,8 @@ resolve the deployment (registry over NATS, cached), pick a replica with the pur
 - A replica that refuses the connection (or answers 503 before taking the request: it is
   draining) never started it, so the router retries once on the next best — or, with none
   ready, holds it as below. A replica that fails after
-  taking the request is not retried (the model may not be idempotent): 502, not charged.
+  taking the request is not retried (the model may not be idempotent): 502, not billed
+  (never confirmed as delivered: deliveries.py).
 - No replica ready in any allowed PoP: publish a demand signal (the autoscaler's wake-up)
   and hold the request until a replica's first ready heartbeat or the tenant's
   X-Scale-Up-Timeout; held requests resume in arrival order.

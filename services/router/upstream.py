@@ -88,7 +88,7 @@ class Forwarder:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Refusal(502, "runner_failed",
                           f"the replica failed while serving the request ({type(exc).__name__});"
-                          " it was not retried because it may have run, and it is not charged"
+                          " it was not retried because it may have run, and it is not billed"
                           ) from None
         finally:
             gauge.dec()
@@ -116,10 +116,10 @@ def answer(upstream: Upstream, request_id: str, replica: ReplicaView, held: bool
                         background=BackgroundTask(delivered, request_id))
     if upstream.status == 401:  # our own signed token refused: not the client's fault
         raise Refusal(502, "runner_refused_hop", "the replica refused this router's token "
-                      f"({runner_error_message(upstream.data)}); not charged")
+                      f"({runner_error_message(upstream.data)}); not billed")
     if 400 <= upstream.status < 500:
         raise Refusal(400, "invalid_input", runner_error_message(upstream.data))
-    raise Refusal(502, "runner_error", f"the replica answered {upstream.status}; not charged")
+    raise Refusal(502, "runner_error", f"the replica answered {upstream.status}; not billed")
 
 
 def runner_error_message(data: bytes) -> str:
