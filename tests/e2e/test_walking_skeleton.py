@@ -61,11 +61,13 @@ async def ainfer(stack: Stack, region: str, key: str | None = None, body: Any = 
 
 
 async def wait_for_usage(stack: Stack, total_us: int, timeout_s: float = 15) -> dict[str, Any]:
+    """Until the ledger holds `total_us` and all of it is settled as delivered (billable:
+    the routers' confirmations trail the runners' usage by about a second)."""
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as http:
         while True:
             usage = (await http.get(f"{stack.api}/v1/usage", headers=stack.auth())).json()
-            if usage["total_gpu_us"] >= total_us or time.monotonic() > deadline:
+            if usage["total_delivered_gpu_us"] >= total_us or time.monotonic() > deadline:
                 return usage
             await asyncio.sleep(0.2)
 
