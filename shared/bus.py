@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 import nats
@@ -16,6 +17,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from shared.hops import hop_keys
 from shared.http import Refusal
+from shared.nats_permissions import inbox_prefix
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
@@ -28,17 +30,24 @@ USAGE_DUPLICATE_WINDOW_S = 60 * 60
 T = TypeVar("T")
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str,
+                  error_cb: Callable[[Exception], Awaitable[None]] | None = None) -> NATS:
     """`url` may list several servers, comma-separated (the hub cluster's three): the
     client fails over among them, and learns the others from the cluster too."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    # A user in the URL (nats://router:…@host) has a reply inbox of its own: the server
+    # lets it read only `_INBOX_<user>.>` (shared/nats_permissions.py).
+    user = next((urlsplit(u).username for u in servers if urlsplit(u).username), None)
     # Reconnect forever: a NATS restart must not kill a service (the runner's outbox and
     # the metering consumer both resume where they were).
     return await nats.connect(
-        [u.strip() for u in url.split(",") if u.strip()],
+        servers,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,
+        inbox_prefix=inbox_prefix(user) if user else "_INBOX",
+        **({"error_cb": error_cb} if error_cb else {}),
     )
 
 

@@ -88,6 +88,10 @@ class Subjects:
     def heartbeat(self, pop: str, runner_id: str) -> str:
         return f"{self.namespace}.runner.heartbeat.{token(pop)}.{token(runner_id)}"
 
+    def pop_heartbeats(self, pop: str) -> str:
+        """Every runner's heartbeat at one PoP (what a runner there may publish)."""
+        return f"{self.namespace}.runner.heartbeat.{token(pop)}.*"
+
     @property
     def heartbeat_wildcard(self) -> str:
         return f"{self.namespace}.runner.heartbeat.>"

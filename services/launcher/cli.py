@@ -99,6 +99,9 @@ def render_topology(description: Path, out: Path, store_root: Path) -> int:
     if not description.is_file():
         raise ConfigError(f"no topology description at {description}")
     for name, path in render(load_topology(description), out, store_root).items():
+        if name == "credentials":
+            print(f"{name:20s} {path}  (each role's NATS password; mode 0600, keep it secret)")
+            continue
         checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
                                  capture_output=True, text=True, timeout=30)
         if checked.returncode != 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import subprocess
 from collections.abc import AsyncIterator
@@ -17,12 +18,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.metering.consumer import UsageConsumer
+from services.metering import settlement
+from services.metering.consumer import DeliveryConsumer, UsageConsumer
+from services.router.deliveries import DeliveryConfirmations
+from services.router.metrics import RouterMetrics
 from services.runner.outbox import Outbox
 from shared.bus import connect, ensure_hub_streams, ensure_pop_streams
+from shared.clock import SYSTEM_CLOCK
 from shared.embedded import free_port, nats_server_binary, wait_for_port
 from shared.events import UsageEvent, encode, new_id
 from shared.nats_topology import Topology, parse_topology, render
@@ -32,7 +38,7 @@ from tests.seed import register_deployment
 POPS = ("eu-west", "us-east")
 
 
-def loopback_topology(namespace: str) -> Topology:
+def loopback_topology(namespace: str, auth: bool = False) -> Topology:
     hub = "\n".join(f"""
 [[hub]]
 name = "hub-{i}"
@@ -49,7 +55,7 @@ jurisdiction = "{pop[:2]}"
 host = "127.0.0.1"
 client_port = {free_port()}
 """ for pop in POPS)
-    return parse_topology(f'namespace = "{namespace}"\n{hub}\n{pops}')
+    return parse_topology(f'namespace = "{namespace}"\nauth = {str(auth).lower()}\n{hub}\n{pops}')
 
 
 @dataclass
@@ -81,9 +87,18 @@ class Servers:
                 process.kill()
 
 
-def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespace: str) -> None:
-    configs = render(loopback_topology(namespace), tmp_path / "conf", tmp_path / "store")
+@pytest.mark.parametrize("auth", [False, True])
+def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespace: str,
+                                                        auth: bool) -> None:
+    configs = render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
+    credentials = configs.pop("credentials", None)
     assert sorted(configs) == ["hub-1", "hub-2", "hub-3", "pop-eu-west", "pop-us-east"]
+    assert (credentials is not None) == auth
+    if credentials is not None:
+        assert credentials.stat().st_mode & 0o777 == 0o600
+        kept = credentials.read_text()
+        render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
+        assert credentials.read_text() == kept  # passwords are drawn once
     for name, path in configs.items():
         checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
                                  capture_output=True, text=True, timeout=30)
@@ -204,3 +219,69 @@ def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namesp
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "hub-1.conf", "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
     assert main(["topology", "render", str(tmp_path / "missing.toml")]) == 2
+
+
+async def test_with_auth_each_role_logs_in_and_usage_and_its_confirmation_reach_the_hub(
+        tmp_path: Path, pool: asyncpg.Pool, namespace: str) -> None:
+    """`auth = true`: every server has a user per role; a PoP's runner and router publish
+    under their own users, the hub's metering consumes under its own, across the leaf
+    connections (which log in as `leaf`); a client without credentials is refused."""
+    topology = loopback_topology(namespace, auth=True)
+    (tmp_path / "logs").mkdir()
+    configs = render(topology, tmp_path / "conf", tmp_path / "store")
+    credentials = json.loads(configs.pop("credentials").read_text())
+    servers = Servers(configs, tmp_path / "logs")
+    subjects = Subjects(namespace)
+    tenant = f"ten_{namespace}"
+    await register_deployment(pool, "dep_" + tenant, tenant)
+
+    def url(user: str, base: str) -> str:
+        return base.replace("nats://", f"nats://{user}:{credentials[user]}@")
+
+    clients: list[NATS] = []
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for server in topology.hub:
+            servers.start(server.name, server.client_port)
+        for pop in topology.pops:
+            servers.start(f"pop-{pop.pop.name}", pop.client_port)
+        with pytest.raises(Exception, match=r"(?i)authorization"):
+            await nats.connect(topology.hub_urls[0], allow_reconnect=False, connect_timeout=5)
+        eu = topology.pop("eu-west")
+        hub_admin = await connect(",".join(url("admin", u) for u in topology.hub_urls), "admin")
+        pop_admin = await connect(url("admin", eu.client_url), "admin-eu")
+        runner = await connect(url("runner-eu-west", eu.client_url), "runner")
+        router = await connect(url("router-eu-west", eu.client_url), "router")
+        metering = await connect(",".join(url("metering", u) for u in topology.hub_urls), "metering")
+        clients += [hub_admin, pop_admin, runner, router, metering]
+        await until(lambda: jetstream_ready(hub_admin), 60, "the hub's JetStream never had a leader")
+        await ensure_hub_streams(hub_admin.jetstream(), subjects, ["eu-west"], replicas=3)
+        await until(lambda: jetstream_ready(pop_admin), 30, "the PoP's JetStream never came up")
+        await ensure_pop_streams(pop_admin.jetstream(), subjects, "eu-west")
+
+        events = [usage(tenant, "eu-west", random.Random(i)) for i in range(20)]
+        for event in events:
+            await runner.jetstream().publish(subjects.usage("eu-west"), encode(event),
+                                             headers={"Nats-Msg-Id": event.id})
+        confirmations = DeliveryConfirmations(router.jetstream(), subjects.delivered("eu-west"),
+                                              RouterMetrics(), SYSTEM_CLOCK, flush_s=1)
+        for event in events:
+            await confirmations.delivered(event.request_id)
+        await confirmations.flush()
+        tasks += [asyncio.create_task(UsageConsumer(pool, metering, subjects).run()),
+                  asyncio.create_task(DeliveryConsumer(pool, metering, subjects).run())]
+
+        async def all_delivered() -> bool:
+            await settlement.settle(pool, grace_s=3600)
+            return await pool.fetchval(
+                "SELECT count(*) FROM metering.usage_events WHERE tenant_id = $1"
+                " AND outcome = 'delivered'", tenant) == len(events)
+
+        await until(all_delivered, 60, "usage or its confirmation never reached the hub")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for nc in clients:
+            await nc.close()
+        servers.stop_all()

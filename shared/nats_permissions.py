@@ -1,0 +1,168 @@
+"""Who may publish and subscribe what on NATS: one user per role, least privilege.
+
+Pure: roles in, allow-lists and nats-server `authorization` blocks out. Every subject comes
+from shared/subjects.py, so the lists follow the code. Everything not listed is refused by
+the server ("Permissions Violation"); `tests/integration/test_nats_permissions.py` checks,
+against a real nats-server, that each role can do its own work and nothing it should not:
+a runner publishes only its heartbeats and its PoP's usage, a router never publishes usage,
+no role but the api publishes `<ns>.accounts.>`.
+
+Each user gets its own reply inbox, `_INBOX_<user>` (shared/bus.connect sets it from the
+user in the URL): with the default `_INBOX.>` open to all, any user could read every
+other's replies — keys' tenants, deployments, JetStream acks.
+
+JetStream is reached through its API subjects; a role gets only those of its own streams
+and buckets (info, get, its consumers), never create/delete of others' streams. `admin`
+(the launcher and operators: it creates streams and buckets) may do anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.subjects import Subjects, token
+
+JS = "$JS.API"
+HUB_ROLES = ("api", "registry", "metering", "billing", "autoscaler", "router")
+POP_ROLES = ("router", "runner")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # Answer requests received (the reply subjects of those requests only).
+    responses: bool = False
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str
+    permissions: Permissions | None = field(default=None)  # None: everything (admin)
+
+
+def user_name(role: str, pop: str | None = None) -> str:
+    """`router` at the hub, `router-eu-west` at a PoP; `runner-<pop>` always."""
+    return f"{role}-{token(pop)}" if pop else role
+
+
+def inbox_prefix(user: str) -> str:
+    """The reply inbox of a user; the default one for a name that is not a subject token
+    (such a user is none of ours)."""
+    try:
+        return f"_INBOX_{token(user)}"
+    except ValueError:
+        return "_INBOX"
+
+
+def _kv_read(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [f"{JS}.STREAM.INFO.{stream}", f"{JS}.DIRECT.GET.{stream}", f"{JS}.DIRECT.GET.{stream}.>",
+            f"{JS}.STREAM.MSG.GET.{stream}"]
+
+
+def _kv_write(bucket: str, create: bool = False) -> list[str]:
+    return [*_kv_read(bucket), f"$KV.{bucket}.>",
+            *([f"{JS}.STREAM.CREATE.KV_{bucket}"] if create else [])]
+
+
+def _object_read(bucket: str) -> list[str]:
+    stream = f"OBJ_{bucket}"
+    # Chunks come through an ordered consumer of the reader's own making (nats-py finds
+    # its stream by subject first: STREAM.NAMES, which lists names only).
+    return [f"{JS}.STREAM.NAMES", f"{JS}.STREAM.INFO.{stream}", f"{JS}.DIRECT.GET.{stream}",
+            f"{JS}.DIRECT.GET.{stream}.>",
+            f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.CONSUMER.CREATE.{stream}",
+            f"{JS}.CONSUMER.CREATE.{stream}.>", f"{JS}.CONSUMER.DELETE.{stream}.>",
+            f"$JS.FC.{stream}.>"]
+
+
+def _object_write(bucket: str) -> list[str]:
+    stream = f"OBJ_{bucket}"
+    return [*_object_read(bucket), f"$O.{bucket}.>", f"{JS}.STREAM.PURGE.{stream}",
+            f"{JS}.STREAM.MSG.DELETE.{stream}", f"{JS}.STREAM.CREATE.{stream}"]
+
+
+def _stream_read(stream: str) -> list[str]:
+    return [f"{JS}.STREAM.INFO.{stream}", f"{JS}.STREAM.MSG.GET.{stream}",
+            f"{JS}.DIRECT.GET.{stream}", f"{JS}.DIRECT.GET.{stream}.>"]
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    return [f"{JS}.CONSUMER.INFO.{stream}.{durable}", f"{JS}.CONSUMER.CREATE.{stream}.{durable}",
+            f"{JS}.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"{JS}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"{JS}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+
+
+def permissions(role: str, s: Subjects, pop: str | None = None) -> Permissions:
+    """The allow-lists of one role (`pop`: where a runner or a PoP's router runs)."""
+    ns, inbox = s.namespace, inbox_prefix(user_name(role, pop)) + ".>"
+    if role == "runner":
+        if pop is None:
+            raise ValueError("a runner's permissions name its PoP")
+        return Permissions(
+            publish=(s.pop_heartbeats(pop), s.usage(pop), *_kv_read(s.hop_keys_bucket),
+                     *_object_read(s.artifact_bucket)),
+            subscribe=(inbox,))
+    if role == "router":
+        return Permissions(
+            publish=(s.demand_wildcard, s.delivered(pop or "local"), s.resolve_key,
+                     s.resolve_deployment, *_kv_write(s.hop_keys_bucket, create=True),
+                     *_kv_write(s.idempotency_bucket, create=True)),
+            subscribe=(s.heartbeat_wildcard, s.key_revoked, s.tenant_changed, s.budget_wildcard,
+                       inbox))
+    if role == "api":
+        # The HTTP front: every route of the control plane, and the accounts' own events.
+        return Permissions(
+            publish=(f"{ns}.accounts.>", s.deployment_updated, s.list_deployments,
+                     s.reconciliation, s.budget_wildcard, s.budget_saved,
+                     *_object_write(s.artifact_bucket), *_stream_read(s.usage_dead_letter_stream),
+                     *_stream_read(s.decision_stream)),
+            subscribe=(s.resolve_key, inbox), responses=True)
+    if role == "registry":
+        return Permissions(
+            publish=(s.deployment_updated, *_object_write(s.artifact_bucket)),
+            subscribe=(s.resolve_deployment, s.list_deployments, inbox), responses=True)
+    if role == "metering":
+        usage = s.usage_stream
+        pop_streams = f"{ns.upper()}_USAGE_*"
+        return Permissions(
+            publish=(s.usage_dead_letter, *_durable(usage, s.metering_consumer),
+                     *_durable(usage, s.deliveries_consumer),
+                     *_stream_read(s.usage_dead_letter_stream),
+                     # The hub's sources of each PoP's usage stream (sources.py).
+                     f"{JS}.STREAM.INFO.{usage}", f"{JS}.STREAM.UPDATE.{usage}",
+                     f"$JS.*.API.STREAM.INFO.{pop_streams}", f"$JS.*.API.STREAM.CREATE.{pop_streams}",
+                     f"$JS.*.API.STREAM.UPDATE.{pop_streams}"),
+            subscribe=(s.heartbeat_wildcard, s.reconciliation, inbox), responses=True)
+    if role == "billing":
+        return Permissions(
+            publish=(f"{ns}.billing.budget.*", f"{ns}.billing.alert.*", s.list_deployments),
+            subscribe=(s.budget_saved, inbox))
+    if role == "autoscaler":
+        return Permissions(
+            publish=(s.decision_wildcard, s.list_deployments, *_kv_write(s.keepalive_bucket, True),
+                     *_stream_read(s.decision_stream)),
+            subscribe=(s.demand_wildcard, s.heartbeat_wildcard, s.deployment_updated, inbox))
+    raise ValueError(f"unknown role {role!r}")
+
+
+def _list(items: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def authorization_block(users: list[User]) -> str:
+    """nats-server's `authorization { users: [...] }` for these users."""
+    lines = []
+    for u in users:
+        if u.permissions is None:
+            lines.append(f'    {{ user: "{u.name}", password: "{u.password}" }}')
+            continue
+        p = u.permissions
+        responses = " allow_responses: true," if p.responses else ""
+        lines.append(f'    {{ user: "{u.name}", password: "{u.password}", permissions: {{'
+                     f"{responses} publish: {{ allow: {_list(p.publish)} }},"
+                     f" subscribe: {{ allow: {_list(p.subscribe)} }} }} }}")
+    return "authorization {\n  users: [\n" + ",\n".join(lines) + "\n  ]\n}\n"
