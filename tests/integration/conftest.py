@@ -1,15 +1,25 @@
-"""Fixtures of the distributed tests: hosts made of network namespaces (tests/netns.py)."""
+"""Fixtures of the integration tests: a NATS client of the session's server, and hosts made
+of network namespaces (tests/netns.py)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from nats.aio.client import Client as NATS
 
+from shared.bus import connect
 from tests.netns import Hosts, require_netns
 
 POPS = ["eu-west", "us-east"]
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[NATS]:
+    client = await connect(nats_url, "test")
+    yield client
+    await client.close()
 
 
 @pytest.fixture

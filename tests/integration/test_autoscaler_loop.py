@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import msgspec
-import pytest
 from nats.aio.client import Client as NATS
 
 from services.autoscaler.decide import ScaleConfig
 from services.autoscaler.metrics import MetricsUnavailable
 from services.autoscaler.service import AutoscalerConfig, AutoscalerService
-from shared.bus import connect, ensure_streams
+from shared.bus import ensure_streams
 from shared.events import (
     DemandSignal,
     Deployment,
@@ -44,13 +43,6 @@ def deployment(min_replicas: int) -> Deployment:
                       model_version="1", framework="onnx", artifact_digest="sha256:" + "0" * 64,
                       gpu_class="cpu", allowed_pops=["eu-west"], min_replicas=min_replicas,
                       max_replicas=8)
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await connect(nats_url, "test-autoscaler")
-    yield client
-    await client.close()
 
 
 async def serve_deployments(nc: NATS, subjects: Subjects, d: Deployment,

@@ -6,17 +6,15 @@ a late confirmation still bills it once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 from nats.aio.client import Client as NATS
 
 from services.metering.config import MeteringConfig
 from services.metering.service import MeteringService
 from services.router.deliveries import DeliveryConfirmations
 from services.router.metrics import RouterMetrics
-from shared.bus import connect, ensure_streams
+from shared.bus import ensure_streams
 from shared.clock import SYSTEM_CLOCK
 from shared.events import encode
 from shared.subjects import Subjects
@@ -24,13 +22,6 @@ from tests.integration.test_metering_ledger import usage, wait_until
 from tests.seed import register_deployment
 
 GRACE_S = 3.0
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await connect(nats_url, "test")
-    yield client
-    await client.close()
 
 
 async def sums(pool: asyncpg.Pool, tenant: str) -> dict[str, int]:

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import asyncpg
-import pytest
 from nats.aio.client import Client as NATS
 
 from services.metering.config import ConsumerConfig
 from services.metering.consumer import UsageConsumer
 from services.metering.service import MeteringService
-from shared.bus import connect, ensure_streams
+from shared.bus import ensure_streams
 from shared.events import UsageEvent, encode, new_id
 from shared.subjects import Subjects
 from tests.seed import register_deployment
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await connect(nats_url, "test")
-    yield client
-    await client.close()
 
 
 def usage(tenant: str, gpu_us: int, pop: str = "eu-west", hours_ago: int = 0) -> UsageEvent:

@@ -4,7 +4,6 @@ staleness, and refuse anything else with 503 + Retry-After: never a 500, never a
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,13 +30,6 @@ KNOWN = "ei_known"
 DEPLOYMENT = Deployment(id="dep_1", tenant_id="ten_1", name="digits", model_name="digits",
                         model_version="1", framework="onnx", artifact_digest="sha256:00",
                         gpu_class="cpu", allowed_pops=["eu-west"], min_replicas=0, max_replicas=1)
-
-
-@pytest.fixture
-async def nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await connect(nats_url, "test-unreachable")
-    yield client
-    await client.close()
 
 
 async def accounts_responder(nc: NATS, subjects: Subjects,  # type: ignore[no-untyped-def]
