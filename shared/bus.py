@@ -37,7 +37,7 @@ async def connect(url: str, name: str,
     servers = [u.strip() for u in url.split(",") if u.strip()]
     # A user in the URL (nats://router:…@host) has a reply inbox of its own: the server
     # lets it read only `_INBOX_<user>.>` (shared/nats_permissions.py).
-    user = next((urlsplit(u).username for u in servers if urlsplit(u).username), None)
+    user = next(filter(None, (urlsplit(u).username for u in servers)), None)
     # Reconnect forever: a NATS restart must not kill a service (the runner's outbox and
     # the metering consumer both resume where they were).
     return await nats.connect(

@@ -18,7 +18,7 @@ and buckets (info, get, its consumers), never create/delete of others' streams. 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from shared.subjects import Subjects, token
 
@@ -39,7 +39,7 @@ class Permissions:
 class User:
     name: str
     password: str
-    permissions: Permissions | None = field(default=None)  # None: everything (admin)
+    permissions: Permissions | None = None  # None: everything (admin)
 
 
 def user_name(role: str, pop: str | None = None) -> str:

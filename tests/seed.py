@@ -31,20 +31,6 @@ async def register_deployment(db: asyncpg.Pool | asyncpg.Connection, deployment_
         deployment_id, tenant_id, name, "ver_" + suffix[:16], list(pops))
 
 
-def register_deployment_sync(database_url: str, deployment_id: str, tenant_id: str) -> None:
-    """The same from synchronous test code."""
-    import asyncio
-
-    async def go() -> None:
-        conn = await asyncpg.connect(database_url)
-        try:
-            await register_deployment(conn, deployment_id, tenant_id)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 async def record_delivered(conn: asyncpg.Connection, events: list[UsageEvent]) -> None:
     """Usage straight into the ledger as the consumer writes it, confirmed as delivered as a
     router's confirmation and metering's settlement would (one transaction)."""
