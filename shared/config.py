@@ -35,6 +35,19 @@ def env_choice(env: Mapping[str, str], key: str, default: str, choices: tuple[st
     return value
 
 
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("0", "false", "no", "off")
+
+
+def env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in TRUE + FALSE:
+        raise ConfigError(f"{key} = {raw!r}, must be true or false")
+    return raw in TRUE
+
+
 def env_int(env: Mapping[str, str], key: str, default: int, *, lo: int, hi: int) -> int:
     raw = env.get(key, "").strip()
     if not raw:

@@ -74,7 +74,10 @@ class EmbeddedNats:
                 self.process.wait()
 
 
-def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
+def start_nats(state_dir: Path, port: int | None = None,
+               config: Path | None = None) -> EmbeddedNats:
+    """`config`: a nats-server config file for what flags cannot say (users and their
+    permissions); the flags here win over it for address, port and store."""
     store = state_dir / "nats"
     store.mkdir(parents=True, exist_ok=True)
     pid_file = state_dir / "nats-server.pid"
@@ -82,8 +85,8 @@ def start_nats(state_dir: Path, port: int | None = None) -> EmbeddedNats:
     port = port or free_port()
     log = open(state_dir / "nats-server.log", "ab")
     process = subprocess.Popen(
-        [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store),
-         "-P", str(pid_file)],
+        [nats_server_binary(), *(["-c", str(config)] if config else []), "-js",
+         "-a", "127.0.0.1", "-p", str(port), "-sd", str(store), "-P", str(pid_file)],
         stdout=log,
         stderr=subprocess.STDOUT,
         preexec_fn=die_with_parent_thread(),

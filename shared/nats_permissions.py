@@ -18,8 +18,13 @@ and buckets (info, get, its consumers), never create/delete of others' streams. 
 
 from __future__ import annotations
 
+import json
+import secrets
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
+from shared.private_files import write_private
 from shared.subjects import Subjects, token
 
 JS = "$JS.API"
@@ -47,6 +52,43 @@ def user_name(role: str, pop: str | None = None) -> str:
     return f"{role}-{token(pop)}" if pop else role
 
 
+def one_server_users(pops: list[str]) -> list[tuple[str, str | None]]:
+    """The (role, PoP) of every user of one NATS server that all roles share (`edgeinfer
+    up`): the hub's roles, and a runner user per PoP (its usage subject names the PoP)."""
+    return [(role, None) for role in HUB_ROLES] + [("runner", pop) for pop in pops]
+
+
+def load_credentials(path: Path, names: list[str]) -> dict[str, str]:
+    """The passwords kept at `path` (mode 0600), with any user still missing drawn now and
+    saved: a later start keeps the ones that services and runners already hold."""
+    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    wanted = {name: known.get(name) or secrets.token_urlsafe(24) for name in names}
+    if wanted != known:
+        write_private(path, json.dumps(wanted, indent=2) + "\n")
+    return wanted
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    """`url` (one server or several, comma-separated) logging in as `user`."""
+    def one(server: str) -> str:
+        parts = urlsplit(server.strip())
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=f"{quote(user, safe='')}:"
+                                                f"{quote(password, safe='')}@{host}"))
+    return ",".join(one(s) for s in url.split(",") if s.strip())
+
+
+def without_password(url: str) -> str:
+    """`url` fit for a log line or a banner: the user stays, the password does not."""
+    def one(server: str) -> str:
+        parts = urlsplit(server.strip())
+        if parts.password is None:
+            return server.strip()
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    return ",".join(one(s) for s in url.split(",") if s.strip())
+
+
 def inbox_prefix(user: str) -> str:
     """The reply inbox of a user; the default one for a name that is not a subject token
     (such a user is none of ours)."""
@@ -65,6 +107,13 @@ def _kv_read(bucket: str) -> list[str]:
 def _kv_write(bucket: str, create: bool = False) -> list[str]:
     return [*_kv_read(bucket), f"$KV.{bucket}.>",
             *([f"{JS}.STREAM.CREATE.KV_{bucket}"] if create else [])]
+
+
+def _kv_watch(bucket: str) -> list[str]:
+    """Reading a whole bucket (`keys()`, `watch()`): an ordered consumer of its own."""
+    stream = f"KV_{bucket}"
+    return [f"{JS}.CONSUMER.CREATE.{stream}", f"{JS}.CONSUMER.CREATE.{stream}.>",
+            f"{JS}.CONSUMER.INFO.{stream}.>", f"{JS}.CONSUMER.DELETE.{stream}.>"]
 
 
 def _object_read(bucket: str) -> list[str]:
@@ -144,6 +193,7 @@ def permissions(role: str, s: Subjects, pop: str | None = None) -> Permissions:
     if role == "autoscaler":
         return Permissions(
             publish=(s.decision_wildcard, s.list_deployments, *_kv_write(s.keepalive_bucket, True),
+                     *_kv_watch(s.keepalive_bucket),
                      *_stream_read(s.decision_stream)),
             subscribe=(s.demand_wildcard, s.heartbeat_wildcard, s.deployment_updated, inbox))
     raise ValueError(f"unknown role {role!r}")

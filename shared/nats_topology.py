@@ -35,15 +35,20 @@ service's `NATS_URL` is `nats://<user>:<password>@host:port`.
 
 from __future__ import annotations
 
-import json
-import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from shared.config import ConfigError
-from shared.nats_permissions import HUB_ROLES, User, authorization_block, permissions, user_name
+from shared.nats_permissions import (
+    HUB_ROLES,
+    User,
+    authorization_block,
+    load_credentials,
+    permissions,
+    user_name,
+)
 from shared.subjects import Subjects, token
 from shared.topology import Pop
 
@@ -179,16 +184,9 @@ def user_names(topology: Topology) -> list[str]:
                                           for role in ("router", "runner"))]
 
 
-def load_credentials(topology: Topology, path: Path) -> dict[str, str]:
-    """The passwords kept at `path`, with any user still missing drawn now (and saved)."""
-    known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    wanted = {u: known.get(u) or secrets.token_urlsafe(24) for u in user_names(topology)}
-    if wanted != known:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.chmod(0o600)
-        path.write_text(json.dumps(wanted, indent=2) + "\n")
-    return wanted
+def topology_credentials(topology: Topology, path: Path) -> dict[str, str]:
+    """The passwords of the layout's users, kept at `path`."""
+    return load_credentials(path, user_names(topology))
 
 
 def _users(topology: Topology, credentials: dict[str, str],
@@ -269,7 +267,7 @@ def render(topology: Topology, out_dir: Path, store_root: Path) -> dict[str, Pat
     credentials = None
     if topology.auth:
         written["credentials"] = out_dir / "credentials.json"
-        credentials = load_credentials(topology, written["credentials"])
+        credentials = topology_credentials(topology, written["credentials"])
     for server in topology.hub:
         path = out_dir / f"{server.name}.conf"
         path.write_text(hub_server_config(topology, server, store_root / server.name,

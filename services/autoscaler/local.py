@@ -19,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
@@ -52,6 +52,9 @@ class LocalExecutorConfig:
     # The process whose end stops the runners (they watch it): `edgeinfer up`, so that they
     # outlive an autoscaler that dies and is restarted; 0 means this process.
     supervisor_pid: int = 0
+    # Per PoP, the NATS URL its runners log in with (`runner-<pop>`, shared/nats_permissions.py);
+    # a PoP not listed gets `nats_url`.
+    runner_nats_urls: dict[str, str] = field(default_factory=dict)
 
 
 class NoFreeDevice(RuntimeError):
@@ -158,7 +161,7 @@ class LocalProcessExecutor:
         logs.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
-            "NATS_URL": c.nats_url,
+            "NATS_URL": c.runner_nats_urls.get(pop, c.nats_url),
             "EDGEINFER_NAMESPACE": c.namespace,
             "EDGEINFER_RUNNER_ID": runner_id,
             "EDGEINFER_POP": pop,

@@ -29,16 +29,16 @@ from services.launcher.stack import (
     SERVICES,
     Stack,
     ensure_port_free,
-    load_or_create_secret,
     needs_database,
     stack_config_from_env,
-    write_private,
 )
 from services.launcher.supervisor import Child, Supervisor, become_subreaper
 from services.registry.service import RegistryService
 from shared.bus import decode_or_warn
 from shared.config import ConfigError, platform_from_env
 from shared.events import heartbeat_decoder
+from shared.nats_permissions import without_password
+from shared.private_files import load_or_create_secret, write_private
 from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer")
@@ -163,7 +163,7 @@ async def up() -> int:
     platform.state_dir.mkdir(parents=True, exist_ok=True)
     admin_token = config.admin_token or load_or_create_secret(platform.state_dir / "admin-token")
     become_subreaper()
-    infra = Infrastructure(platform)
+    infra = Infrastructure(platform, pops=sorted(config.pops))
     run_dir = platform.state_dir / "run"
     run_dir.mkdir(exist_ok=True)
     supervisor = Supervisor(
@@ -178,6 +178,13 @@ async def up() -> int:
         supervisor.env = {**os.environ, "NATS_URL": infra.nats_url,
                           "DATABASE_URL": infra.database_url, "EDGEINFER_ADMIN_TOKEN": admin_token,
                           "EDGEINFER_SUPERVISOR_PID": str(os.getpid())}
+        if infra.role_urls:  # an embedded NATS, with a user per role: each logs in as its own
+            supervisor.env["EDGEINFER_CREATE_STREAMS"] = "false"  # made above, by the admin
+            for child in supervisor.children:
+                child.env["NATS_URL"] = infra.role_urls[child.name]
+            assert infra.nats_credentials is not None
+            autoscaler = next(c for c in supervisor.children if c.name == "autoscaler")
+            autoscaler.env["EDGEINFER_NATS_CREDENTIALS"] = str(infra.nats_credentials.resolve())
         log.info("starting %s, each in a process of its own", ", ".join(SERVICES))
         await supervisor.start_all(timeout_s=60)
         watch = asyncio.create_task(supervisor.watch(), name="supervisor")
@@ -204,7 +211,8 @@ async def up() -> int:
         token = admin_token if on_terminal else f"in {ready_file.resolve()} (mode 0600)"
         body = json.dumps({"inputs": [sample_digit(0)]}, separators=(",", ":"))
         print(banner(ready_s=ready_s, rss_mb=_stack_rss_mb(), router_url=router_url,
-                     api_url=api_url, nats_url=infra.nats_url, database_url=infra.database_url,
+                     api_url=api_url, nats_url=nats_for_banner(infra),
+                     database_url=infra.database_url,
                      pops=pops, deployment=f"{demo.deployment.name} ({demo.deployment.id})",
                      state=platform.state_dir.resolve(), processes=supervisor.status_file.resolve(),
                      admin_token=token, key=key,
@@ -219,6 +227,13 @@ async def up() -> int:
             await watch
         await infra.stop()
     return 0
+
+
+def nats_for_banner(infra: Infrastructure) -> str:
+    url = without_password(infra.nats_url)
+    if infra.nats_credentials is None:
+        return url
+    return f"{url}  (a user per service; passwords in {infra.nats_credentials.resolve()})"
 
 
 def banner(*, ready_s: float, rss_mb: float, router_url: str, api_url: str, nats_url: str,

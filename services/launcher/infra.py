@@ -1,12 +1,21 @@
 """What `edgeinfer up` gives its services before they start: NATS and PostgreSQL (the
-given ones, or embedded ones it keeps up), the applied migrations and the streams."""
+given ones, or embedded ones it keeps up), the applied migrations and the streams.
+
+An embedded nats-server has a user per role (shared/nats_permissions.py): each service
+logs in as its own, with only the rights its work needs, and anything else on the machine
+that connects without a password is refused. Passwords are drawn once into
+`<state>/nats-credentials.json` (0600); the server's config, `<state>/nats-server.conf`
+(0600), is written anew at each start. A NATS given by NATS_URL is the operator's: its
+users come from `edgeinfer topology render` (docs/topology.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.launcher.supervisor import keep_up
@@ -14,6 +23,16 @@ from shared.bus import connect, ensure_hub_streams, ensure_streams
 from shared.config import PlatformConfig
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
+from shared.nats_permissions import (
+    User,
+    authorization_block,
+    load_credentials,
+    one_server_users,
+    permissions,
+    user_name,
+    with_user,
+)
+from shared.private_files import write_private
 from shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer")
@@ -23,7 +42,11 @@ log = logging.getLogger("edgeinfer")
 class Infrastructure:
     platform: PlatformConfig
     source_pops: list[str] = field(default_factory=list)  # the hub sources their usage
-    nats_url: str = ""
+    pops: list[str] = field(default_factory=list)  # a runner user each, on an embedded NATS
+    nats_url: str = ""  # the admin's, on an embedded NATS
+    # On an embedded NATS: where its users' passwords are, and each service's own URL.
+    nats_credentials: Path | None = None
+    role_urls: dict[str, str] = field(default_factory=dict)
     database_url: str = ""
     embedded_nats: EmbeddedNats | None = None
     embedded_postgres: EmbeddedPostgres | None = None
@@ -39,8 +62,8 @@ class Infrastructure:
             log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
             # In this, the main thread, not a worker thread: the kernel's parent-death signal
             # that stops the server if we are SIGKILLed belongs to the thread that starts it.
-            self.embedded_nats = start_nats(p.state_dir)
-            self.nats_url = self.embedded_nats.url
+            self.embedded_nats = start_nats(p.state_dir, config=self._write_nats_config())
+            self._log_in(self.embedded_nats.url)
             self._watchers.append(asyncio.create_task(
                 keep_up("nats-server", self._nats_alive, self._restart_nats), name="keep-nats"))
         if p.database_url:
@@ -64,6 +87,27 @@ class Infrastructure:
         else:
             await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
 
+    def _write_nats_config(self) -> Path:
+        p = self.platform
+        roles = one_server_users(self.pops)
+        self.nats_credentials = p.state_dir / "nats-credentials.json"
+        passwords = load_credentials(self.nats_credentials,
+                                     ["admin", *(user_name(role, pop) for role, pop in roles)])
+        subjects = Subjects(p.namespace)
+        users = [User("admin", passwords["admin"])] + [
+            User(user_name(role, pop), passwords[user_name(role, pop)],
+                 permissions(role, subjects, pop)) for role, pop in roles]
+        config = p.state_dir / "nats-server.conf"
+        write_private(config, authorization_block(users))
+        return config
+
+    def _log_in(self, url: str) -> None:
+        assert self.nats_credentials is not None
+        passwords = json.loads(self.nats_credentials.read_text())
+        self.nats_url = with_user(url, "admin", passwords["admin"])
+        self.role_urls = {role: with_user(url, role, passwords[role])
+                          for role, pop in one_server_users([]) if pop is None}
+
     def _nats_alive(self) -> bool:
         return self.embedded_nats is not None and self.embedded_nats.process.poll() is None
 
@@ -72,7 +116,9 @@ class Infrastructure:
         thread, not to stall the loop: the new server then has no parent-death signal, and a
         later start's stop_orphan cleans up after a SIGKILLed `edgeinfer up`."""
         port = int(self.nats_url.rsplit(":", 1)[1])
-        self.embedded_nats = await asyncio.to_thread(start_nats, self.platform.state_dir, port)
+        config = self.platform.state_dir / "nats-server.conf"
+        self.embedded_nats = await asyncio.to_thread(start_nats, self.platform.state_dir, port,
+                                                     config)
 
     async def stop(self) -> None:
         for watcher in self._watchers:

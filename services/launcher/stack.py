@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,11 +39,21 @@ from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
 from services.router.service import RouterService
 from shared.bus import connect, ensure_hub_streams, ensure_streams
-from shared.config import ConfigError, PlatformConfig, env_choice, env_int, env_optional, env_str
+from shared.config import (
+    ConfigError,
+    PlatformConfig,
+    env_bool,
+    env_choice,
+    env_int,
+    env_optional,
+    env_str,
+)
 from shared.db import create_pool, migrate
 from shared.http import EXCEPTION_HANDLERS, metrics_guard, refuse_unstorable_text
+from shared.nats_permissions import user_name, with_user
 from shared.nats_topology import Topology, load_topology
 from shared.openapi import document_errors
+from shared.private_files import load_or_create_secret
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver
 from shared.topology import Pop, pops_from_env
@@ -83,6 +93,12 @@ class StackConfig:
     services: tuple[str, ...] = SERVICES
     # Set by `edgeinfer up` for its children: local runners watch it, not the autoscaler.
     supervisor_pid: int = 0
+    # False where the streams and buckets are the admin's to make (a NATS with a user per
+    # role, where a service may not create them): the service then only uses them.
+    create_streams: bool = True
+    # The NATS users' passwords (JSON, user → password): the local executor gives each
+    # runner the user of its PoP, `runner-<pop>`, on the host of NATS_URL.
+    nats_credentials: Path | None = None
 
 
 def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = SERVICES,
@@ -110,6 +126,9 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         services=services,
         supervisor_pid=env_int(env, "EDGEINFER_SUPERVISOR_PID", StackConfig.supervisor_pid,
                                lo=0, hi=2**22),
+        create_streams=env_bool(env, "EDGEINFER_CREATE_STREAMS", StackConfig.create_streams),
+        nats_credentials=Path(path) if (path := env_optional(env, "EDGEINFER_NATS_CREDENTIALS"))
+        else None,
     )
 
 
@@ -120,25 +139,6 @@ def ensure_port_free(host: str, port: int, key: str) -> None:
             s.bind((host, port))
         except OSError:
             raise ConfigError(f"{host}:{port} is already in use; set {key} to a free port") from None
-
-
-def load_or_create_secret(path: Path) -> str:
-    if path.exists():
-        return path.read_text().strip()
-    token = "adm_" + secrets.token_urlsafe(24)
-    write_private(path, token)
-    return token
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner may read (0600), atomically: it holds secrets."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        os.fchmod(out.fileno(), 0o600)  # also when the file was there with a wider mode
-        out.write(text)
-    tmp.replace(path)
 
 
 @dataclass
@@ -179,7 +179,7 @@ class Stack:
         self.admin_token = c.admin_token or load_or_create_secret(p.state_dir / "admin-token")
         subjects = Subjects(p.namespace)
         self.nc = await connect(p.nats_url, name=f"edgeinfer-{'-'.join(c.services)}")
-        if wanted != {"router"}:
+        if wanted != {"router"} and c.create_streams:
             if c.topology is None:
                 await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
             else:
@@ -268,7 +268,8 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
     if c.executor == "local":
         return LocalProcessExecutor(LocalExecutorConfig(
             nats_url=nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
-            gpus=parse_local_gpus(c.local_gpus), supervisor_pid=c.supervisor_pid))
+            gpus=parse_local_gpus(c.local_gpus), supervisor_pid=c.supervisor_pid,
+            runner_nats_urls=runner_nats_urls(nats_url, c.nats_credentials, list(c.pops))))
     from kubernetes_asyncio import config as k8s_config
     from kubernetes_asyncio.client import ApiClient
 
@@ -287,6 +288,22 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
     return KubernetesExecutor(ApiClient(), KubernetesConfig(
         image=c.k8s_image, nats_url=nats_url, namespace=p.namespace, pops=dict(c.pops),
         namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
+
+
+def runner_nats_urls(nats_url: str, credentials: Path | None, pops: list[str]) -> dict[str, str]:
+    """Each PoP's runner URL: NATS_URL's servers, as `runner-<pop>` (none without users)."""
+    if credentials is None:
+        return {}
+    try:
+        passwords = json.loads(credentials.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"EDGEINFER_NATS_CREDENTIALS={credentials}: {e}") from None
+    missing = [user_name("runner", pop) for pop in pops if user_name("runner", pop) not in passwords]
+    if missing:
+        raise ConfigError(f"EDGEINFER_NATS_CREDENTIALS={credentials} has no password for "
+                          f"{', '.join(missing)}")
+    return {pop: with_user(nats_url, user_name("runner", pop), passwords[user_name("runner", pop)])
+            for pop in pops}
 
 
 def control_plane_app(route_handlers: list[Any], metrics_token: str | None = None,

@@ -58,6 +58,7 @@ class Child:
     name: str
     argv: list[str]
     ready_file: Path
+    env: dict[str, str] = field(default_factory=dict)  # its own, over the supervisor's
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     quick_failures: int = 0
@@ -85,8 +86,8 @@ class Supervisor:
         # From the main thread (the event loop's): the parent-death signal belongs to the
         # thread that forks. Its own process group: Ctrl-C is for `edgeinfer up` to handle,
         # which then stops the children in order (runners drain before the router goes).
-        child.popen = subprocess.Popen(child.argv, env={**self.env, "EDGEINFER_READY_FILE":
-                                                        str(child.ready_file)},
+        child.popen = subprocess.Popen(child.argv, env={**self.env, **child.env,
+                                                        "EDGEINFER_READY_FILE": str(child.ready_file)},
                                        stdin=subprocess.DEVNULL, preexec_fn=die_with_parent_thread(),
                                        process_group=0)
         child.started_at = time.monotonic()

@@ -49,11 +49,17 @@ def stack_database(server_database_url: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def stack(nats_url: str, stack_database: str, tmp_path_factory: pytest.TempPathFactory,
           request: pytest.FixtureRequest) -> Iterator[Stack]:
-    """`edgeinfer up`; a test module may set STACK_ENV to configure it."""
+    """`edgeinfer up`; a test module may set STACK_ENV to configure it.
+
+    Its NATS is an embedded one, as on a fresh machine: with a user per service, so that
+    every test runs each service with only its own rights. A module that must hold the
+    NATS itself (to kill it, or to run a cluster) sets GIVEN_NATS = True and overrides
+    the `nats_url` fixture; its NATS then has no users."""
     database_url = stack_database
     state = tmp_path_factory.mktemp("state")
     log = state / "up.log"
-    env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
+    given_nats = nats_url if getattr(request.module, "GIVEN_NATS", False) else ""
+    env = {**os.environ, "NATS_URL": given_nats, "DATABASE_URL": database_url,
            "EDGEINFER_NAMESPACE": "e2e" + os.urandom(3).hex(), "EDGEINFER_STATE_DIR": str(state),
            "EDGEINFER_API_PORT": str(free_port()), "EDGEINFER_ROUTER_PORT": str(free_port()),
            **getattr(request.module, "STACK_ENV", {})}

@@ -23,6 +23,7 @@ from tests.e2e.conftest import Stack, ledger_events, run
 
 pytestmark = pytest.mark.e2e
 
+GIVEN_NATS = True  # a cluster of three, one of them killed (the nats_url fixture below)
 STACK_ENV = {"EDGEINFER_STREAM_REPLICAS": "3"}
 
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.e2e
 
 # A killed runner's replacement comes from the autoscaler's next pass; a runner that cannot
 # reach NATS on SIGTERM gives up flushing quickly (its spool keeps the events).
+GIVEN_NATS = True  # the test stops it (the nats_url fixture below)
 STACK_ENV = {"EDGEINFER_DRAIN_TIMEOUT_S": "3"}
 
 TEXTS = ["GPU-seconds are billed per request.", "edge inference",

@@ -1,13 +1,14 @@
 """The whole path, as a user drives it: `edgeinfer up`, then HTTP.
 
-Runs the real console script against the session's NATS and PostgreSQL (real migrations),
-with real BentoML runner processes in two simulated PoPs.
+Runs the real console script on its embedded NATS (a user per service) and the session's
+PostgreSQL (real migrations), with real BentoML runner processes in two simulated PoPs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
@@ -17,13 +18,18 @@ from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
+import nats
 import psutil
 import pytest
 
 from services.registry.demo_model import sample_digit
+from shared.bus import connect
+from shared.nats_permissions import with_user
+from shared.subjects import Subjects
 from tests.e2e.conftest import Stack, process_cmdline, process_env
 
 pytestmark = pytest.mark.e2e
@@ -330,13 +336,65 @@ def _metric(text: str, name: str) -> float:
 
 def test_secrets_are_files_only_their_owner_reads_and_never_logged(stack: Stack) -> None:
     state = Path(stack.ready["processes"]).parent
-    for name in ("ready.json", "admin-token", "portal-secret", "demo-api-key"):
+    for name in ("ready.json", "admin-token", "portal-secret", "demo-api-key",
+                 "nats-credentials.json", "nats-server.conf"):
         assert (state / name).stat().st_mode & 0o777 == 0o600, name
     # stdout here is a file, not a terminal: the banner names where the secrets are instead.
     logged = stack.log.read_text()
     assert "edgeinfer is up" in logged
     assert stack.key not in logged and stack.ready["admin_token"] not in logged
+    passwords = json.loads((state / "nats-credentials.json").read_text())
+    assert not any(password in logged for password in passwords.values())
     assert f"$(cat {state.resolve() / 'demo-api-key'})" in logged
+
+
+async def test_each_process_logs_in_to_nats_as_its_own_user_with_only_its_rights(
+        stack: Stack) -> None:
+    """`edgeinfer up`'s NATS knows a user per service and per PoP's runners
+    (shared/nats_permissions.py): a process without a password is refused, each service
+    and runner holds its own user's URL, the services' real work over this test module
+    met no refusal, and a runner's user may not bill another PoP."""
+    state = Path(stack.ready["processes"]).parent
+    passwords = json.loads((state / "nats-credentials.json").read_text())
+    server = urlsplit(stack.ready["nats_url"])
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(f"nats://{server.hostname}:{server.port}", allow_reconnect=False,
+                           connect_timeout=2)
+
+    users: dict[str, str] = {}
+    for p in psutil.Process(stack.process.pid).children(recursive=True):
+        cmdline, url = " ".join(process_cmdline(p)), process_env(p).get("NATS_URL", "")
+        if "bentoml" in cmdline:
+            users[f"runner of {process_env(p)['EDGEINFER_POP']}"] = urlsplit(url).username or ""
+        elif "services.launcher.cli run" in cmdline:
+            users[cmdline.rsplit(" ", 1)[1]] = urlsplit(url).username or ""
+    assert users == {"api": "api", "registry": "registry", "metering": "metering",
+                     "billing": "billing", "router": "router", "autoscaler": "autoscaler",
+                     "runner of eu-west": "runner-eu-west", "runner of us-east": "runner-us-east"}
+
+    logs = [stack.log, *(state / "logs").glob("*.log")]
+    refusals = [line for log in logs for line in log.read_text().splitlines()
+                if "violation" in line.lower()]
+    assert not refusals, refusals[:5]
+
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    runner = await connect(with_user(stack.ready["nats_url"], "runner-eu-west",
+                                     passwords["runner-eu-west"]), "test-runner", error_cb=on_error)
+    try:
+        subject = Subjects(stack.ready["namespace"]).usage("us-east")
+        await runner.publish(subject, b"{}")
+        await runner.flush()
+        for _ in range(50):
+            if errors:
+                break
+            await asyncio.sleep(0.02)
+        assert errors and "permissions violation" in errors[0].lower(), errors
+    finally:
+        await runner.close()
 
 
 def test_ctrl_c_stops_everything_and_leaves_no_process(stack: Stack) -> None:

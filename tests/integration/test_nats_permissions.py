@@ -16,6 +16,7 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
+from services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
 from services.metering import settlement
 from services.metering.consumer import DeliveryConsumer, UsageConsumer
 from services.router.deliveries import DeliveryConfirmations
@@ -162,8 +163,12 @@ async def test_each_role_does_its_work_and_nothing_else(
         idem = Idempotency(router.jetstream(), s.idempotency_bucket, SYSTEM_CLOCK, 60)
         assert isinstance(await idem.claim(tenant, "k1", "dep", b"{}"), Claim)
         await nc["autoscaler"].jetstream().publish(s.decision("dep_x", POP), b"{}")
-        keepalive = await nc["autoscaler"].jetstream().key_value(s.keepalive_bucket)
-        await keepalive.put("dep_x", b"1")
+        history = KeepAliveHistory(nc["autoscaler"].jetstream(), s.keepalive_bucket)
+        await history.open()
+        record = KeepAliveRecord(bins={3: 1}, out_of_bounds=0, out_of_bounds_min=0, requests=1,
+                                 span_min=5, last_request_wall=0)
+        await history.save("dep_x", POP, record)
+        assert await history.load() == {("dep_x", POP): record}  # a watch of the whole bucket
         await nc["billing"].publish(s.budget(tenant), b"{}")
         await api.publish(s.key_revoked, b"{}")
         await api.flush()
