@@ -91,6 +91,30 @@ async def _ensure_buckets(js: JetStreamContext, subjects: Subjects, replicas: in
     await hop_keys(js, subjects.hop_keys_bucket, replicas)
 
 
+async def ensure_platform_streams(nc: NATS, subjects: Subjects, source_pops: Iterable[str],
+                                  replicas: int) -> None:
+    """The platform's streams and buckets: the hub's, sourcing these PoPs' usage, or those
+    of one NATS (no PoPs to source). Where each service has a NATS user of its own, only
+    the admin may create streams: a refusal then says so."""
+    pops = list(source_pops)
+    try:
+        if pops:
+            await ensure_hub_streams(nc.jetstream(), subjects, pops, replicas)
+        else:
+            await ensure_streams(nc.jetstream(), subjects, replicas)
+    except nats.errors.TimeoutError:
+        user = next(filter(None, (u.username for u in nc.servers)), None)
+        if user in (None, "admin"):
+            raise
+        raise StreamsRefused(
+            f"NATS user {user!r} may not create streams: run `edgeinfer streams` once as the "
+            "NATS admin and set EDGEINFER_CREATE_STREAMS=false for the services") from None
+
+
+class StreamsRefused(RuntimeError):
+    """A service's NATS user may not create the platform's streams (docs/topology.md)."""
+
+
 async def ensure_pop_streams(js: JetStreamContext, subjects: Subjects, pop: str) -> None:
     """A PoP's own usage stream, in its own JetStream domain: runners' usage (and routers'
     delivery confirmations) are stored at the PoP first, whatever the state of the link to

@@ -116,14 +116,16 @@ def _kv_watch(bucket: str) -> list[str]:
             f"{JS}.CONSUMER.INFO.{stream}.>", f"{JS}.CONSUMER.DELETE.{stream}.>"]
 
 
-def _object_read(bucket: str) -> list[str]:
-    stream = f"OBJ_{bucket}"
+def _object_read(bucket: str, domain: str | None = None) -> list[str]:
+    """`domain`: the JetStream domain that holds the bucket, when it is not the server's own
+    (a PoP's runner reads artifacts from the hub's: `$JS.hub.API.…`)."""
+    stream, api = f"OBJ_{bucket}", f"$JS.{domain}.API" if domain else JS
     # Chunks come through an ordered consumer of the reader's own making (nats-py finds
     # its stream by subject first: STREAM.NAMES, which lists names only).
-    return [f"{JS}.STREAM.NAMES", f"{JS}.STREAM.INFO.{stream}", f"{JS}.DIRECT.GET.{stream}",
-            f"{JS}.DIRECT.GET.{stream}.>",
-            f"{JS}.STREAM.MSG.GET.{stream}", f"{JS}.CONSUMER.CREATE.{stream}",
-            f"{JS}.CONSUMER.CREATE.{stream}.>", f"{JS}.CONSUMER.DELETE.{stream}.>",
+    return [f"{api}.STREAM.NAMES", f"{api}.STREAM.INFO.{stream}", f"{api}.DIRECT.GET.{stream}",
+            f"{api}.DIRECT.GET.{stream}.>",
+            f"{api}.STREAM.MSG.GET.{stream}", f"{api}.CONSUMER.CREATE.{stream}",
+            f"{api}.CONSUMER.CREATE.{stream}.>", f"{api}.CONSUMER.DELETE.{stream}.>",
             f"$JS.FC.{stream}.>"]
 
 
@@ -145,15 +147,17 @@ def _durable(stream: str, durable: str) -> list[str]:
             f"{JS}.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
 
 
-def permissions(role: str, s: Subjects, pop: str | None = None) -> Permissions:
-    """The allow-lists of one role (`pop`: where a runner or a PoP's router runs)."""
+def permissions(role: str, s: Subjects, pop: str | None = None,
+                artifact_domain: str | None = None) -> Permissions:
+    """The allow-lists of one role (`pop`: where a runner or a PoP's router runs;
+    `artifact_domain`: the JetStream domain a runner reads artifacts from, if not its own)."""
     ns, inbox = s.namespace, inbox_prefix(user_name(role, pop)) + ".>"
     if role == "runner":
         if pop is None:
             raise ValueError("a runner's permissions name its PoP")
         return Permissions(
             publish=(s.pop_heartbeats(pop), s.usage(pop), *_kv_read(s.hop_keys_bucket),
-                     *_object_read(s.artifact_bucket)),
+                     *_object_read(s.artifact_bucket, artifact_domain)),
             subscribe=(inbox,))
     if role == "router":
         return Permissions(
@@ -162,6 +166,24 @@ def permissions(role: str, s: Subjects, pop: str | None = None) -> Permissions:
                      *_kv_write(s.idempotency_bucket, create=True)),
             subscribe=(s.heartbeat_wildcard, s.key_revoked, s.tenant_changed, s.budget_wildcard,
                        inbox))
+    if role == "leaf":
+        # A PoP's leaf connection, as the hub enforces it: what the PoP may send hub-wards
+        # (publish) and receive from the hub (subscribe). A PoP whose host is taken can
+        # then do no more at the hub than its router and runners could.
+        if pop is None:
+            raise ValueError("a leaf connection's permissions name its PoP")
+        # The hub's USAGE stream sources the PoP's: the hub asks the PoP's JetStream API for
+        # a consumer (its answer comes on `$JSC.R.…`), which delivers on `$JS.S.…` with
+        # flow control on `$JS.FC.…` (nats-server's stream sourcing).
+        return Permissions(
+            publish=(s.demand_wildcard, s.pop_heartbeats(pop), s.resolve_key,
+                     s.resolve_deployment, *_object_read(s.artifact_bucket, artifact_domain),
+                     "$JS.S.>", "$JSC.R.>"),
+            subscribe=(s.heartbeat_wildcard, s.key_revoked, s.tenant_changed, s.budget_wildcard,
+                       f"$JS.{token(pop)}.API.>", "$JS.FC.>",
+                       inbox_prefix(user_name("router", pop)) + ".>",
+                       inbox_prefix(user_name("runner", pop)) + ".>"),
+            responses=True)
     if role == "api":
         # The HTTP front: every route of the control plane, and the accounts' own events.
         return Permissions(

@@ -15,7 +15,7 @@ The description is TOML (`edgeinfer topology render FILE --out DIR` writes and c
     cluster_port = 6222
     leaf_port = 7422
 
-    auth = true                  # a user per role on every server (shared/nats_permissions.py)
+    auth = true                  # the default: a user per role on every server
 
     [[pops]]
     name = "eu-west"             # also its JetStream domain
@@ -24,17 +24,20 @@ The description is TOML (`edgeinfer topology render FILE --out DIR` writes and c
     host = "10.20.0.1"
     client_port = 4222
 
-With `auth = true`, every server gets an `authorization` block: `admin` (streams and
+With `auth = true` (the default; `auth = false` leaves every server open to whoever reaches
+it, for a network that is trusted as a whole), every server gets an `authorization` block: `admin` (streams and
 buckets; operators) and one user per role that runs there — at the hub the control plane's
 roles and the hub's router, at a PoP `router-<pop>` and `runner-<pop>` — each with the
 allow-lists of shared/nats_permissions.py. PoPs' leaf connections log in as `leaf`
 (authenticated; what crosses them is not filtered yet). Passwords are drawn once into
 `credentials.json` (mode 0600) beside the configs and kept on every later render; a
-service's `NATS_URL` is `nats://<user>:<password>@host:port`.
+service's `NATS_URL` is `nats://<user>:<password>@host:port`. Only the admin creates
+streams: `edgeinfer streams` once, and EDGEINFER_CREATE_STREAMS=false for the services.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +52,7 @@ from shared.nats_permissions import (
     permissions,
     user_name,
 )
+from shared.private_files import write_private
 from shared.subjects import Subjects, token
 from shared.topology import Pop
 
@@ -89,7 +93,7 @@ class Topology:
     namespace: str
     hub: tuple[HubServer, ...]
     pops: tuple[PopHost, ...]
-    auth: bool = False
+    auth: bool = True
 
     @property
     def hub_urls(self) -> list[str]:
@@ -149,7 +153,7 @@ def parse_topology(text: str, source: str = "topology") -> Topology:
     for kind, names in (("hub server", [s.name for s in hub]), ("PoP", [p.pop.name for p in pops])):
         if len(set(names)) != len(names):
             raise ConfigError(f"{source}: two {kind}s have the same name: {sorted(names)}")
-    auth = raw.get("auth", False)
+    auth = raw.get("auth", True)
     if not isinstance(auth, bool):
         raise ConfigError(f"{source}: auth = {auth!r}, must be true or false")
     return Topology(namespace, tuple(hub), tuple(pops), auth)
@@ -178,10 +182,20 @@ _LIVENESS = 'ping_interval: "2s"\nping_max: 3'
 _LEAF_COMPRESSION = "s2_fast"
 
 
+POP_USERS = ("admin", "router", "runner")  # each PoP's server; its `leaf` logs in at the hub
+
+
 def user_names(topology: Topology) -> list[str]:
-    """Every user of the layout: `admin`, `leaf`, the hub's roles, each PoP's two."""
-    return ["admin", "leaf", *HUB_ROLES, *(user_name(role, p.pop.name) for p in topology.pops
-                                          for role in ("router", "runner"))]
+    """Every user of the layout: the hub's `admin` and roles; at each PoP its own admin,
+    router and runner, and its leaf connection's user at the hub (`leaf-<pop>`). No
+    password is valid on two hosts: a PoP whose host is taken gives nothing at the hub
+    beyond what its leaf connection may pass."""
+    return [*hub_user_names(), *(user_name(role, p.pop.name) for p in topology.pops
+                                 for role in (*POP_USERS, "leaf"))]
+
+
+def hub_user_names() -> list[str]:
+    return ["admin", *HUB_ROLES]
 
 
 def topology_credentials(topology: Topology, path: Path) -> dict[str, str]:
@@ -191,9 +205,13 @@ def topology_credentials(topology: Topology, path: Path) -> dict[str, str]:
 
 def _users(topology: Topology, credentials: dict[str, str],
            roles: list[tuple[str, str | None]]) -> str:
+    """The authorization block of these (role, PoP) users; `admin` has every right."""
     s = Subjects(topology.namespace)
-    return authorization_block([User("admin", credentials["admin"])] + [
-        User(user_name(role, pop), credentials[user_name(role, pop)], permissions(role, s, pop))
+    # A PoP's runners read artifacts from the hub's domain (EDGEINFER_ARTIFACT_DOMAIN=hub).
+    return authorization_block([
+        User(user_name(role, pop), credentials[user_name(role, pop)],
+             None if role == "admin" else
+             permissions(role, s, pop, artifact_domain=HUB_DOMAIN if pop else None))
         for role, pop in roles])
 
 
@@ -204,10 +222,13 @@ def hub_server_config(topology: Topology, server: HubServer, store_dir: Path,
     leaf-node listener the PoPs connect to. `listen_host`: bind address (default: its host).
     `credentials`: the users (an `auth = true` layout)."""
     bind = listen_host or server.host
-    users = leaf_auth = ""
+    users = ""
     if credentials is not None:
-        users = _users(topology, credentials, [(role, None) for role in HUB_ROLES])
-        leaf_auth = f'\n  authorization {{ user: "leaf", password: "{credentials["leaf"]}" }}'
+        # Leaf connections log in as users of this block (`leaf-<pop>`), so their
+        # permissions filter what crosses each PoP's link, both ways.
+        users = _users(topology, credentials, [("admin", None)]
+                       + [(role, None) for role in HUB_ROLES]
+                       + [("leaf", p.pop.name) for p in topology.pops])
     routes = ", ".join(f'"nats-route://{o.host}:{o.cluster_port}"'
                        for o in topology.hub if o.name != server.name)
     return f"""# {server.name}: generated by edgeinfer from the topology description; do not edit.
@@ -225,7 +246,7 @@ cluster {{
 }}
 leafnodes {{
   listen: "{bind}:{server.leaf_port}"
-  compression: "{_LEAF_COMPRESSION}"{leaf_auth}
+  compression: "{_LEAF_COMPRESSION}"
 }}
 {users}"""
 
@@ -238,9 +259,9 @@ def pop_server_config(topology: Topology, pop: PopHost, store_dir: Path,
     bind = listen_host or pop.host
     login = users = ""
     if credentials is not None:
-        login = f"leaf:{credentials['leaf']}@"
-        users = _users(topology, credentials,
-                       [("router", pop.pop.name), ("runner", pop.pop.name)])
+        leaf = user_name("leaf", pop.pop.name)
+        login = f"{leaf}:{credentials[leaf]}@"
+        users = _users(topology, credentials, [(role, pop.pop.name) for role in POP_USERS])
     remotes = ", ".join(f'"nats-leaf://{login}{s.host}:{s.leaf_port}"' for s in topology.hub)
     return f"""# {pop.pop.name}: generated by edgeinfer from the topology description; do not edit.
 server_name: "pop-{pop.pop.name}"
@@ -261,22 +282,29 @@ leafnodes {{
 
 def render(topology: Topology, out_dir: Path, store_root: Path) -> dict[str, Path]:
     """Every server's config file under `out_dir` (one per host); name → path. With
-    `auth = true`, also `credentials.json` (under the name "credentials")."""
+    `auth = true`, also `credentials.json` (every password: the operator's) and one file
+    per host with only its users' passwords (`credentials-hub`, `credentials-pop-<pop>`),
+    all mode 0600, as the configs that hold passwords are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     credentials = None
     if topology.auth:
         written["credentials"] = out_dir / "credentials.json"
         credentials = topology_credentials(topology, written["credentials"])
+        hosts = {"hub": hub_user_names()} | {
+            f"pop-{p.pop.name}": [user_name(role, p.pop.name) for role in POP_USERS]
+            for p in topology.pops}
+        for host, names in hosts.items():
+            written[f"credentials-{host}"] = out_dir / f"credentials-{host}.json"
+            write_private(written[f"credentials-{host}"],
+                          json.dumps({n: credentials[n] for n in names}, indent=2) + "\n")
     for server in topology.hub:
-        path = out_dir / f"{server.name}.conf"
-        path.write_text(hub_server_config(topology, server, store_root / server.name,
-                                          credentials=credentials))
-        written[server.name] = path
+        written[server.name] = out_dir / f"{server.name}.conf"
+        write_private(written[server.name], hub_server_config(
+            topology, server, store_root / server.name, credentials=credentials))
     for pop in topology.pops:
         name = f"pop-{pop.pop.name}"
-        path = out_dir / f"{name}.conf"
-        path.write_text(pop_server_config(topology, pop, store_root / name,
-                                          credentials=credentials))
-        written[name] = path
+        written[name] = out_dir / f"{name}.conf"
+        write_private(written[name], pop_server_config(topology, pop, store_root / name,
+                                                       credentials=credentials))
     return written

@@ -34,7 +34,7 @@ from services.launcher.stack import (
 )
 from services.launcher.supervisor import Child, Supervisor, become_subreaper
 from services.registry.service import RegistryService
-from shared.bus import decode_or_warn
+from shared.bus import connect, decode_or_warn, ensure_platform_streams
 from shared.config import ConfigError, platform_from_env
 from shared.events import heartbeat_decoder
 from shared.nats_permissions import without_password
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                               "unless NATS_URL / DATABASE_URL are set)")
     sub.add_parser("sim", help="replay a trace through the scaling policies (--help for more)",
                    add_help=False)
+    sub.add_parser("streams", help="create or update the platform's NATS streams and buckets "
+                                   "(once, as the NATS admin, where each service has a user)")
     run = sub.add_parser("run", help="run one service, or several in one process")
     run.add_argument("service", nargs="+", choices=[*SERVICES, "runner"])
     topology = sub.add_parser("topology", help="the distributed layout's NATS configs from one "
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(up())
         if args.command == "topology":
             return render_topology(args.description, args.out, args.store_root)
+        if args.command == "streams":
+            return _run(create_streams())
         if "runner" in args.service:
             if args.service != ["runner"]:
                 parser.error("a runner runs alone: `edgeinfer run runner`")
@@ -99,8 +103,9 @@ def render_topology(description: Path, out: Path, store_root: Path) -> int:
     if not description.is_file():
         raise ConfigError(f"no topology description at {description}")
     for name, path in render(load_topology(description), out, store_root).items():
-        if name == "credentials":
-            print(f"{name:20s} {path}  (each role's NATS password; mode 0600, keep it secret)")
+        if name.startswith("credentials"):
+            whose = "every user's" if name == "credentials" else "this host's users'"
+            print(f"{name:24s} {path}  ({whose} NATS passwords; mode 0600, keep it secret)")
             continue
         checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
                                  capture_output=True, text=True, timeout=30)
@@ -108,7 +113,7 @@ def render_topology(description: Path, out: Path, store_root: Path) -> int:
             print(f"{path}: nats-server refused it: {checked.stderr or checked.stdout}",
                   file=sys.stderr)
             return 1
-        print(f"{name:20s} {path}  (checked with nats-server -t)")
+        print(f"{name:24s} {path}  (checked with nats-server -t)")
     return 0
 
 
@@ -127,6 +132,24 @@ async def _until_signalled() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+async def create_streams() -> int:
+    """The streams and buckets of NATS_URL's layout (the hub's with EDGEINFER_TOPOLOGY)."""
+    platform = platform_from_env()
+    if not platform.nats_url:
+        raise ConfigError("`edgeinfer streams` needs NATS_URL (as the NATS admin)")
+    topology = stack_config_from_env(platform).topology
+    pops = [] if topology is None else [p.pop.name for p in topology.pops]
+    nc = await connect(platform.nats_url, name="edgeinfer-streams")
+    try:
+        await ensure_platform_streams(nc, Subjects(platform.namespace), pops,
+                                      platform.stream_replicas)
+    finally:
+        await nc.drain()
+    where = f"the hub, sourcing {', '.join(pops)}" if pops else "one NATS"
+    print(f"streams and buckets of namespace {platform.namespace!r} are ready ({where})")
+    return 0
 
 
 async def run_services(services: tuple[str, ...]) -> int:

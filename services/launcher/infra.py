@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from services.launcher.supervisor import keep_up
-from shared.bus import connect, ensure_hub_streams, ensure_streams
+from shared.bus import connect, ensure_platform_streams
 from shared.config import PlatformConfig
 from shared.db import create_pool, migrate
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
@@ -80,12 +80,8 @@ class Infrastructure:
         log.info("migrations: %d applied now", len(applied))
         self.pool = await create_pool(self.database_url, max_size=4)
         self.nc = await connect(self.nats_url, name="edgeinfer-up")
-        subjects = Subjects(p.namespace)
-        if self.source_pops:
-            await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
-                                     p.stream_replicas)
-        else:
-            await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
+        await ensure_platform_streams(self.nc, Subjects(p.namespace), self.source_pops,
+                                      p.stream_replicas)
 
     def _write_nats_config(self) -> Path:
         p = self.platform

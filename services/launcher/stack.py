@@ -38,7 +38,7 @@ from services.metering.service import MeteringService
 from services.registry.service import RegistryService
 from services.router.config import RouterConfig, router_config_from_env
 from services.router.service import RouterService
-from shared.bus import connect, ensure_hub_streams, ensure_streams
+from shared.bus import connect, ensure_platform_streams
 from shared.config import (
     ConfigError,
     PlatformConfig,
@@ -180,11 +180,7 @@ class Stack:
         subjects = Subjects(p.namespace)
         self.nc = await connect(p.nats_url, name=f"edgeinfer-{'-'.join(c.services)}")
         if wanted != {"router"} and c.create_streams:
-            if c.topology is None:
-                await ensure_streams(self.nc.jetstream(), subjects, p.stream_replicas)
-            else:
-                await ensure_hub_streams(self.nc.jetstream(), subjects, self.source_pops,
-                                         p.stream_replicas)
+            await ensure_platform_streams(self.nc, subjects, self.source_pops, p.stream_replicas)
         if needs_database(c.services):
             applied = await migrate(p.database_url)
             log.info("migrations: %d applied now", len(applied))

@@ -29,7 +29,8 @@ STACK_ENV = {"EDGEINFER_STREAM_REPLICAS": "3"}
 
 class Cluster:
     def __init__(self, root: Path) -> None:
-        text = "\n".join(f'[[hub]]\nname = "hub-{i}"\nhost = "127.0.0.1"\n'
+        # Without users: `edgeinfer up` on a given NATS gives its services none to log in with.
+        text = "auth = false\n" + "\n".join(f'[[hub]]\nname = "hub-{i}"\nhost = "127.0.0.1"\n'
                          f'client_port = {free_port()}\ncluster_port = {free_port()}\n'
                          f'leaf_port = {free_port()}\n' for i in (1, 2, 3))
         # A PoP entry the description needs; its leaf node is not started here.

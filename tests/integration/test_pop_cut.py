@@ -56,7 +56,9 @@ def percentile(values: list[float], q: float) -> float:
 async def test_a_pop_cut_for_a_minute_delays_usage_and_loses_none(
         hosts: Hosts, pool: asyncpg.Pool, namespace: str, tmp_path: Path) -> None:
     hub_host = hosts.hub_address
-    topology = parse_topology(f'namespace = "{namespace}"\n' + "\n".join(
+    # Without users: this test is about usage through a cut; test_pop_serving_cut runs the
+    # same layout with a user per role.
+    topology = parse_topology(f'namespace = "{namespace}"\nauth = false\n' + "\n".join(
         f'[[hub]]\nname = "hub-{i}"\nhost = "{hub_host}"\nclient_port = {4221 + i}\n'
         f'cluster_port = {6221 + i}\nleaf_port = {7421 + i}\n' for i in (1, 2, 3)) + "\n".join(
         f'[[pops]]\nname = "{pop}"\nregion = "{pop}"\njurisdiction = "{pop[:2]}"\n'

@@ -8,12 +8,18 @@ its bounded-stale caches and its own NATS); a key revoked at the hub during the 
 refused at the PoP within 5 s of the heal; the EU-only deployment is never served by the
 US PoP (503, never abroad); after the heal the ledger equals the `gpu_us` of every 200,
 event by event.
+
+Every process logs in to NATS as its own user (the topology's default, `auth = true`):
+the control plane's four services each in a process of its own, each PoP's router and
+runner as `router-<pop>` and `runner-<pop>`; the streams are made once by the admin
+(`edgeinfer streams`). None of them meets a permissions violation along the way.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +31,7 @@ import pytest
 
 from services.registry.demo_model import digits_onnx, sample_digit
 from shared.embedded import free_port, nats_server_binary, wait_for_port
+from shared.nats_permissions import user_name, with_user
 from shared.nats_topology import parse_topology, render
 from tests.conftest import jetstream_ready
 from tests.e2e.conftest import billable_us, ledger_events, run
@@ -95,18 +102,30 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
                         str(configs[f"pop-{pop.pop.name}"])], f"pop-{pop.pop.name}.log")
         for server in topology.hub:
             wait_for_port(server.client_port, timeout=20, host=hub_host)
-        run(jetstream_ready(",".join(topology.hub_urls)))
+        credentials = json.loads(configs["credentials"].read_text())
 
-        # The hub's control plane, at the test's end of the network.
+        def hub_as(user: str) -> str:
+            return with_user(",".join(topology.hub_urls), user, credentials[user])
+
+        def pop_as(role: str, pop: str) -> str:
+            user = user_name(role, pop)
+            return with_user(topology.pop(pop).client_url, user, credentials[user])
+
+        run(jetstream_ready(hub_as("admin")))
+        hub_env = {**common, "DATABASE_URL": database_url, "EDGEINFER_STREAM_REPLICAS": "3",
+                   "EDGEINFER_TOPOLOGY": str(description), "EDGEINFER_CREATE_STREAMS": "false",
+                   "EDGEINFER_STATE_DIR": str(tmp_path / "hub-state")}
+        made = subprocess.run([str(BIN / "edgeinfer"), "streams"], capture_output=True, text=True,
+                              env={**hub_env, "NATS_URL": hub_as("admin")}, timeout=60)
+        assert made.returncode == 0, made.stderr
+
+        # The hub's control plane, at the test's end of the network: a process per service.
         api_port = free_port()
         api = f"http://127.0.0.1:{api_port}"
-        procs.start([], [str(BIN / "edgeinfer"), "run", "api", "registry", "metering", "billing"],
-                    "control-plane.log", {
-                        **common, "NATS_URL": ",".join(topology.hub_urls),
-                        "DATABASE_URL": database_url, "EDGEINFER_API_PORT": str(api_port),
-                        "EDGEINFER_ADMIN_TOKEN": ADMIN, "EDGEINFER_STREAM_REPLICAS": "3",
-                        "EDGEINFER_TOPOLOGY": str(description),
-                        "EDGEINFER_STATE_DIR": str(tmp_path / "hub-state")})
+        for service in ("registry", "metering", "billing", "api"):
+            procs.start([], [str(BIN / "edgeinfer"), "run", service], f"{service}.log", {
+                **hub_env, "NATS_URL": hub_as(service), "EDGEINFER_API_PORT": str(api_port),
+                "EDGEINFER_ADMIN_TOKEN": ADMIN})
         wait_http(f"{api}/healthz")
         admin = {"Authorization": f"Bearer {ADMIN}"}
         tenant_id = httpx.post(f"{api}/admin/tenants", headers=admin, json={"name": "cut"},
@@ -130,7 +149,7 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
             procs.start(hosts.exec_prefix(hosts.ns(pop)), [
                 sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
                 "--host", "127.0.0.1", "--port", str(runner_port)], f"runner-{pop}.log", {
-                **common, "NATS_URL": topology.pop(pop).client_url,
+                **common, "NATS_URL": pop_as("runner", pop),
                 "EDGEINFER_RUNNER_ID": f"r-{pop}-1", "EDGEINFER_POP": pop,
                 "EDGEINFER_REGION": pop, "EDGEINFER_RUNNER_URL": f"http://127.0.0.1:{runner_port}",
                 "EDGEINFER_DEPLOYMENT_ID": deployments[pop]["id"], "EDGEINFER_MODEL_VERSION": "1",
@@ -145,7 +164,7 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
         for pop in POPS:
             procs.start(hosts.exec_prefix(hosts.ns(pop)), [str(BIN / "edgeinfer"), "run", "router"],
                         f"router-{pop}.log", {
-                            **common, "NATS_URL": topology.pop(pop).client_url,
+                            **common, "NATS_URL": pop_as("router", pop),
                             "EDGEINFER_ROUTER_HOST": "0.0.0.0",
                             "EDGEINFER_ROUTER_PORT": str(router_port),
                             "EDGEINFER_ROUTER_POP": pop,
@@ -216,6 +235,9 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
         while (billed := run(billable_us(database_url, tenant_id))) != sum(received.values()):
             assert time.monotonic() < deadline, (billed, sum(received.values()))
             time.sleep(0.5)
+        refusals = [line for log in tmp_path.glob("*.log") for line in log.read_text().splitlines()
+                    if "violation" in line.lower()]
+        assert not refusals, refusals[:5]  # each process's work was within its user's rights
         print(f"\nPoP serving through a {CUT_S}-s cut: {during.count(200)} of {len(during)}"
               f" requests 200 during the cut (the uncut PoP: {us.count(200)} of {len(us)});"
               f" revoked key refused {refused_after_s:.2f} s after"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import nats
@@ -92,10 +93,20 @@ def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespa
                                                         auth: bool) -> None:
     configs = render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
     credentials = configs.pop("credentials", None)
+    per_host = {name: configs.pop(name) for name in list(configs) if name.startswith("credentials-")}
     assert sorted(configs) == ["hub-1", "hub-2", "hub-3", "pop-eu-west", "pop-us-east"]
     assert (credentials is not None) == auth
     if credentials is not None:
-        assert credentials.stat().st_mode & 0o777 == 0o600
+        # Each host's file holds its own users only; no password is valid on two hosts.
+        assert {name: sorted(json.loads(path.read_text())) for name, path in per_host.items()} == {
+            "credentials-hub": sorted(["admin", "api", "registry", "metering", "billing",
+                                       "autoscaler", "router"]),
+            "credentials-pop-eu-west": ["admin-eu-west", "router-eu-west", "runner-eu-west"],
+            "credentials-pop-us-east": ["admin-us-east", "router-us-east", "runner-us-east"]}
+        passwords = list(json.loads(credentials.read_text()).values())
+        assert len(set(passwords)) == len(passwords)
+        for path in [credentials, *per_host.values(), *configs.values()]:
+            assert path.stat().st_mode & 0o777 == 0o600, path
         kept = credentials.read_text()
         render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
         assert credentials.read_text() == kept  # passwords are drawn once
@@ -217,7 +228,11 @@ def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namesp
         + '[[pops]]\nname = "eu-west"\nregion = "eu-west"\njurisdiction = "eu"\nhost = "10.1.0.1"\n')
     assert main(["topology", "render", str(description), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "hub-1.conf", "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
+        "credentials-hub.json", "credentials-pop-eu-west.json", "credentials.json", "hub-1.conf", "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
+    # Users by default: the credentials only their owner reads, no server open to all.
+    assert (tmp_path / "out" / "credentials.json").stat().st_mode & 0o777 == 0o600
+    assert all("authorization {" in (tmp_path / "out" / f"{name}.conf").read_text()
+               for name in ("hub-1", "hub-2", "hub-3", "pop-eu-west"))
     assert main(["topology", "render", str(tmp_path / "missing.toml")]) == 2
 
 
@@ -249,7 +264,7 @@ async def test_with_auth_each_role_logs_in_and_usage_and_its_confirmation_reach_
             await nats.connect(topology.hub_urls[0], allow_reconnect=False, connect_timeout=5)
         eu = topology.pop("eu-west")
         hub_admin = await connect(",".join(url("admin", u) for u in topology.hub_urls), "admin")
-        pop_admin = await connect(url("admin", eu.client_url), "admin-eu")
+        pop_admin = await connect(url("admin-eu-west", eu.client_url), "admin-eu")
         runner = await connect(url("runner-eu-west", eu.client_url), "runner")
         router = await connect(url("router-eu-west", eu.client_url), "router")
         metering = await connect(",".join(url("metering", u) for u in topology.hub_urls), "metering")
@@ -278,6 +293,39 @@ async def test_with_auth_each_role_logs_in_and_usage_and_its_confirmation_reach_
                 " AND outcome = 'delivered'", tenant) == len(events)
 
         await until(all_delivered, 60, "usage or its confirmation never reached the hub")
+
+        # The leaf connection filters, both ways, whatever the PoP's own users may do: its
+        # admin (every right at the PoP) cannot reach the hub's accounts, usage or another
+        # PoP's heartbeats; what the PoP's router must hear still comes through.
+        heard_at_hub: list[str] = []
+        heard_at_pop: list[str] = []
+
+        async def at_hub(msg: Any) -> None:
+            heard_at_hub.append(msg.subject)
+
+        async def at_pop(msg: Any) -> None:
+            heard_at_pop.append(msg.subject)
+
+        forged = [subjects.tenant_changed, f"{namespace}.accounts.tenant.x",
+                  subjects.heartbeat("us-east", "r1"), subjects.usage("us-east")]
+        allowed_up = [subjects.heartbeat("eu-west", "r1"), subjects.demand("dep_x")]
+        for subject in forged + allowed_up:
+            await hub_admin.subscribe(subject, cb=at_hub)
+        for subject in (subjects.key_revoked, f"{namespace}.accounts.secret"):
+            await pop_admin.subscribe(subject, cb=at_pop)
+        # Sent until the allowed ones arrive (interest takes a moment to cross the links),
+        # then once more after a pause: a forged one would have had every chance.
+        for _ in range(100):
+            for subject in forged + allowed_up:
+                await pop_admin.publish(subject, b"{}")
+            for subject in (subjects.key_revoked, f"{namespace}.accounts.secret"):
+                await hub_admin.publish(subject, b"{}")
+            await asyncio.sleep(0.1)
+            if set(heard_at_hub) >= set(allowed_up) and heard_at_pop:
+                break
+        await asyncio.sleep(0.5)
+        assert set(heard_at_hub) == set(allowed_up)
+        assert set(heard_at_pop) == {subjects.key_revoked}
     finally:
         for task in tasks:
             task.cancel()
