@@ -25,14 +25,16 @@ The description is TOML (`edgeinfer topology render FILE --out DIR` writes and c
     client_port = 4222
 
 With `auth = true` (the default; `auth = false` leaves every server open to whoever reaches
-it, for a network that is trusted as a whole), every server gets an `authorization` block: `admin` (streams and
-buckets; operators) and one user per role that runs there — at the hub the control plane's
-roles and the hub's router, at a PoP `router-<pop>` and `runner-<pop>` — each with the
-allow-lists of shared/nats_permissions.py. PoPs' leaf connections log in as `leaf`
-(authenticated; what crosses them is not filtered yet). Passwords are drawn once into
-`credentials.json` (mode 0600) beside the configs and kept on every later render; a
-service's `NATS_URL` is `nats://<user>:<password>@host:port`. Only the admin creates
-streams: `edgeinfer streams` once, and EDGEINFER_CREATE_STREAMS=false for the services.
+it, for a network trusted as a whole), every server gets an `authorization` block, and no
+password is valid on two hosts. At the hub: `admin` (streams and buckets; operators), the
+control plane's roles and the hub's router, and `leaf-<pop>` for each PoP's leaf
+connection, whose permissions filter what crosses that PoP's link both ways. At a PoP:
+`admin-<pop>`, `router-<pop>` and `runner-<pop>`. Each role has the allow-lists of
+shared/nats_permissions.py. Passwords are drawn once into `credentials.json` (mode 0600,
+every user's: the operator's) and kept on every later render; `credentials-<host>.json`
+holds one host's users only. A service's `NATS_URL` is
+`nats://<user>:<password>@host:port`. Only the admin creates streams: `edgeinfer streams`
+once, and EDGEINFER_CREATE_STREAMS=false for the services.
 """
 
 from __future__ import annotations

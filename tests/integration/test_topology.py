@@ -228,7 +228,8 @@ def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namesp
         + '[[pops]]\nname = "eu-west"\nregion = "eu-west"\njurisdiction = "eu"\nhost = "10.1.0.1"\n')
     assert main(["topology", "render", str(description), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "credentials-hub.json", "credentials-pop-eu-west.json", "credentials.json", "hub-1.conf", "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
+        "credentials-hub.json", "credentials-pop-eu-west.json", "credentials.json", "hub-1.conf",
+        "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
     # Users by default: the credentials only their owner reads, no server open to all.
     assert (tmp_path / "out" / "credentials.json").stat().st_mode & 0o777 == 0o600
     assert all("authorization {" in (tmp_path / "out" / f"{name}.conf").read_text()
