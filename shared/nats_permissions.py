@@ -148,9 +148,10 @@ def _durable(stream: str, durable: str) -> list[str]:
 
 
 def permissions(role: str, s: Subjects, pop: str | None = None,
-                artifact_domain: str | None = None) -> Permissions:
+                artifact_domain: str | None = None, source_pops: tuple[str, ...] = ()) -> Permissions:
     """The allow-lists of one role (`pop`: where a runner or a PoP's router runs;
-    `artifact_domain`: the JetStream domain a runner reads artifacts from, if not its own)."""
+    `artifact_domain`: the JetStream domain a runner reads artifacts from, if not its own;
+    `source_pops`: the PoPs whose usage streams the hub's metering sources)."""
     ns, inbox = s.namespace, inbox_prefix(user_name(role, pop)) + ".>"
     if role == "runner":
         if pop is None:
@@ -178,7 +179,10 @@ def permissions(role: str, s: Subjects, pop: str | None = None,
         return Permissions(
             publish=(s.demand_wildcard, s.pop_heartbeats(pop), s.resolve_key,
                      s.resolve_deployment, *_object_read(s.artifact_bucket, artifact_domain),
-                     "$JS.S.>", "$JSC.R.>"),
+                     "$JS.S.>", "$JSC.R.>",
+                     # The answers of its JetStream API to the hub's metering (which makes
+                     # its usage stream): responses alone do not pass a leaf connection.
+                     inbox_prefix("metering") + ".>"),
             subscribe=(s.heartbeat_wildcard, s.key_revoked, s.tenant_changed, s.budget_wildcard,
                        f"$JS.{token(pop)}.API.>", "$JS.FC.>",
                        inbox_prefix(user_name("router", pop)) + ".>",
@@ -198,15 +202,15 @@ def permissions(role: str, s: Subjects, pop: str | None = None,
             subscribe=(s.resolve_deployment, s.list_deployments, inbox), responses=True)
     if role == "metering":
         usage = s.usage_stream
-        pop_streams = f"{ns.upper()}_USAGE_*"
         return Permissions(
             publish=(s.usage_dead_letter, *_durable(usage, s.metering_consumer),
                      *_durable(usage, s.deliveries_consumer),
                      *_stream_read(s.usage_dead_letter_stream),
                      # The hub's sources of each PoP's usage stream (sources.py).
                      f"{JS}.STREAM.INFO.{usage}", f"{JS}.STREAM.UPDATE.{usage}",
-                     f"$JS.*.API.STREAM.INFO.{pop_streams}", f"$JS.*.API.STREAM.CREATE.{pop_streams}",
-                     f"$JS.*.API.STREAM.UPDATE.{pop_streams}"),
+                     # A wildcard matches whole tokens only: each PoP's stream is named.
+                     *(f"$JS.{token(p)}.API.STREAM.{call}.{s.pop_usage_stream(p)}"
+                       for p in source_pops for call in ("INFO", "CREATE", "UPDATE"))),
             subscribe=(s.heartbeat_wildcard, s.reconciliation, inbox), responses=True)
     if role == "billing":
         return Permissions(

@@ -210,10 +210,12 @@ def _users(topology: Topology, credentials: dict[str, str],
     """The authorization block of these (role, PoP) users; `admin` has every right."""
     s = Subjects(topology.namespace)
     # A PoP's runners read artifacts from the hub's domain (EDGEINFER_ARTIFACT_DOMAIN=hub).
+    pops = tuple(p.pop.name for p in topology.pops)
     return authorization_block([
         User(user_name(role, pop), credentials[user_name(role, pop)],
              None if role == "admin" else
-             permissions(role, s, pop, artifact_domain=HUB_DOMAIN if pop else None))
+             permissions(role, s, pop, artifact_domain=HUB_DOMAIN if pop else None,
+                         source_pops=pops))
         for role, pop in roles])
 
 

@@ -20,10 +20,12 @@ from typing import Any
 
 import asyncpg
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
 from services.metering import settlement
+from services.metering.sources import SourceWatch
 from services.metering.consumer import DeliveryConsumer, UsageConsumer
 from services.router.deliveries import DeliveryConfirmations
 from services.router.metrics import RouterMetrics
@@ -273,7 +275,19 @@ async def test_with_auth_each_role_logs_in_and_usage_and_its_confirmation_reach_
         await until(lambda: jetstream_ready(hub_admin), 60, "the hub's JetStream never had a leader")
         await ensure_hub_streams(hub_admin.jetstream(), subjects, ["eu-west"], replicas=3)
         await until(lambda: jetstream_ready(pop_admin), 30, "the PoP's JetStream never came up")
-        await ensure_pop_streams(pop_admin.jetstream(), subjects, "eu-west")
+        # Metering, as its own user, makes each PoP's usage stream in the PoP's domain and
+        # re-applies the hub's sources (services/metering/sources.py).
+        tasks.append(asyncio.create_task(
+            SourceWatch(metering, subjects, [p.pop.name for p in topology.pops], 0.5).run()))
+
+        async def pop_stream_made() -> bool:
+            try:
+                await pop_admin.jetstream().stream_info(subjects.pop_usage_stream("eu-west"))
+            except nats.js.errors.NotFoundError:
+                return False
+            return True
+
+        await until(pop_stream_made, 30, "metering never made the PoP's usage stream")
 
         events = [usage(tenant, "eu-west", random.Random(i)) for i in range(20)]
         for event in events:
