@@ -183,6 +183,8 @@ class ScalingDecision(msgspec.Struct, frozen=True, kw_only=True,
     keepalive_s: float | None = None
     metrics_ok: bool = True
     placed_in: str = ""  # where the replicas go, when not the PoP itself (capacity spill)
+    # A rollout in progress (a new model version or GPU class): its step, "" otherwise.
+    rollout: str = ""
 
 
 class Schedule(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -20,6 +20,16 @@ class Replica:
     pop: str
     slot: int
     url: str
+    spec: str = ""  # what it runs (replica_spec); "" when not known (rolled to be sure)
+
+
+def replica_spec(model_version: str, artifact_digest: str, framework: str, gpu_class: str) -> str:
+    """What a replica runs: a change of any part rolls the deployment's replicas."""
+    return f"{model_version}|{artifact_digest}|{framework}|{gpu_class}"
+
+
+def deployment_spec(d: Deployment) -> str:
+    return replica_spec(d.model_version, d.artifact_digest, d.framework, d.gpu_class)
 
 
 class ReplicaExecutor(Protocol):
@@ -31,6 +41,12 @@ class ReplicaExecutor(Protocol):
 
     def exited(self) -> list[Replica]:
         """Replicas whose process died on its own: the autoscaler replaces them."""
+        ...
+
+    async def roll(self, deployment: Deployment, pop: str) -> bool:
+        """Bring the replicas of `deployment` in `pop` to its current spec, if this executor
+        rolls them itself (Kubernetes: a RollingUpdate); False: the autoscaler replaces
+        them one by one (services/autoscaler/rollout.py)."""
         ...
 
     async def stop_all(self) -> None:

@@ -1,13 +1,15 @@
-"""What runs where: the executor's replicas seen through their heartbeats, and the GPU
-slots a PoP still has — the inputs the policy and placement are given each tick."""
+"""What runs where: the executor's replicas seen through their heartbeats, the GPU slots
+a PoP still has — the inputs the policy and placement are given each tick — and which
+replicas run an older spec than their deployment's (a rollout's step)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
 from services.autoscaler.decide import ReplicaView
-from services.autoscaler.executor import Replica, ReplicaExecutor
+from services.autoscaler.executor import Replica, ReplicaExecutor, deployment_spec
 from services.autoscaler.metrics import HeartbeatConcurrency
+from services.autoscaler.rollout import Rollout, rollout_changes
 from shared.events import Deployment
 
 
@@ -39,3 +41,15 @@ def free_slots(executor: ReplicaExecutor, deployments: Iterable[Deployment],
                    and classes.get(r.deployment_id) == d.gpu_class and r.deployment_id != d.id)
         free[pop] = None if slots is None else max(0, slots - used)
     return free
+
+
+async def rollout_step(executor: ReplicaExecutor, d: Deployment, pop: str, target: int,
+                       pairs: list[tuple[Replica, ReplicaView]]) -> Rollout:
+    """The replicas to start and stop: plain scaling, or a step of rolling those that run
+    an older spec of `d` (a new model version or GPU class) when the executor does not
+    roll them itself."""
+    spec = deployment_spec(d)
+    outdated = {r.runner_id for r, _ in pairs if r.spec != spec}
+    if outdated and await executor.roll(d, pop):
+        outdated = set()
+    return rollout_changes(target, [view for _, view in pairs], outdated)

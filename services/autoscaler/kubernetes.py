@@ -16,6 +16,7 @@ autoscaler restart must not take every PoP down; `adopt` picks the counts up aga
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -26,7 +27,7 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from services.autoscaler.executor import Replica
+from services.autoscaler.executor import Replica, deployment_spec
 from shared.config import ConfigError, list_items, split_share
 from shared.events import Deployment
 from shared.topology import Pop
@@ -119,6 +120,10 @@ def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -
         "metadata": {"name": name, "namespace": config.namespace_prefix + pop, "labels": labels},
         "spec": {
             "replicas": replicas,
+            # A new model version or GPU class rolls the pods: one new beside the old ones,
+            # an old one drained (preStop) once a new one is ready; never fewer than asked.
+            "strategy": {"type": "RollingUpdate",
+                         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
             "selector": {"matchLabels": {MANAGED: "true", "edgeinfer.io/deployment": d.id,
                                          "edgeinfer.io/pop": pop}},
             "template": {
@@ -159,7 +164,8 @@ class KubernetesExecutor:
 
     async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
         slots = self._replicas.setdefault((deployment.id, pop), {})
-        replica = Replica(f"{object_name(deployment.id, pop)}#{slot}", deployment.id, pop, slot, "")
+        replica = Replica(f"{object_name(deployment.id, pop)}#{slot}", deployment.id, pop, slot, "",
+                          deployment_spec(deployment))
         slots[slot] = replica
         await self._scale(deployment, pop, len(slots))
         return replica
@@ -170,6 +176,22 @@ class KubernetesExecutor:
             return
         await self._patch_scale(object_name(replica.deployment_id, replica.pop),
                                 self._config.namespace_prefix + replica.pop, len(slots))
+
+    async def roll(self, deployment: Deployment, pop: str) -> bool:
+        """Patch the pod template with the deployment's spec: Kubernetes rolls the pods
+        (the manifest's RollingUpdate). Adopted replicas have no known spec: patched once
+        to be sure (an unchanged template rolls nothing)."""
+        slots = self._replicas.get((deployment.id, pop), {})
+        spec = deployment_spec(deployment)
+        if all(r.spec == spec for r in slots.values()):
+            return True
+        name, namespace = object_name(deployment.id, pop), self._config.namespace_prefix + pop
+        template = manifest(deployment, pop, self._config, len(slots))["spec"]["template"]
+        await self._apps.patch_namespaced_deployment(name, namespace, {"spec": {"template": template}})
+        log.info("rolling %s/%s to %s", namespace, name, spec)
+        self._replicas[(deployment.id, pop)] = {
+            i: dataclasses.replace(r, spec=spec) for i, r in slots.items()}
+        return True
 
     async def stop_all(self) -> None:
         """Leave the fleet running (see the module docstring)."""

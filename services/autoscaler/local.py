@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from services.autoscaler.executor import Replica
+from services.autoscaler.executor import Replica, deployment_spec, replica_spec
 from shared.config import ConfigError, list_items, split_share
 from shared.drain import drain
 from shared.embedded import free_port
@@ -193,7 +193,7 @@ class LocalProcessExecutor:
             env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log_file.close()
-        replica = Replica(runner_id, deployment.id, pop, slot, url)
+        replica = Replica(runner_id, deployment.id, pop, slot, url, deployment_spec(deployment))
         self._processes[runner_id] = _Process(replica, popen.pid, popen, device)
         log.info("started runner %s for %s in %s (pid %d, %s)", runner_id, deployment.id, pop,
                  popen.pid, url)
@@ -208,6 +208,9 @@ class LocalProcessExecutor:
         await asyncio.to_thread(_stop_tree, process.pid, process.popen, self._config.stop_timeout_s)
         # Its metrics files and BentoML scratch space; the spool (usage) is kept per slot.
         shutil.rmtree(self._config.state_dir / "bentoml" / replica.runner_id, ignore_errors=True)
+
+    async def roll(self, deployment: Deployment, pop: str) -> bool:
+        return False  # the autoscaler replaces processes one by one (rollout.py)
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(self.stop(r) for r in list(self.running()) + self.exited()))
@@ -236,7 +239,11 @@ def find_runners(namespace: str, spool_root: Path) -> list[_Process]:
         proc, env = roots[0]
         slot = Path(env["EDGEINFER_SPOOL_DIR"])
         replica = Replica(runner_id, env["EDGEINFER_DEPLOYMENT_ID"], env["EDGEINFER_POP"],
-                          int(slot.name), env["EDGEINFER_RUNNER_URL"])
+                          int(slot.name), env["EDGEINFER_RUNNER_URL"], replica_spec(
+                              env.get("EDGEINFER_MODEL_VERSION", ""),
+                              env.get("EDGEINFER_ARTIFACT_DIGEST", ""),
+                              env.get("EDGEINFER_MODEL_FRAMEWORK", ""),
+                              env.get("EDGEINFER_GPU_CLASS", "")))
         found.append(_Process(replica, proc.pid, None, env.get("CUDA_VISIBLE_DEVICES", "")))
     return found
 

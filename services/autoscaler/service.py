@@ -31,11 +31,10 @@ from services.autoscaler.decide import (
     ReplicaView,
     ScaleConfig,
     decide,
-    replica_changes,
 )
 from services.autoscaler.decisions import DecisionLog
 from services.autoscaler.executor import Replica, ReplicaExecutor
-from services.autoscaler.fleet import free_slots, replica_views
+from services.autoscaler.fleet import free_slots, replica_views, rollout_step
 from services.autoscaler.history import KeepAliveHistory
 from services.autoscaler.keepalive import KeepAliveConfig
 from services.autoscaler.learning import KeepAliveLearner
@@ -313,16 +312,17 @@ class AutoscalerService:
             target = placement.replicas[pop]
             DESIRED.labels(d.id, pop).set(decision.desired)
             pairs = pairs_by_pop[pop]
-            start, stop = replica_changes(target, [view for _, view in pairs])
+            rollout = await rollout_step(self._executor, d, pop, target, pairs)
             used_slots = {r.slot for r, _ in pairs}
-            for _ in range(start):
+            for _ in range(rollout.start):
                 slot = min(set(range(len(pairs) + target + 1)) - used_slots)
                 used_slots.add(slot)
                 await self._executor.start(d, pop, slot)
-            for replica in (r for r, _ in pairs if r.runner_id in stop):
-                log.info("scale down %s in %s: %s", d.id, pop, decision.reason)
+            for replica in (r for r, _ in pairs if r.runner_id in rollout.stop):
+                log.info("%s %s in %s: %s", "replace" if rollout.rolling else "scale down",
+                         d.id, pop, decision.reason)
                 await self._executor.stop(replica)  # drains in-flight requests first
             published.append(await self.decisions.publish(
-                d, pop, decision, inputs, target, (start, stop), placement.spilled.get(pop, {}),
-                self.metrics_ok))
+                d, pop, decision, inputs, target, (rollout.start, rollout.stop),
+                placement.spilled.get(pop, {}), self.metrics_ok, rollout))
         return [p for p in published if p is not None]

@@ -192,7 +192,8 @@ class Runner:
             "outputs": part.outputs,
             "usage": {"event_id": event_id, "gpu_us": gpu_us, "busy_us": part.busy_us,
                       "gpu_class": c.gpu_class, "pop": c.pop, "runner_id": c.runner_id,
-                      "batch_requests": part.batch_requests, self.model.unit: work.units}})
+                      "model_version": c.model_version, "batch_requests": part.batch_requests,
+                      self.model.unit: work.units}})
 
     @bentoml.api(route="/drain")
     async def drain(self) -> dict[str, Any]:

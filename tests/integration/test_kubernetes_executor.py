@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from decimal import Decimal
 
+import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 from kubernetes_asyncio.client import ApiClient, Configuration
@@ -89,6 +90,30 @@ async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresourc
     assert sorted((r.pop, r.slot) for r in again.running()) == [("eu-west", 0), ("us-east", 0)]
     assert ("PATCH", f"/apis/apps/v1/namespaces/edgeinfer-eu-west/deployments/{name}/scale") \
         in fake.requests
+
+
+async def test_a_new_version_patches_the_pod_template_and_kubernetes_rolls_it(
+        standin: tuple[KubernetesStandIn, ApiClient]) -> None:
+    fake, api = standin
+    k8s = executor(api)
+    d = deployment()
+    for slot in (0, 1):
+        await k8s.start(d, "eu-west", slot)
+    obj = fake.deployments[("edgeinfer-eu-west", object_name(d.id, "eu-west"))]
+    # Surge one, never fewer than asked: the pods roll as the local executor's processes do.
+    assert obj["spec"]["strategy"] == {"type": "RollingUpdate",
+                                       "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert await k8s.roll(d, "eu-west") and obj["metadata"]["generation"] == 1  # nothing to do
+
+    newer = msgspec.structs.replace(d, model_version="4", artifact_digest="sha256:" + "b" * 64)
+    assert await k8s.roll(newer, "eu-west")
+    env = {e["name"]: e.get("value") for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["EDGEINFER_MODEL_VERSION"] == "4" and env["EDGEINFER_ARTIFACT_DIGEST"].endswith("b" * 64)
+    assert obj["metadata"]["generation"] == 2 and obj["spec"]["replicas"] == 2
+    patches = sum(method == "PATCH" and not path.endswith("/scale") for method, path in fake.requests)
+    assert await k8s.roll(newer, "eu-west") and patches == 1  # rolled once, not at every tick
+    assert sum(method == "PATCH" and not path.endswith("/scale")
+               for method, path in fake.requests) == 1
 
 
 async def test_cpu_deployments_ask_for_no_gpu(standin: tuple[KubernetesStandIn, ApiClient]) -> None:

@@ -25,8 +25,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.metering import settlement
-from services.metering.sources import SourceWatch
 from services.metering.consumer import DeliveryConsumer, UsageConsumer
+from services.metering.sources import SourceWatch
 from services.router.deliveries import DeliveryConfirmations
 from services.router.metrics import RouterMetrics
 from services.runner.outbox import Outbox

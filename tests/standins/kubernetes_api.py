@@ -30,6 +30,7 @@ class KubernetesStandIn:
         base = "/apis/apps/v1/namespaces/{ns}/deployments"
         self.app.router.add_post(base, self.create)
         self.app.router.add_get(base + "/{name}", self.get)
+        self.app.router.add_patch(base + "/{name}", self.patch)
         self.app.router.add_get(base + "/{name}/scale", self.get_scale)
         self.app.router.add_patch(base + "/{name}/scale", self.patch_scale)
 
@@ -96,3 +97,26 @@ class KubernetesStandIn:
         obj["status"]["replicas"] = replicas  # the stand-in's pods come up at once
         obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
         return web.json_response(self._scale(obj))
+
+    async def patch(self, request: web.Request) -> web.Response:
+        """A merge patch of the Deployment (objects merged, anything else replaced): a
+        changed pod template bumps the generation, which is what starts a rollout."""
+        obj = self._find(request)
+        if obj is None:
+            return _status(404, "NotFound", f'deployments.apps "{request.match_info["name"]}" not found')
+        if request.content_type not in PATCH_TYPES - {"application/json-patch+json"}:
+            return _status(415, "UnsupportedMediaType", f"{request.content_type} is not a merge patch")
+        before = copy.deepcopy(obj["spec"]["template"])
+        _merge(obj, await request.json())
+        obj["metadata"]["resourceVersion"] = str(int(obj["metadata"]["resourceVersion"]) + 1)
+        if obj["spec"]["template"] != before:
+            obj["metadata"]["generation"] += 1
+        return web.json_response(obj)
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)

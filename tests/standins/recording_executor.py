@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from services.autoscaler.executor import Replica
+from services.autoscaler.executor import Replica, deployment_spec
 from shared.events import Deployment
 
 
@@ -16,7 +16,8 @@ class RecordingExecutor:
         self.started: list[tuple[str, str, float]] = []  # (runner id, PoP, monotonic time)
 
     async def start(self, deployment: Deployment, pop: str, slot: int) -> Replica:
-        replica = Replica(f"r{len(self.started)}", deployment.id, pop, slot, "http://x")
+        replica = Replica(f"r{len(self.started)}", deployment.id, pop, slot, "http://x",
+                          deployment_spec(deployment))
         self.replicas[replica.runner_id] = replica
         self.started.append((replica.runner_id, pop, time.monotonic()))
         return replica
@@ -29,6 +30,9 @@ class RecordingExecutor:
 
     def exited(self) -> list[Replica]:
         return []
+
+    async def roll(self, deployment: Deployment, pop: str) -> bool:
+        return False  # replaced one by one, as local processes are
 
     async def stop_all(self) -> None:
         self.replicas.clear()
