@@ -33,6 +33,7 @@ from services.billing.portal import portal_router
 from services.billing.routes import admin_router as billing_admin_router
 from services.billing.routes import tenant_router as billing_tenant_router
 from services.billing.service import BillingService
+from services.launcher.health import health_app
 from services.metering.config import MeteringConfig, metering_config_from_env
 from services.metering.service import MeteringService
 from services.registry.service import RegistryService
@@ -99,6 +100,10 @@ class StackConfig:
     # The NATS users' passwords (JSON, user → password): the local executor gives each
     # runner the user of its PoP, `runner-<pop>`, on the host of NATS_URL.
     nats_credentials: Path | None = None
+    # /healthz, /readyz and /metrics of this process (services/launcher/health.py), for
+    # probes and scrapes where it serves no HTTP of its own; None: not served.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
 
 
 def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = SERVICES,
@@ -129,6 +134,9 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         create_streams=env_bool(env, "EDGEINFER_CREATE_STREAMS", StackConfig.create_streams),
         nats_credentials=Path(path) if (path := env_optional(env, "EDGEINFER_NATS_CREDENTIALS"))
         else None,
+        health_port=env_int(env, "EDGEINFER_HEALTH_PORT", 0, lo=1, hi=65535)
+        if env_optional(env, "EDGEINFER_HEALTH_PORT") else None,
+        health_host=env_str(env, "EDGEINFER_HEALTH_HOST", StackConfig.health_host),
     )
 
 
@@ -160,6 +168,7 @@ class Stack:
     autoscaler: AutoscalerService | None = None
     servers: list[uvicorn.Server] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    ready: bool = False  # every service started
 
     @property
     def source_pops(self) -> list[str]:
@@ -175,6 +184,10 @@ class Stack:
             ensure_port_free(c.api_host, c.api_port, "EDGEINFER_API_PORT")
         if "router" in wanted:
             ensure_port_free(c.router.host, c.router.port, "EDGEINFER_ROUTER_PORT")
+        if c.health_port is not None:  # first: probes get "starting" while the rest starts
+            ensure_port_free(c.health_host, c.health_port, "EDGEINFER_HEALTH_PORT")
+            self._serve(health_app(self.why_not_ready, p.metrics_token), c.health_host,
+                        c.health_port)
         p.state_dir.mkdir(parents=True, exist_ok=True)
         self.admin_token = c.admin_token or load_or_create_secret(p.state_dir / "admin-token")
         subjects = Subjects(p.namespace)
@@ -233,6 +246,14 @@ class Stack:
                             raise t.exception()  # type: ignore[misc]
                     raise RuntimeError("an HTTP server stopped during start-up")
                 await asyncio.sleep(0.05)
+        self.ready = True
+
+    def why_not_ready(self) -> str | None:
+        if not self.ready:
+            return "starting"
+        if self.nc is None or not self.nc.is_connected:
+            return "NATS is not connected"
+        return None
 
     def _serve(self, app: Litestar, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",

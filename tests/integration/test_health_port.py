@@ -1,0 +1,51 @@
+"""`edgeinfer run <service>` with EDGEINFER_HEALTH_PORT: the probes and the scrape target
+of a process that serves no HTTP of its own (here metering, as in a Kubernetes pod)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from shared.embedded import free_port
+
+BIN = Path(sys.executable).parent
+
+
+def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
+        nats_url: str, database_url: str, namespace: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
+           "EDGEINFER_NAMESPACE": namespace, "EDGEINFER_STATE_DIR": str(tmp_path),
+           "EDGEINFER_HEALTH_PORT": str(port), "EDGEINFER_HEALTH_HOST": "127.0.0.1",
+           "EDGEINFER_METRICS_TOKEN": "scrape-me"}
+    log = tmp_path / "metering.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(BIN / "edgeinfer"), "run", "metering"], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert httpx.get(f"{base}/healthz", timeout=2).json() == {"status": "ok"}
+        assert httpx.get(f"{base}/metrics", timeout=2).status_code == 401
+        scraped = httpx.get(f"{base}/metrics", timeout=2,
+                            headers={"Authorization": "Bearer scrape-me"})
+        assert scraped.status_code == 200 and "process_cpu_seconds_total" in scraped.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0, log.read_text()[-2000:]
