@@ -284,11 +284,13 @@ leafnodes {{
 {users}"""
 
 
-def render(topology: Topology, out_dir: Path, store_root: Path) -> dict[str, Path]:
+def render(topology: Topology, out_dir: Path, store_root: Path,
+           listen_host: str | None = None) -> dict[str, Path]:
     """Every server's config file under `out_dir` (one per host); name → path. With
     `auth = true`, also `credentials.json` (every password: the operator's) and one file
     per host with only its users' passwords (`credentials-hub`, `credentials-pop-<pop>`),
-    all mode 0600, as the configs that hold passwords are."""
+    all mode 0600, as the configs that hold passwords are. `listen_host`: what every
+    server binds (`0.0.0.0` in a container); by default its own host."""
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     credentials = None
@@ -305,10 +307,10 @@ def render(topology: Topology, out_dir: Path, store_root: Path) -> dict[str, Pat
     for server in topology.hub:
         written[server.name] = out_dir / f"{server.name}.conf"
         write_private(written[server.name], hub_server_config(
-            topology, server, store_root / server.name, credentials=credentials))
+            topology, server, store_root / server.name, listen_host, credentials))
     for pop in topology.pops:
         name = f"pop-{pop.pop.name}"
         written[name] = out_dir / f"{name}.conf"
         write_private(written[name], pop_server_config(topology, pop, store_root / name,
-                                                       credentials=credentials))
+                                                       listen_host, credentials))
     return written

@@ -47,6 +47,13 @@ class KubernetesConfig:
     runner_capacity: int = 8
     drain_timeout_s: int = 20
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The Secret in each PoP's namespace whose key `runner` is the runners' NATS_URL (the
+    # PoP's NATS, as `runner-<pop>`): a URL with a password never goes in a pod spec.
+    # None: `nats_url` as it is.
+    nats_secret: str | None = None
+    # Where runners read artifacts when not from their own NATS's JetStream (`hub`, for
+    # PoPs that are leaf nodes of the hub: docs/topology.md).
+    artifact_domain: str | None = None
     # GPU classes served by MIG slices (the device plugin's "mixed" strategy): class → slice.
     mig_classes: dict[str, MigSlice] = field(default_factory=dict)
 
@@ -83,33 +90,49 @@ def object_name(deployment_id: str, pop: str) -> str:
     return name[:63].rstrip("-")
 
 
+# What a runner writes, each on a volume of its own (the root filesystem is read-only):
+# (env key, path, volume name).
+_WRITABLE = (("EDGEINFER_SPOOL_DIR", "/var/lib/edgeinfer/spool", "spool"),
+             ("EDGEINFER_ARTIFACT_CACHE", "/var/cache/edgeinfer/artifacts", "artifacts"),
+             ("BENTOML_HOME", "/var/lib/edgeinfer/bentoml", "bentoml"),
+             ("TMPDIR", "/tmp", "tmp"))
+
+
 def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -> dict[str, Any]:
     """The Deployment object (pure): what `kubectl get -o json` would show us creating."""
     name = object_name(d.id, pop)
     labels = {MANAGED: "true", "edgeinfer.io/deployment": d.id, "edgeinfer.io/pop": pop,
               "app.kubernetes.io/name": "edgeinfer-runner"}
-    env = {"NATS_URL": config.nats_url, "EDGEINFER_NAMESPACE": config.namespace,
+    env = {"EDGEINFER_NAMESPACE": config.namespace,
            "EDGEINFER_POP": pop, "EDGEINFER_REGION": config.pops[pop].region,
            "EDGEINFER_DEPLOYMENT_ID": d.id, "EDGEINFER_MODEL_VERSION": d.model_version,
            "EDGEINFER_ARTIFACT_DIGEST": d.artifact_digest, "EDGEINFER_MODEL_FRAMEWORK": d.framework,
            "EDGEINFER_GPU_CLASS": d.gpu_class, "EDGEINFER_RUNNER_CAPACITY": str(config.runner_capacity),
            "EDGEINFER_DRAIN_TIMEOUT_S": str(config.drain_timeout_s),
-           "EDGEINFER_SPOOL_DIR": "/var/lib/edgeinfer/spool",
-           "EDGEINFER_ARTIFACT_CACHE": "/var/cache/edgeinfer/artifacts", **config.extra_env}
+           **({"EDGEINFER_ARTIFACT_DOMAIN": config.artifact_domain} if config.artifact_domain
+              else {}),
+           **{key: path for key, path, _ in _WRITABLE}, **config.extra_env}
+    if config.nats_secret is None:
+        env["NATS_URL"] = config.nats_url
     env_list: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+    if config.nats_secret is not None:
+        env_list.insert(0, {"name": "NATS_URL", "valueFrom": {"secretKeyRef": {
+            "name": config.nats_secret, "key": "runner"}}})
     env_list += [
         {"name": "EDGEINFER_RUNNER_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": "EDGEINFER_RUNNER_URL", "value": "http://$(POD_IP):3000"},
     ]
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}}
+    # A memory limit: a leaking model must not take the node's other runners down with it.
+    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"},
+                                 "limits": {"memory": "4Gi"}}
     pod_spec: dict[str, Any] = {}
     mig = config.mig_classes.get(d.gpu_class)
     if mig is not None:  # the slice's resource places the pod; its share prices the time
-        resources["limits"] = {mig.resource: "1"}
+        resources["limits"][mig.resource] = "1"
         env_list.append({"name": "EDGEINFER_GPU_SHARE", "value": str(mig.share)})
     elif d.gpu_class != "cpu":
-        resources["limits"] = {"nvidia.com/gpu": "1"}  # one runner process per GPU
+        resources["limits"]["nvidia.com/gpu"] = "1"  # one runner process per GPU
         pod_spec["nodeSelector"] = {"edgeinfer.io/gpu-class": d.gpu_class}
     if d.gpu_class != "cpu":
         # The device plugin gives the container exactly its device, which CUDA numbers 0
@@ -131,11 +154,29 @@ def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -
                 "spec": {
                     **pod_spec,
                     "terminationGracePeriodSeconds": config.drain_timeout_s + 10,
+                    "automountServiceAccountToken": False,  # a runner never calls the API
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                                        "runAsGroup": 10001, "fsGroup": 10001,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    # The spool outlives a container restart (an emptyDir lives as long as
+                    # the pod): a runner that crashed publishes what it had not yet.
+                    "volumes": [{"name": volume, "emptyDir": {}} for _, _, volume in _WRITABLE],
                     "containers": [{
                         "name": "runner", "image": config.image,
                         "command": ["edgeinfer", "run", "runner"],
                         "ports": [{"containerPort": 3000, "name": "http"}],
                         "env": env_list, "resources": resources,
+                        "securityContext": {"allowPrivilegeEscalation": False,
+                                            "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": volume, "mountPath": path}
+                                         for _, path, volume in _WRITABLE],
+                        # BentoML's own: /livez while the process serves, /readyz once
+                        # the model is loaded and warm (and not draining).
+                        "startupProbe": {"httpGet": {"path": "/livez", "port": 3000},
+                                         "periodSeconds": 2, "failureThreshold": 150},
+                        "livenessProbe": {"httpGet": {"path": "/livez", "port": 3000},
+                                          "periodSeconds": 10},
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": 3000},
                                            "periodSeconds": 2},
                         # Drain before SIGTERM (shared/drain.py), as the local executor does.

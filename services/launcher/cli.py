@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     topology.add_argument("--store-root", type=Path, default=Path("/var/lib/nats"),
                           help="each server's JetStream store is <this>/<server> on its host "
                                "(default: /var/lib/nats)")
+    topology.add_argument("--listen-host", default=None,
+                          help="the address every server binds, e.g. 0.0.0.0 in a container "
+                               "(default: each server's own host)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
         from services.sim.main import main as sim
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             return _run(up())
         if args.command == "topology":
-            return render_topology(args.description, args.out, args.store_root)
+            return render_topology(args.description, args.out, args.store_root, args.listen_host)
         if args.command == "streams":
             return _run(create_streams())
         if "runner" in args.service:
@@ -95,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def render_topology(description: Path, out: Path, store_root: Path) -> int:
+def render_topology(description: Path, out: Path, store_root: Path,
+                    listen_host: str | None = None) -> int:
     """Write every server's config and check each with `nats-server -t`."""
     from shared.embedded import nats_server_binary
     from shared.nats_topology import load_topology, render
 
     if not description.is_file():
         raise ConfigError(f"no topology description at {description}")
-    for name, path in render(load_topology(description), out, store_root).items():
+    for name, path in render(load_topology(description), out, store_root, listen_host).items():
         if name.startswith("credentials"):
             whose = "every user's" if name == "credentials" else "this host's users'"
             print(f"{name:24s} {path}  ({whose} NATS passwords; mode 0600, keep it secret)")

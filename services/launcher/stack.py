@@ -84,6 +84,8 @@ class StackConfig:
     k8s_image: str | None = None
     k8s_namespace_prefix: str = "edgeinfer-"
     k8s_mig_classes: str = ""
+    k8s_nats_secret: str | None = None  # in each PoP's namespace; key `runner`: its NATS_URL
+    k8s_artifact_domain: str | None = None
     in_kubernetes: bool = False
     # The distributed layout (docs/topology.md), when this process runs on the hub: its
     # streams source each PoP's usage. None: one NATS server (`edgeinfer up`).
@@ -122,6 +124,8 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         k8s_namespace_prefix=env_str(env, "EDGEINFER_K8S_NAMESPACE_PREFIX",
                                      StackConfig.k8s_namespace_prefix),
         k8s_mig_classes=env_str(env, "EDGEINFER_K8S_MIG_CLASSES", StackConfig.k8s_mig_classes),
+        k8s_nats_secret=env_optional(env, "EDGEINFER_K8S_NATS_SECRET"),
+        k8s_artifact_domain=env_optional(env, "EDGEINFER_K8S_ARTIFACT_DOMAIN"),
         in_kubernetes=bool(env_optional(env, "KUBERNETES_SERVICE_HOST")),
         topology=load_topology(Path(path)) if (path := env_optional(env, "EDGEINFER_TOPOLOGY"))
         else None,
@@ -304,7 +308,8 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
         await k8s_config.load_kube_config()
     return KubernetesExecutor(ApiClient(), KubernetesConfig(
         image=c.k8s_image, nats_url=nats_url, namespace=p.namespace, pops=dict(c.pops),
-        namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes)))
+        namespace_prefix=c.k8s_namespace_prefix, mig_classes=parse_mig_classes(c.k8s_mig_classes),
+        nats_secret=c.k8s_nats_secret, artifact_domain=c.k8s_artifact_domain))
 
 
 def runner_nats_urls(nats_url: str, credentials: Path | None, pops: list[str]) -> dict[str, str]:

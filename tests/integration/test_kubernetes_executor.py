@@ -68,7 +68,7 @@ async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresourc
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EDGEINFER_ARTIFACT_DIGEST"] == d.artifact_digest and env["EDGEINFER_POP"] == "eu-west"
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1"}  # one process per GPU
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "1", "memory": "4Gi"}  # one per GPU
     assert pod["nodeSelector"] == {"edgeinfer.io/gpu-class": "l40s"}
     # The device plugin's one GPU is device 0 in the container; without it the runner
     # would refuse to start (a GPU class with no visible GPU).
@@ -121,7 +121,7 @@ async def test_cpu_deployments_ask_for_no_gpu(standin: tuple[KubernetesStandIn, 
     await executor(api).start(deployment("cpu"), "us-east", 0)
     (obj,) = fake.deployments.values()
     pod = obj["spec"]["template"]["spec"]
-    assert "limits" not in pod["containers"][0]["resources"] and "nodeSelector" not in pod
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": "4Gi"} and "nodeSelector" not in pod
     assert "CUDA_VISIBLE_DEVICES" not in {e["name"] for e in pod["containers"][0]["env"]}
 
 
@@ -134,7 +134,7 @@ async def test_a_mig_class_asks_for_its_slice_and_charges_its_share(
     pod = obj["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert container["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": "1"}
+    assert container["resources"]["limits"] == {"nvidia.com/mig-1g.10gb": "1", "memory": "4Gi"}
     assert "nodeSelector" not in pod  # the slice resource places the pod
     assert env["EDGEINFER_GPU_SHARE"] == "0.142857" and env["CUDA_VISIBLE_DEVICES"] == "0"
 
