@@ -53,6 +53,7 @@ from shared.nats_permissions import (
     load_credentials,
     permissions,
     user_name,
+    with_user,
 )
 from shared.private_files import write_private
 from shared.subjects import Subjects, token
@@ -200,6 +201,11 @@ def hub_user_names() -> list[str]:
     return ["admin", *HUB_ROLES]
 
 
+def _role(user: str) -> str:
+    """`router-eu-west` → `router`: a role's key in its host's NATS URLs."""
+    return user.split("-", 1)[0]
+
+
 def topology_credentials(topology: Topology, path: Path) -> dict[str, str]:
     """The passwords of the layout's users, kept at `path`."""
     return load_credentials(path, user_names(topology))
@@ -300,10 +306,18 @@ def render(topology: Topology, out_dir: Path, store_root: Path,
         hosts = {"hub": hub_user_names()} | {
             f"pop-{p.pop.name}": [user_name(role, p.pop.name) for role in POP_USERS]
             for p in topology.pops}
+        servers = {"hub": ",".join(topology.hub_urls)} | {
+            f"pop-{p.pop.name}": p.client_url for p in topology.pops}
         for host, names in hosts.items():
             written[f"credentials-{host}"] = out_dir / f"credentials-{host}.json"
             write_private(written[f"credentials-{host}"],
                           json.dumps({n: credentials[n] for n in names}, indent=2) + "\n")
+            # Each role's NATS_URL on that host, e.g. for a Secret (docs/deploy.md):
+            # `kubectl create secret generic edgeinfer-nats-urls --from-env-file=…`.
+            written[f"nats-urls-{host}"] = out_dir / f"nats-urls-{host}.env"
+            write_private(written[f"nats-urls-{host}"], "".join(
+                f"{_role(name)}={with_user(servers[host], name, credentials[name])}\n"
+                for name in names))
     for server in topology.hub:
         written[server.name] = out_dir / f"{server.name}.conf"
         write_private(written[server.name], hub_server_config(

@@ -111,6 +111,9 @@ def render_topology(description: Path, out: Path, store_root: Path,
             whose = "every user's" if name == "credentials" else "this host's users'"
             print(f"{name:24s} {path}  ({whose} NATS passwords; mode 0600, keep it secret)")
             continue
+        if name.startswith("nats-urls"):
+            print(f"{name:24s} {path}  (each role's NATS_URL on this host; mode 0600)")
+            continue
         checked = subprocess.run([nats_server_binary(), "-t", "-c", str(path)],
                                  capture_output=True, text=True, timeout=30)
         if checked.returncode != 0:

@@ -96,6 +96,7 @@ def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespa
     configs = render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
     credentials = configs.pop("credentials", None)
     per_host = {name: configs.pop(name) for name in list(configs) if name.startswith("credentials-")}
+    urls = {name: configs.pop(name) for name in list(configs) if name.startswith("nats-urls-")}
     assert sorted(configs) == ["hub-1", "hub-2", "hub-3", "pop-eu-west", "pop-us-east"]
     assert (credentials is not None) == auth
     if credentials is not None:
@@ -107,8 +108,14 @@ def test_every_generated_config_passes_nats_server_check(tmp_path: Path, namespa
             "credentials-pop-us-east": ["admin-us-east", "router-us-east", "runner-us-east"]}
         passwords = list(json.loads(credentials.read_text()).values())
         assert len(set(passwords)) == len(passwords)
-        for path in [credentials, *per_host.values(), *configs.values()]:
+        for path in [credentials, *per_host.values(), *urls.values(), *configs.values()]:
             assert path.stat().st_mode & 0o777 == 0o600, path
+        # Each host's roles with their NATS_URL: its own servers, its own users.
+        pop_urls = dict(line.split("=", 1) for line in urls["nats-urls-pop-eu-west"].read_text().split())
+        assert sorted(pop_urls) == ["admin", "router", "runner"]
+        assert pop_urls["runner"].startswith("nats://runner-eu-west:")
+        hub_urls = dict(line.split("=", 1) for line in urls["nats-urls-hub"].read_text().split())
+        assert hub_urls["metering"].count("nats://metering:") == 3  # the three hub servers
         kept = credentials.read_text()
         render(loopback_topology(namespace, auth), tmp_path / "conf", tmp_path / "store")
         assert credentials.read_text() == kept  # passwords are drawn once
@@ -231,7 +238,8 @@ def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namesp
     assert main(["topology", "render", str(description), "--out", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "credentials-hub.json", "credentials-pop-eu-west.json", "credentials.json", "hub-1.conf",
-        "hub-2.conf", "hub-3.conf", "pop-eu-west.conf"]
+        "hub-2.conf", "hub-3.conf", "nats-urls-hub.env", "nats-urls-pop-eu-west.env",
+        "pop-eu-west.conf"]
     # Users by default: the credentials only their owner reads, no server open to all.
     assert (tmp_path / "out" / "credentials.json").stat().st_mode & 0o777 == 0o600
     assert all("authorization {" in (tmp_path / "out" / f"{name}.conf").read_text()
