@@ -50,6 +50,45 @@ def test_every_service_compose_runs_exists() -> None:
         assert (ROOT / "services" / package / "__init__.py").exists()
 
 
+def test_every_address_in_compose_is_one_its_users_reach() -> None:
+    """Read, not run (no Docker daemon here): each NATS_URL and DATABASE_URL names a
+    service on a shared network that starts first; each published port is one the
+    service binds on all interfaces; the runners the autoscaler starts in its container
+    advertise a name the routers' containers resolve, and listen beyond loopback."""
+    from urllib.parse import urlsplit
+
+    from services.launcher.stack import stack_config_from_env
+    from shared.config import platform_from_env
+
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+
+    def networks(name: str) -> set[str]:
+        return set(services[name].get("networks") or ["default"])
+
+    routers = [n for n, s in services.items() if "router" in (s.get("command") or [])[1:]]
+    assert routers
+    for name, service in services.items():
+        env = {k: str(v) for k, v in (service.get("environment") or {}).items()}
+        for key in ("NATS_URL", "DATABASE_URL"):
+            if key in env:
+                host = urlsplit(env[key]).hostname
+                assert host in services and networks(host) & networks(name), (name, key, host)
+                assert host in (service.get("depends_on") or {}), (name, "must start after", host)
+        command = service.get("command") or []
+        if command[:1] != ["run"]:
+            continue
+        config = stack_config_from_env(platform_from_env(env), tuple(command[1:]), env)
+        bound = {**({config.api_port: config.api_host} if "api" in command else {}),
+                 **({config.router.port: config.router.host} if "router" in command else {})}
+        for published in service.get("ports", []):
+            container_port = int(str(published).rsplit(":", 1)[1])
+            assert bound.get(container_port) == "0.0.0.0", (name, published, bound)
+        if "autoscaler" in command and config.executor == "local":
+            assert config.runner_advertise_host == name, "runners must advertise their container"
+            assert config.runner_bind_host == "0.0.0.0"
+            assert all(networks(router) & networks(name) for router in routers)
+
+
 # Where reading the machine's clocks is the point, not a shortcut past the injected Clock.
 CLOCK_EDGES = {
     "services/launcher/cli.py": "the command line: how long `edgeinfer up` took to be ready",

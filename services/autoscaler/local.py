@@ -55,6 +55,11 @@ class LocalExecutorConfig:
     # Per PoP, the NATS URL its runners log in with (`runner-<pop>`, shared/nats_permissions.py);
     # a PoP not listed gets `nats_url`.
     runner_nats_urls: dict[str, str] = field(default_factory=dict)
+    # Where runners listen, and the host in the URL they advertise to routers: loopback on
+    # one machine; in a container, all interfaces and a name the routers' containers
+    # resolve (compose.yaml: the autoscaler's service name).
+    bind_host: str = "127.0.0.1"
+    advertise_host: str = "127.0.0.1"
 
 
 class NoFreeDevice(RuntimeError):
@@ -153,7 +158,7 @@ class LocalProcessExecutor:
         device = gpu.device if gpu else ""
         port = free_port()
         runner_id = "r" + secrets.token_hex(5)
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{c.advertise_host}:{port}"
         # Stable per (deployment, PoP, slot): a restarted replica publishes what its
         # predecessor left in the outbox.
         spool = c.state_dir / "spool" / deployment.id / pop / str(slot)
@@ -189,7 +194,7 @@ class LocalProcessExecutor:
         popen = subprocess.Popen(
             [*c.command_prefix, sys.executable, "-m", "bentoml", "serve",
              "services.runner.service:Runner",
-             "--host", "127.0.0.1", "--port", str(port)],
+             "--host", c.bind_host, "--port", str(port)],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log_file.close()

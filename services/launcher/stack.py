@@ -82,6 +82,8 @@ class StackConfig:
     executor: str = "local"
     local_gpus: str = ""
     k8s_image: str | None = None
+    runner_bind_host: str = "127.0.0.1"  # the local executor's runners (LocalExecutorConfig)
+    runner_advertise_host: str = "127.0.0.1"
     k8s_namespace_prefix: str = "edgeinfer-"
     k8s_mig_classes: str = ""
     k8s_nats_secret: str | None = None  # in each PoP's namespace; key `runner`: its NATS_URL
@@ -121,6 +123,9 @@ def stack_config_from_env(platform: PlatformConfig, services: tuple[str, ...] = 
         executor=env_choice(env, "EDGEINFER_EXECUTOR", StackConfig.executor, ("local", "kubernetes")),
         local_gpus=env_str(env, "EDGEINFER_LOCAL_GPUS", StackConfig.local_gpus),
         k8s_image=env_optional(env, "EDGEINFER_K8S_IMAGE"),
+        runner_bind_host=env_str(env, "EDGEINFER_RUNNER_BIND_HOST", StackConfig.runner_bind_host),
+        runner_advertise_host=env_str(env, "EDGEINFER_RUNNER_ADVERTISE_HOST",
+                                      StackConfig.runner_advertise_host),
         k8s_namespace_prefix=env_str(env, "EDGEINFER_K8S_NAMESPACE_PREFIX",
                                      StackConfig.k8s_namespace_prefix),
         k8s_mig_classes=env_str(env, "EDGEINFER_K8S_MIG_CLASSES", StackConfig.k8s_mig_classes),
@@ -290,7 +295,8 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
         return LocalProcessExecutor(LocalExecutorConfig(
             nats_url=nats_url, namespace=p.namespace, state_dir=p.state_dir, pops=c.pops,
             gpus=parse_local_gpus(c.local_gpus), supervisor_pid=c.supervisor_pid,
-            runner_nats_urls=runner_nats_urls(nats_url, c.nats_credentials, list(c.pops))))
+            runner_nats_urls=runner_nats_urls(nats_url, c.nats_credentials, list(c.pops)),
+            bind_host=c.runner_bind_host, advertise_host=c.runner_advertise_host))
     from kubernetes_asyncio import config as k8s_config
     from kubernetes_asyncio.client import ApiClient
 
