@@ -6,11 +6,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from prometheus_client import Gauge
+
 from services.autoscaler.decide import ReplicaView
 from services.autoscaler.executor import Replica, ReplicaExecutor, deployment_spec
 from services.autoscaler.metrics import HeartbeatConcurrency
 from services.autoscaler.rollout import Rollout, rollout_changes
 from shared.events import Deployment
+
+# Replicas whose fresh heartbeat says `ready`: with desired replicas above zero and none
+# ready for minutes, runners are not starting or not heard (deploy/observability alerts).
+READY = Gauge("edgeinfer_autoscaler_ready_replicas",
+              "Replicas whose fresh heartbeat says ready.", ["deployment", "pop"])
 
 
 def replica_views(executor: ReplicaExecutor, heartbeats: HeartbeatConcurrency,
@@ -26,6 +33,7 @@ def replica_views(executor: ReplicaExecutor, heartbeats: HeartbeatConcurrency,
         beat = beats.get(r.runner_id) or (spare.pop(0) if spare else None)
         state = beat.state if beat is not None else "starting"
         out.append((r, ReplicaView(r.runner_id, state, beat.in_flight if beat else 0)))
+    READY.labels(deployment_id, pop).set(sum(view.state == "ready" for _, view in out))
     return out
 
 

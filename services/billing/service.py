@@ -21,6 +21,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
 from services.billing import invoicing
 from services.billing.budgeting import BudgetKeeper
@@ -35,6 +36,11 @@ from shared.periods import month_start
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
+
+STEP_FAILURES = Counter("edgeinfer_billing_step_failures",
+                        "Rounds of a billing loop that failed (tried again next round), by loop: "
+                        "budget evaluation, closing invoices, pushing invoices to Stripe.",
+                        ["step"])
 
 
 class BillingService:
@@ -83,6 +89,7 @@ class BillingService:
                 await step()
             except Exception as exc:  # the database or Stripe away: next round, same ids
                 log.warning("%s failed: %s", what, exc)
+                STEP_FAILURES.labels(what).inc()
             if wake is None:
                 await asyncio.sleep(interval_s)
                 continue

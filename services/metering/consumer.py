@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
+from prometheus_client import Counter, Gauge
 
 from services.metering import ledger, settlement
 from services.metering.config import ConsumerConfig
@@ -41,6 +42,15 @@ from shared.http import unstorable
 from shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
+
+DEAD_LETTERS = Counter("edgeinfer_metering_dead_letters",
+                       "Messages set aside in the dead-letter stream, with their reason.",
+                       ["consumer"])
+# JetStream's count, carried by each fetched message: what is stored and not yet handed
+# to this consumer. Growing: metering falls behind, and billing with it.
+PENDING = Gauge("edgeinfer_metering_consumer_pending_messages",
+                "Messages in the usage stream not yet delivered to this consumer (its lag).",
+                ["consumer"])
 
 
 def problems(event: UsageEvent) -> str | None:
@@ -88,6 +98,7 @@ class StreamConsumer:
             "Edgeinfer-Dead-Reason": reason[:500], "Edgeinfer-Original-Subject": msg.subject})
         log.error("%s message dead-lettered: %s", self.kind, reason)
         self.dead_lettered += 1
+        DEAD_LETTERS.labels(self.kind).inc()
 
     async def run(self) -> None:
         """Consume until cancelled. Subscribing can fail for a while (the stream not made
@@ -153,6 +164,7 @@ class StreamConsumer:
                 msgs = await sub.fetch(self._config.batch_size, timeout=self._config.fetch_timeout_s)
             except (NatsTimeoutError, TimeoutError):
                 raise_if_cancelled()
+                PENDING.labels(self.kind).set(0)  # nothing came in a whole fetch: caught up
                 continue
             except asyncio.CancelledError:
                 raise
@@ -161,6 +173,8 @@ class StreamConsumer:
                 await asyncio.sleep(0.5)
                 continue
             raise_if_cancelled()  # a cancellation the fetch swallowed (see shared/aio.py)
+            if msgs:
+                PENDING.labels(self.kind).set(msgs[-1].metadata.num_pending)
             await batches.put(msgs)
 
 class UsageConsumer(StreamConsumer):

@@ -85,3 +85,11 @@ async def gpu_us_by_runner(pool: asyncpg.Pool, runner_ids: list[str]) -> dict[st
         "SELECT runner_id, sum(gpu_us)::bigint AS us FROM metering.usage_events"
         " WHERE runner_id = ANY($1::text[]) GROUP BY runner_id", runner_ids)
     return {r["runner_id"]: r["us"] for r in rows}
+
+
+async def delivered_gpu_us_by_tenant(pool: asyncpg.Pool, since: datetime) -> dict[str, int]:
+    """Each tenant's delivered (billable) GPU-µs since `since` (the month's start)."""
+    rows = await pool.fetch(
+        "SELECT tenant_id, sum(delivered_gpu_us)::bigint AS us FROM metering.usage_hourly"
+        " WHERE hour >= $1 GROUP BY tenant_id", since)
+    return {r["tenant_id"]: r["us"] for r in rows}

@@ -35,12 +35,17 @@ from shared.events import (
 )
 from shared.http import admin_guard
 from shared.money import gpu_seconds
-from shared.periods import parse_period
+from shared.periods import month_start, parse_period
 from shared.subjects import Subjects
 from shared.tenancy import KeyResolver, Tenant, tenant_provider
 
 log = logging.getLogger(__name__)
 
+# This month's billable GPU-seconds per tenant, refreshed with each reconciliation: what the
+# dashboard shows per tenant (a label per tenant: fine for hundreds, not for millions).
+TENANT_GPU_SECONDS = Gauge("edgeinfer_metering_tenant_delivered_gpu_seconds",
+                           "GPU-seconds delivered to (billable for) each tenant this month.",
+                           ["tenant"])
 UNRECONCILED = Gauge("edgeinfer_metering_unreconciled_runners",
                      "Runners whose reported charges and the ledger have differed for longer"
                      " than the grace period (usage lost or counted twice).")
@@ -121,6 +126,9 @@ class MeteringService:
             await asyncio.sleep(self.config.reconcile_interval_s)
             try:
                 await self.reconcile_now(self._clock.monotonic())
+                for tenant, us in (await ledger.delivered_gpu_us_by_tenant(
+                        self._pool, month_start(self._clock.now()))).items():
+                    TENANT_GPU_SECONDS.labels(tenant).set(us / 1e6)
             except Exception as exc:  # the database restarting: try again next round
                 log.warning("reconciliation failed: %s", exc)
 

@@ -75,12 +75,14 @@ class _RunnerMetrics:
     def __init__(self) -> None:
         from prometheus_client import Counter, Gauge
 
-        self.busy_us = Counter("edgeinfer_runner_busy_device_microseconds",
-                               "Device-busy time measured around model calls.")
-        self.charged_us = Counter("edgeinfer_runner_charged_device_microseconds",
-                                  "Device time charged to tenants (busy × share).")
+        # Seconds, Prometheus's base unit; the ledger keeps the exact integer microseconds
+        # (a sum of floats here is exact to far below a microsecond).
+        self.busy_s = Counter("edgeinfer_runner_busy_device_seconds",
+                              "Device-busy time measured around model calls.")
+        self.charged_s = Counter("edgeinfer_runner_charged_device_seconds",
+                                 "Device time charged to tenants (busy × share).")
         self.requests = Counter("edgeinfer_runner_requests", "Requests that ran the model.")
-        self.wall_share_us = Gauge("edgeinfer_runner_wall_share_microseconds",
+        self.wall_share_s = Gauge("edgeinfer_runner_wall_share_seconds",
                                    "Wall time since ready × GPU share: the ceiling of busy time.",
                                    multiprocess_mode="livesum")
         self.in_flight = Gauge("edgeinfer_runner_in_flight_requests", "Requests in the model now.",
@@ -90,8 +92,8 @@ class _RunnerMetrics:
     def sync(self, ledger: Ledger) -> None:
         """Bring the counters up to the ledger's totals. Called once per heartbeat, not per
         request: each multiprocess counter update is a file-backed write."""
-        self.busy_us.inc(ledger.busy_us - self._synced.busy_us)
-        self.charged_us.inc(ledger.charged_us - self._synced.charged_us)
+        self.busy_s.inc((ledger.busy_us - self._synced.busy_us) / 1e6)
+        self.charged_s.inc((ledger.charged_us - self._synced.charged_us) / 1e6)
         self.requests.inc(ledger.requests - self._synced.requests)
         self._synced = ledger
 
@@ -231,7 +233,7 @@ class Runner:
         c = self.config
         if self._metrics is not None:
             self._metrics.sync(self.ledger)
-            self._metrics.wall_share_us.set(self.counters().wall_share_us)
+            self._metrics.wall_share_s.set(self.counters().wall_share_us / 1e6)
             self._metrics.in_flight.set(self.in_flight)
         beat = RunnerHeartbeat(
             id=new_id(), source=self.source, time=self.clock.now(),

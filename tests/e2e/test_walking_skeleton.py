@@ -31,6 +31,7 @@ from shared.bus import connect
 from shared.nats_permissions import with_user
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack, process_cmdline, process_env
+from tests.metrics_lint import lint_problems
 
 pytestmark = pytest.mark.e2e
 
@@ -306,12 +307,12 @@ async def test_runner_counters_conserve_and_match_the_ledger(stack: Stack, stack
     async with httpx.AsyncClient() as http:
         for url in urls:
             text = (await http.get(f"{url}/metrics")).text
-            busy = _metric(text, "edgeinfer_runner_busy_device_microseconds_total")
-            charged = _metric(text, "edgeinfer_runner_charged_device_microseconds_total")
-            wall = _metric(text, "edgeinfer_runner_wall_share_microseconds")
+            busy = _metric(text, "edgeinfer_runner_busy_device_seconds_total")
+            charged = _metric(text, "edgeinfer_runner_charged_device_seconds_total")
+            wall = _metric(text, "edgeinfer_runner_wall_share_seconds")
             assert charged == busy > 0
             assert busy <= wall
-            charged_total += int(charged)
+            charged_total += round(charged * 1e6)  # seconds on /metrics, exact to the µs
     deadline = time.monotonic() + 15
     while (ledger := await ledger_totals(stack_database, stack.ready["tenant_id"]))[0] < stack.served:
         assert time.monotonic() < deadline
@@ -332,6 +333,19 @@ def _metric(text: str, name: str) -> float:
               if line.startswith(name + " ") or line.startswith(name + "{")]
     assert values, f"{name} missing from /metrics"
     return sum(values)
+
+
+async def test_every_metrics_endpoint_passes_promtools_lint(stack: Stack) -> None:
+    """The API's, the router's and each runner's /metrics follow Prometheus's naming rules
+    (base units, counter suffixes): `promtool check metrics` finds nothing."""
+    runners = {env["EDGEINFER_RUNNER_URL"]
+               for p in psutil.Process(stack.process.pid).children(recursive=True)
+               if "EDGEINFER_RUNNER_URL" in (env := process_env(p))}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for url in [stack.api, stack.router, *runners]:
+            text = (await http.get(f"{url}/metrics")).text
+            assert "edgeinfer_" in text, url
+            assert await asyncio.to_thread(lint_problems, text) == "", url
 
 
 def test_secrets_are_files_only_their_owner_reads_and_never_logged(stack: Stack) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from shared.embedded import free_port
+from tests.metrics_lint import lint_problems
 
 BIN = Path(sys.executable).parent
 
@@ -45,6 +46,8 @@ def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
         scraped = httpx.get(f"{base}/metrics", timeout=2,
                             headers={"Authorization": "Bearer scrape-me"})
         assert scraped.status_code == 200 and "process_cpu_seconds_total" in scraped.text
+        assert "edgeinfer_metering_consumer_pending_messages" in scraped.text
+        assert lint_problems(scraped.text) == ""
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
