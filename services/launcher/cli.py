@@ -37,6 +37,7 @@ from services.registry.service import RegistryService
 from shared.bus import connect, decode_or_warn, ensure_platform_streams
 from shared.config import ConfigError, platform_from_env
 from shared.events import heartbeat_decoder
+from shared.logs import configure as configure_logs
 from shared.nats_permissions import without_password
 from shared.private_files import load_or_create_secret, write_private
 from shared.subjects import Subjects
@@ -75,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Which process a line comes from: under `edgeinfer up` every service logs to one terminal.
     label = "up" if args.command == "up" else "+".join(getattr(args, "service", ["edgeinfer"]))
-    logging.basicConfig(level=os.environ.get("EDGEINFER_LOG_LEVEL", "INFO"),
-                        format=f"%(asctime)s %(levelname)s [{label}] %(name)s: %(message)s")
     try:
+        configure_logs(os.environ.get("EDGEINFER_LOG_LEVEL", "INFO"),
+                       os.environ.get("EDGEINFER_LOG_FORMAT", "text").strip() or "text", label)
         if args.command == "up":
             return _run(up())
         if args.command == "topology":

@@ -37,4 +37,4 @@ def health_app(why_not_ready: Callable[[], str | None], metrics_token: str | Non
         return generate_latest()
 
     return Litestar(route_handlers=[healthz, readyz, metrics], exception_handlers=EXCEPTION_HANDLERS,
-                    openapi_config=None)
+                    openapi_config=None, logging_config=None)  # the process's (shared/logs.py)

@@ -348,6 +348,7 @@ def control_plane_app(route_handlers: list[Any], metrics_token: str | None = Non
     return Litestar(
         route_handlers=[*route_handlers, healthz, metrics],
         exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=None,  # the process's (shared/logs.py), not Litestar's
         before_request=refuse_unstorable_text,
         middleware=[idempotency(pool)] if pool is not None else [],
         template_config=TemplateConfig(directory=PORTAL_TEMPLATES, engine=JinjaTemplateEngine),

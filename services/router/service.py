@@ -289,4 +289,4 @@ class RouterService:
             return generate_latest(service.metrics.registry)
 
         return Litestar(route_handlers=[infer, healthz, metrics],
-                        exception_handlers=EXCEPTION_HANDLERS, openapi_config=None)
+                        exception_handlers=EXCEPTION_HANDLERS, openapi_config=None, logging_config=None)

@@ -1,8 +1,10 @@
 """`edgeinfer run <service>` with EDGEINFER_HEALTH_PORT: the probes and the scrape target
-of a process that serves no HTTP of its own (here metering, as in a Kubernetes pod)."""
+of a process that serves no HTTP of its own (here metering, as in a Kubernetes pod), and
+its logs as JSON lines (EDGEINFER_LOG_FORMAT=json)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -24,7 +26,7 @@ def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
     env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
            "EDGEINFER_NAMESPACE": namespace, "EDGEINFER_STATE_DIR": str(tmp_path),
            "EDGEINFER_HEALTH_PORT": str(port), "EDGEINFER_HEALTH_HOST": "127.0.0.1",
-           "EDGEINFER_METRICS_TOKEN": "scrape-me"}
+           "EDGEINFER_METRICS_TOKEN": "scrape-me", "EDGEINFER_LOG_FORMAT": "json"}
     log = tmp_path / "metering.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([str(BIN / "edgeinfer"), "run", "metering"], env=env,
@@ -52,3 +54,7 @@ def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     assert process.returncode == 0, log.read_text()[-2000:]
+    # EDGEINFER_LOG_FORMAT=json: every line one JSON object, naming its process.
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert records and all(r["process"] == "metering" and r["level"] and r["message"]
+                           for r in records)
