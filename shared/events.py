@@ -76,6 +76,8 @@ class UsageEvent(msgspec.Struct, frozen=True, kw_only=True, tag="usage.gpu.v1", 
     gpu_us: int
     started_at: datetime
     ended_at: datetime
+    # The W3C trace id of the request (shared/tracing.py), "" from runners before it.
+    trace_id: str = ""
 
 
 class UsageBatch(msgspec.Struct, frozen=True, kw_only=True, tag="usage.gpu.batch.v1",

@@ -234,8 +234,8 @@ class RouterService:
                                             requests=1 if attempts == 0 else 0)
                 attempts += 1
                 try:
-                    upstream = await self._forwarder.forward(deployment.id, route.replica, forward,
-                                                             hop)
+                    upstream = await self._forwarder.forward(
+                        deployment.id, route.replica, forward, hop, request.headers.get("traceparent"))
                 except NotStarted:
                     tried.add(route.replica.runner_id)
                     self.table.mark_down(deployment.id, route.replica.runner_id)

@@ -23,6 +23,7 @@ from services.router.table import RoutingTable
 from shared.clock import Clock
 from shared.hops import HEADER as HOP_HEADER
 from shared.http import Refusal
+from shared.tracing import child_traceparent
 
 
 class _Usage(msgspec.Struct):
@@ -70,7 +71,8 @@ class Forwarder:
             await self._http.close()
 
     async def forward(self, deployment_id: str, replica: ReplicaView, body: bytes,
-                      hop: str) -> Upstream:
+                      hop: str, traceparent: str | None = None) -> Upstream:
+        """`traceparent`: the client's; each attempt is a span of its own under it."""
         assert self._http is not None, "Forwarder.start() first"
         self._table.outstanding[replica.runner_id] += 1
         gauge = self._metrics.in_flight.labels(deployment_id, replica.pop)
@@ -78,7 +80,8 @@ class Forwarder:
         t0 = self._clock.monotonic()
         try:
             async with self._http.post(replica.url + "/infer", data=body, headers={
-                    "content-type": "application/json", HOP_HEADER: hop}) as resp:
+                    "content-type": "application/json", HOP_HEADER: hop,
+                    "traceparent": child_traceparent(traceparent)}) as resp:
                 data = await resp.read()
                 if resp.status == 503:
                     raise NotStarted()

@@ -31,11 +31,11 @@ class Bookkeeper:
         self._spool = spool
 
     def book(self, tenant_id: str, request_id: str, busy_us: int, started_at: datetime,
-             ended_at: datetime) -> tuple[str, int]:
+             ended_at: datetime, trace_id: str = "") -> tuple[str, int]:
         """(event id, µs charged)."""
         ledger, gpu_us = self.ledger.charge(busy_us)
         event_id = new_id()
         self._spool.append(self._lines.line(event_id, tenant_id, request_id, busy_us, gpu_us,
-                                            started_at, ended_at))
+                                            started_at, ended_at, trace_id))
         self.ledger = ledger
         return event_id, gpu_us

@@ -52,6 +52,7 @@ from shared.events import (
 from shared.hops import HEADER as HOP_HEADER
 from shared.hops import HopVerifier, InvalidHop, KeysUnavailable, kv_fetcher, now_ms
 from shared.subjects import Subjects
+from shared.tracing import trace_id_of
 
 log = logging.getLogger("edgeinfer.runner")
 
@@ -186,8 +187,8 @@ class Runner:
             raise InvalidArgument(str(exc)) from None
         self.in_flight += 1
         try:
-            part, (event_id, gpu_us) = await self._batcher.submit(
-                work, (claims.tenant_id, claims.request_id))
+            part, (event_id, gpu_us) = await self._batcher.submit(work, (
+                claims.tenant_id, claims.request_id, trace_id_of(ctx.request.headers.get("traceparent"))))
         finally:
             self.in_flight -= 1
         return json_answer({  # type: ignore[return-value]  # the same JSON object, ready
@@ -213,12 +214,12 @@ class Runner:
     def ledger(self) -> Ledger:
         return self._books.ledger if self._books is not None else self._unbooked
 
-    def _book(self, request: tuple[str, str], part: BatchPart) -> tuple[str, int]:
-        """Charge one request's part of a batch and spool its usage event before the answer
-        (booking.py). Returns (event id, µs charged)."""
+    def _book(self, request: tuple[str, str, str], part: BatchPart) -> tuple[str, int]:
+        """Charge one request's part of a batch — (tenant, request id, trace id) — and spool
+        its usage event before the answer (booking.py). Returns (event id, µs charged)."""
         assert self._books is not None
         return self._books.book(request[0], request[1], part.busy_us, part.started_at,
-                                part.ended_at)
+                                part.ended_at, request[2])
 
     def counters(self) -> RunnerCounters:
         if self.ready_ns is None:

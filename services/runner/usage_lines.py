@@ -20,7 +20,7 @@ from shared.events import UsageEvent, encode
 
 # The per-request fields, in UsageEvent's declaration order (the order msgspec writes them).
 _PER_REQUEST = ("id", "time", "tenant_id", "request_id", "busy_us", "gpu_us", "started_at",
-                "ended_at")
+                "ended_at", "trace_id")
 _NUMBERS = {"busy_us", "gpu_us"}
 
 
@@ -45,8 +45,8 @@ class UsageLines:
         self._format = encoded + b"\n"
 
     def line(self, event_id: str, tenant_id: str, request_id: str, busy_us: int, gpu_us: int,
-             started_at: datetime, ended_at: datetime) -> bytes:
+             started_at: datetime, ended_at: datetime, trace_id: str = "") -> bytes:
         """The event's JSON and its newline. `time` is when the work ended, as in the struct."""
         ended = encode(ended_at)
         return self._format % (encode(event_id), ended, encode(tenant_id), encode(request_id),
-                               busy_us, gpu_us, encode(started_at), ended)
+                               busy_us, gpu_us, encode(started_at), ended, encode(trace_id))

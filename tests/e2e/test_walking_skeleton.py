@@ -28,6 +28,7 @@ import pytest
 
 from services.registry.demo_model import sample_digit
 from shared.bus import connect
+from shared.events import UsageBatch, UsageEvent, usage_message_decoder
 from shared.nats_permissions import with_user
 from shared.subjects import Subjects
 from tests.e2e.conftest import Stack, process_cmdline, process_env
@@ -333,6 +334,41 @@ def _metric(text: str, name: str) -> float:
               if line.startswith(name + " ") or line.startswith(name + "{")]
     assert values, f"{name} missing from /metrics"
     return sum(values)
+
+
+async def test_a_clients_trace_reaches_the_runner_and_its_usage_event(stack: Stack) -> None:
+    """W3C `traceparent`: the router continues the client's trace (a new span per hop) and
+    the runner writes its trace id into the request's usage event."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    events: list[UsageEvent] = []
+
+    async def on_usage(msg: Any) -> None:
+        decoded = usage_message_decoder.decode(msg.data)
+        events.extend(decoded.events if isinstance(decoded, UsageBatch) else [decoded])
+
+    nc = await connect(stack.ready["nats_url"], "test-trace")
+    try:
+        await nc.subscribe(Subjects(stack.ready["namespace"]).usage_wildcard, cb=on_usage)
+        await nc.flush()
+        async with httpx.AsyncClient(timeout=30) as http:
+            traced = await http.post(
+                f"{stack.router}/v1/deployments/digits/infer", json={"inputs": [sample_digit(4)]},
+                headers={**stack.auth(), "traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+            untraced = await ainfer(stack, "eu")
+        stack.served += traced.status_code == 200
+        assert traced.status_code == 200 and untraced.status_code == 200, traced.text
+        ids = {traced.json()["usage"]["event_id"]: trace_id,
+               untraced.json()["usage"]["event_id"]: None}
+        deadline = time.monotonic() + 10
+        while not ids.keys() <= {e.id for e in events}:
+            assert time.monotonic() < deadline, "the usage events never came"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    by_id = {e.id: e.trace_id for e in events}
+    traced_event, untraced_event = list(ids)
+    assert by_id[traced_event] == trace_id
+    assert len(by_id[untraced_event]) == 32 and by_id[untraced_event] != trace_id  # one started
 
 
 async def test_every_metrics_endpoint_passes_promtools_lint(stack: Stack) -> None:
