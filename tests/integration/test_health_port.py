@@ -1,5 +1,5 @@
 """`edgeinfer run <service>` with EDGEINFER_HEALTH_PORT: the probes and the scrape target
-of a process that serves no HTTP of its own (here metering, as in a Kubernetes pod), and
+of each process that serves no HTTP of its own (as in a Kubernetes pod), and
 its logs as JSON lines (EDGEINFER_LOG_FORMAT=json)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.embedded import free_port
 from tests.metrics_lint import lint_problems
@@ -20,16 +21,24 @@ from tests.metrics_lint import lint_problems
 BIN = Path(sys.executable).parent
 
 
+# What each process exports beyond the client's defaults (one name suffices to see it).
+OWN_METRIC = {"metering": "edgeinfer_metering_consumer_pending_messages",
+              "registry": "python_gc_objects_collected_total",
+              "billing": "edgeinfer_billing_step_failures_total",
+              "autoscaler": "edgeinfer_autoscaler_metrics_unavailable"}
+
+
+@pytest.mark.parametrize("service", sorted(OWN_METRIC))
 def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
-        nats_url: str, database_url: str, namespace: str, tmp_path: Path) -> None:
+        service: str, nats_url: str, database_url: str, namespace: str, tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "NATS_URL": nats_url, "DATABASE_URL": database_url,
            "EDGEINFER_NAMESPACE": namespace, "EDGEINFER_STATE_DIR": str(tmp_path),
            "EDGEINFER_HEALTH_PORT": str(port), "EDGEINFER_HEALTH_HOST": "127.0.0.1",
            "EDGEINFER_METRICS_TOKEN": "scrape-me", "EDGEINFER_LOG_FORMAT": "json"}
-    log = tmp_path / "metering.log"
+    log = tmp_path / f"{service}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([str(BIN / "edgeinfer"), "run", "metering"], env=env,
+        process = subprocess.Popen([str(BIN / "edgeinfer"), "run", service], env=env,
                                    stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,13 +57,13 @@ def test_a_service_without_http_answers_probes_and_scrapes_on_its_health_port(
         scraped = httpx.get(f"{base}/metrics", timeout=2,
                             headers={"Authorization": "Bearer scrape-me"})
         assert scraped.status_code == 200 and "process_cpu_seconds_total" in scraped.text
-        assert "edgeinfer_metering_consumer_pending_messages" in scraped.text
-        assert lint_problems(scraped.text) == ""
+        assert OWN_METRIC[service] in scraped.text
+        assert lint_problems(scraped.text) == ""  # promtool check metrics
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     assert process.returncode == 0, log.read_text()[-2000:]
     # EDGEINFER_LOG_FORMAT=json: every line one JSON object, naming its process.
     records = [json.loads(line) for line in log.read_text().splitlines()]
-    assert records and all(r["process"] == "metering" and r["level"] and r["message"]
+    assert records and all(r["process"] == service and r["level"] and r["message"]
                            for r in records)
