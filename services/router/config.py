@@ -50,6 +50,11 @@ class RouterConfig:
     # How long a request waits for a cold start unless it sends X-Scale-Up-Timeout.
     scale_up_timeout_s: float = 60.0
     max_scale_up_timeout_s: float = 300.0
+    # How long a request waits for a slot when every allowed replica is full, unless it
+    # sends X-Queue-Timeout (0: refuse at once); and how many may wait per deployment.
+    queue_timeout_s: float = 10.0
+    max_queue_timeout_s: float = 120.0
+    queue_max: int = 1000
     # The PoP this router serves from: its delivery confirmations go to
     # `<ns>.usage.delivered.<pop>`, which that PoP's usage stream stores.
     pop: str = "local"
@@ -80,6 +85,9 @@ def router_config_from_env(env: Mapping[str, str] | None = None) -> RouterConfig
                                     RouterConfig.forward_timeout_s, lo=0.1, hi=600),
         scale_up_timeout_s=env_float(env, "EDGEINFER_SCALE_UP_TIMEOUT_S",
                                      RouterConfig.scale_up_timeout_s, lo=0, hi=3600),
+        queue_timeout_s=env_float(env, "EDGEINFER_QUEUE_TIMEOUT_S", RouterConfig.queue_timeout_s,
+                                  lo=0, hi=RouterConfig.max_queue_timeout_s),
+        queue_max=env_int(env, "EDGEINFER_QUEUE_MAX", RouterConfig.queue_max, lo=0, hi=1_000_000),
         cache_stale_s=env_float(env, "EDGEINFER_CACHE_STALE_S", RouterConfig.cache_stale_s,
                                 lo=0, hi=7 * 86400),
         pop=env_str(env, "EDGEINFER_ROUTER_POP", RouterConfig.pop),

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 from collections import defaultdict
 
+from prometheus_client import Gauge
+
 from services.router.metrics import RouterMetrics
 from shared.clock import Clock
 
@@ -30,17 +32,25 @@ class Holds:
         """Wait for a ready replica (or the timeout); returns the seconds waited."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting[deployment_id].append(future)
-        gauge = self._metrics.held.labels(deployment_id, pop)
-        gauge.inc()
-        t0 = self._clock.monotonic()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(future, timeout_s)
+            waited = await counted_wait(future, timeout_s, self._metrics.held.labels(deployment_id, pop),
+                                        self._clock)
         finally:
-            gauge.dec()
             waiters = self._waiting.get(deployment_id)
             if waiters and future in waiters:
                 waiters.remove(future)
-        waited = self._clock.monotonic() - t0
         self._metrics.cold_start_wait.labels(deployment_id).observe(waited)
         return waited
+
+
+async def counted_wait(future: asyncio.Future[None], timeout_s: float, gauge: Gauge,
+                       clock: Clock) -> float:
+    """Wait for `future` (or the timeout), counted in `gauge` meanwhile; the seconds waited."""
+    gauge.inc()
+    t0 = clock.monotonic()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(future, timeout_s)
+    finally:
+        gauge.dec()
+    return clock.monotonic() - t0

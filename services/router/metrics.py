@@ -36,6 +36,13 @@ class RouterMetrics:
             "Requests refused because every replica was full, each counted as the mean request"
             " time: its rate is the concurrency the replicas could not take.",
             ["deployment", "pop"], registry=self.registry)
+        self.queued = Gauge(
+            "edgeinfer_router_queued_requests", "Requests waiting for a slot while every"
+            " allowed replica is full, by the PoP they wait for.", ["deployment", "pop"],
+            registry=self.registry)
+        self.queue_wait = Histogram(
+            "edgeinfer_router_queue_wait_seconds", "How long requests waited for a slot.",
+            ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.cold_start_wait = Histogram(
             "edgeinfer_router_cold_start_wait_seconds", "How long held requests waited.",
             ["deployment"], buckets=_LATENCY_BUCKETS, registry=self.registry)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -39,6 +40,7 @@ from services.router.idempotency import Idempotency
 from services.router.location import client_region
 from services.router.metrics import RouterMetrics
 from services.router.policy import Route, choose, order_pops
+from services.router.queue import SlotQueue
 from services.router.signals import DemandSignals
 from services.router.table import RoutingTable
 from services.router.upstream import Forwarder, NotStarted, answer
@@ -77,18 +79,53 @@ _infer_decoders: dict[str, tuple[msgspec.json.Decoder[Any], str]] = {
 }
 
 
-def scale_up_timeout_of(raw: str | None, config: RouterConfig) -> float:
-    """How long the client will wait for a cold deployment (X-Scale-Up-Timeout)."""
+def seconds_header(raw: str | None, default: float, most: float, header: str, code: str) -> float:
+    """A client's wait in seconds (X-Scale-Up-Timeout, X-Queue-Timeout), or the default."""
     if raw is None:
-        return config.scale_up_timeout_s
+        return default
     try:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if not 0 <= value <= config.max_scale_up_timeout_s:
-        raise Refusal(400, "invalid_scale_up_timeout",
-                      f"X-Scale-Up-Timeout is seconds in [0; {config.max_scale_up_timeout_s:g}]")
+    if not 0 <= value <= most:
+        raise Refusal(400, code, f"{header} is seconds in [0; {most:g}]")
     return value
+
+
+def scale_up_timeout_of(raw: str | None, config: RouterConfig) -> float:
+    """How long the client will wait for a cold deployment (X-Scale-Up-Timeout)."""
+    return seconds_header(raw, config.scale_up_timeout_s, config.max_scale_up_timeout_s,
+                          "X-Scale-Up-Timeout", "invalid_scale_up_timeout")
+
+
+def queue_timeout_of(raw: str | None, config: RouterConfig) -> float:
+    """How long the client will wait for a slot when every replica is full (X-Queue-Timeout)."""
+    return seconds_header(raw, config.queue_timeout_s, config.max_queue_timeout_s,
+                          "X-Queue-Timeout", "invalid_queue_timeout")
+
+
+def saturated(deployment: Deployment) -> Refusal:
+    return Refusal(503, "saturated", "every replica in the deployment's allowed PoPs "
+                   f"({', '.join(deployment.allowed_pops)}) is at capacity, and no slot freed in"
+                   " time for this request", headers={"Retry-After": "1"})
+
+
+class PopOrders:
+    """The allowed PoPs nearest first, per client region and deployment (cached)."""
+
+    def __init__(self, latency_ms: Mapping[str, Mapping[str, float]]) -> None:
+        self._latency_ms = latency_ms
+        self._orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
+
+    def __call__(self, region: str, allowed_pops: list[str]) -> list[tuple[str, float]]:
+        key = (region, tuple(allowed_pops))
+        ordered = self._orders.get(key)
+        if ordered is None:
+            if len(self._orders) > 10_000:
+                self._orders.clear()
+            ordered = order_pops(allowed_pops, self._latency_ms.get(region, {}))
+            self._orders[key] = ordered
+        return ordered
 
 
 class RouterService:
@@ -105,7 +142,9 @@ class RouterService:
         self.gate = TenantGate()
         self.holds = Holds(self.metrics, clock)
         self.signals = DemandSignals(nc, subjects, self.metrics, clock)
-        self._forwarder = Forwarder(self.table, self.metrics, clock, config.forward_timeout_s)
+        self.queue = SlotQueue(self.metrics, clock, config.queue_max)
+        self._forwarder = Forwarder(self.table, self.metrics, clock, config.forward_timeout_s,
+                                    self.queue.notify)
         self.hops = HopKeys(nc.jetstream(), subjects.hop_keys_bucket)
         self.deliveries = DeliveryConfirmations(nc.jetstream(), subjects.delivered(config.pop),
                                                 self.metrics, clock, config.delivery_flush_s)
@@ -114,7 +153,7 @@ class RouterService:
         self.deployments = DeploymentCache(nc, subjects, clock, config.deployment_cache_s,
                                            config.cache_stale_s)
         self._random = random.Random()
-        self._pop_orders: dict[tuple[str, tuple[str, ...]], list[tuple[str, float]]] = {}
+        self._pop_order = PopOrders(config.latency_ms)
 
     async def start(self) -> None:
         await self._forwarder.start()
@@ -140,6 +179,7 @@ class RouterService:
         self.table.observe(beat, self._clock.monotonic())
         if beat.state == "ready":
             self.holds.release(beat.deployment_id)
+            self.queue.notify(beat.deployment_id, beat.capacity)
 
     async def _on_accounts_event(self, msg: Msg) -> None:
         event = decode_or_warn(accounts_event_decoder, msg)
@@ -156,16 +196,6 @@ class RouterService:
             self.gate.budget(state)
 
     # --- the request path ------------------------------------------------------------------
-
-    def _pop_order(self, region: str, allowed_pops: list[str]) -> list[tuple[str, float]]:
-        key = (region, tuple(allowed_pops))
-        ordered = self._pop_orders.get(key)
-        if ordered is None:
-            if len(self._pop_orders) > 10_000:
-                self._pop_orders.clear()
-            ordered = order_pops(allowed_pops, self._config.latency_ms.get(region, {}))
-            self._pop_orders[key] = ordered
-        return ordered
 
     async def infer(self, request: Request[Any, Any, Any], name: str) -> Response[Any]:
         started = self._clock.monotonic()
@@ -206,8 +236,8 @@ class RouterService:
             payload = decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise Refusal(400, "invalid_body", f"expected JSON {shape}: {exc}") from None
-        scale_up_timeout = scale_up_timeout_of(request.headers.get("x-scale-up-timeout"),
-                                              self._config)
+        scale_up_timeout = scale_up_timeout_of(request.headers.get("x-scale-up-timeout"), self._config)
+        queue_timeout = queue_timeout_of(request.headers.get("x-queue-timeout"), self._config)
         region = client_region(request.headers.get(self._config.client_region_header),
                                request.client.host if request.client else None,
                                self._config.client_prefixes, self._config.default_client_region)
@@ -220,6 +250,8 @@ class RouterService:
         tried: set[str] = set()
         waited_s = 0.0
         deadline: float | None = None  # set when the request is first held
+        ticket: int | None = None  # its place in the queue, once it waits for a slot
+        queue_deadline = queued_s = 0.0
         attempts = 0
         while True:
             # Heartbeats come over NATS: while it is away, the replicas last heard from stay
@@ -227,7 +259,8 @@ class RouterService:
             table = self.table.by_pop(deployment.id, self._clock.monotonic(),
                                       None if self._nc.is_connected else self._config.cache_stale_s)
             route = choose(ordered, table, self._random.randrange, frozenset(tried))
-            if isinstance(route, Route):
+            # A slot, and nobody queued before this request: served; else it waits its turn.
+            if isinstance(route, Route) and (ticket is not None or not self.queue.waiting(deployment.id)):
                 # Counted once per request, at its first attempt: one refused by a draining
                 # replica and sent again is still one request served.
                 await self.signals.activity(deployment.id, route.replica.pop,
@@ -246,19 +279,23 @@ class RouterService:
                     continue
                 self.signals.observe_service_time(deployment.id, upstream.seconds)
                 response = answer(upstream, request_id, route.replica, deadline is not None,
-                                  waited_s, self.deliveries.delivered)
-                return response, route.replica.pop, upstream.seconds + waited_s
-            # A replica that refused (draining, or gone) and no other ready: the same as cold
-            # — hold the request and wake the deployment — unless the rest are full.
-            if route.reason == "saturated":
-                await self.signals.saturation(deployment.id, nearest)
-                raise Refusal(503, "saturated",
-                              "every replica in the deployment's allowed PoPs "
-                              f"({', '.join(deployment.allowed_pops)}) is at capacity",
-                              headers={"Retry-After": str(route.retry_after_s)})
+                                  waited_s, self.deliveries.delivered, queued_s)
+                return response, route.replica.pop, upstream.seconds + waited_s + queued_s
+            # Every allowed replica full, or others queued first: wait for a slot, in turn.
+            if isinstance(route, Route) or route.reason == "saturated":
+                now = self._clock.monotonic()
+                if ticket is None:  # a full queue refuses at once
+                    ticket, queue_deadline = self.queue.enter(deployment.id, now, queue_timeout)
+                if now >= queue_deadline:
+                    await self.signals.saturation(deployment.id, nearest)
+                    raise saturated(deployment)
+                await self.signals.queued(deployment.id, nearest, self.queue.waiting(deployment.id) + 1)
+                queued_s += await self.queue.wait(deployment.id, nearest, ticket, queue_deadline - now)
+                continue
             if not self._nc.is_connected:  # nothing can wake the deployment: do not hold
                 raise Unavailable("the PoP's message bus")
-            # Cold: nothing ready anywhere allowed. Wake the deployment and hold.
+            # Cold — nothing ready anywhere allowed, or the one tried refused (draining, gone):
+            # wake the deployment and hold the request.
             now = self._clock.monotonic()
             deadline = now + scale_up_timeout if deadline is None else deadline
             remaining = deadline - now

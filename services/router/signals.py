@@ -1,6 +1,6 @@
 """What the router tells the autoscaler on `<ns>.router.demand.<deployment>`: held requests
 (wake a deployment at once), activity (requests served, at most once a second per PoP),
-and refused load (concurrency the replicas could not take)."""
+and queued and refused load (concurrency the replicas could not take)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ class DemandSignals:
         # Refusals at capacity since the last report, and each deployment's mean time per
         # request (EWMA), to turn them into concurrency.
         self._refused: dict[tuple[str, str], tuple[float, int]] = {}
+        self._queued_sent: dict[tuple[str, str], float] = {}
         self._service_s: dict[str, float] = {}
 
     def observe_service_time(self, deployment_id: str, seconds: float) -> None:
@@ -62,6 +63,15 @@ class DemandSignals:
         self._refused[key] = (now, 0)
         excess = refused / max(now - since, 1.0) * self._service_s.get(deployment_id, 0.1)
         await self.publish(deployment_id, pop, held=0, excess=excess)
+
+    async def queued(self, deployment_id: str, pop: str, waiting: int) -> None:
+        """Requests waiting for a slot are concurrency the replicas cannot take now: their
+        number, at most once a second, as the load the autoscaler adds replicas for."""
+        now = self._clock.monotonic()
+        key = (deployment_id, pop)
+        if now - self._queued_sent.get(key, float("-inf")) >= 1.0:
+            self._queued_sent[key] = now
+            await self.publish(deployment_id, pop, held=0, excess=float(waiting))
 
     async def publish(self, deployment_id: str, pop: str, held: int, excess: float = 0.0,
                       served: int = 0) -> None:

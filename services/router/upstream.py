@@ -54,12 +54,15 @@ class Upstream:
 
 class Forwarder:
     def __init__(self, table: RoutingTable, metrics: RouterMetrics, clock: Clock,
-                 timeout_s: float) -> None:
+                 timeout_s: float,
+                 slot_freed: Callable[[str], None] = lambda deployment_id: None) -> None:
         self._table = table
         self._metrics = metrics
         self._clock = clock
         self._timeout_s = timeout_s
         self._http: aiohttp.ClientSession | None = None
+        # Called with the deployment id when a forward ends: a slot is free (queue.py).
+        self.slot_freed = slot_freed
 
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(
@@ -96,16 +99,19 @@ class Forwarder:
         finally:
             gauge.dec()
             self._table.outstanding[replica.runner_id] -= 1
+            self.slot_freed(deployment_id)
 
 
 def answer(upstream: Upstream, request_id: str, replica: ReplicaView, held: bool,
-           waited_s: float, delivered: Callable[[str], Awaitable[None]]) -> Response[Any]:
+           waited_s: float, delivered: Callable[[str], Awaitable[None]],
+           queued_s: float = 0.0) -> Response[Any]:
     """The tenant's response from the runner's, or the refusal that replaces it. A 200 is
     confirmed as `delivered` once its body has been written to the client: that, not the
     runner's answer, makes its GPU time billable."""
     headers = {"x-request-id": request_id, "x-edgeinfer-pop": replica.pop,
                "x-edgeinfer-cold-start": "true" if held else "false",
-               "x-edgeinfer-cold-start-wait-ms": str(round(waited_s * 1000))}
+               "x-edgeinfer-cold-start-wait-ms": str(round(waited_s * 1000)),
+               "x-edgeinfer-queue-wait-ms": str(round(queued_s * 1000))}
     if upstream.status == 200:
         try:
             parsed = _answer_decoder.decode(upstream.data)

@@ -286,10 +286,11 @@ def test_an_oversized_body_is_a_413(tenant: Tenant) -> None:
 
 async def test_load_spills_to_the_next_allowed_pop_and_then_is_refused(stack: Stack) -> None:
     """digits runs in eu-west and us-east with capacity 1 each; an EU client sends 10 slow
-    requests at once: one is served in eu-west, one spills to us-east, the rest are refused
-    with 503 + Retry-After (never queued abroad beyond capacity)."""
+    requests at once that will not wait for a slot (X-Queue-Timeout: 0): one is served in
+    eu-west, one spills to us-east, the rest are refused with 503 + Retry-After (never
+    sent abroad beyond capacity)."""
     heavy = {"inputs": [sample_digit(i % 10) for i in range(1024)]}
-    auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu"}
+    auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu", "X-Queue-Timeout": "0"}
     async with httpx.AsyncClient(timeout=60) as http:
         answers = await asyncio.gather(*(
             http.post(f"{stack.router}/v1/deployments/digits/infer", json=heavy, headers=auth)
@@ -302,6 +303,22 @@ async def test_load_spills_to_the_next_allowed_pop_and_then_is_refused(stack: St
     assert refused, "no request was refused: the capacity check was never exercised"
     assert all(a.status_code == 503 and a.json()["error"]["code"] == "saturated"
                and int(a.headers["retry-after"]) >= 1 for a in refused)
+
+
+async def test_at_capacity_requests_wait_for_a_slot_instead_of_being_refused(stack: Stack) -> None:
+    """The same ten slow requests, allowed to wait (the default queue timeout): every one is
+    served, in the deployment's PoPs only, those that found no free slot after a wait."""
+    heavy = {"inputs": [sample_digit(i % 10) for i in range(1024)]}
+    auth = {"Authorization": f"Bearer {stack.key}", "X-Client-Region": "eu"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        answers = await asyncio.gather(*(
+            http.post(f"{stack.router}/v1/deployments/digits/infer", json=heavy, headers=auth)
+            for _ in range(10)))
+    assert [a.status_code for a in answers] == [200] * 10, [a.text for a in answers]
+    stack.served += 10
+    assert {a.headers["x-edgeinfer-pop"] for a in answers} <= {"eu-west", "us-east"}
+    waits = sorted(int(a.headers["x-edgeinfer-queue-wait-ms"]) for a in answers)
+    assert waits[0] == 0 and waits[-1] > 0, waits  # two slots: most of them queued
 
 
 def test_a_killed_runner_fails_over_to_the_next_allowed_pop(stack: Stack) -> None:
