@@ -304,7 +304,9 @@ async def main(seconds: float) -> None:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(30)
+            # Requests still queued when the real runner stopped are held for its cold start
+            # (nothing here scales it again) until their scale-up timeout: up to 60 s.
+            p.wait(90)
         nats.stop()
         pg.stop()
 
