@@ -21,17 +21,17 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from services.registry.demo_model import digits_onnx, sample_digit
-from services.runner.accounting import Ledger, ns_to_us
-from services.runner.booking import Bookkeeper
-from services.runner.models.base import run_alone
-from services.runner.models.onnx import OnnxModel
-from services.runner.outbox import Outbox, Spool
-from services.runner.usage_lines import UsageLines
-from shared.bus import connect, ensure_streams
-from shared.embedded import start_nats
-from shared.events import UsageEvent
-from shared.subjects import Subjects
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.services.runner.accounting import Ledger, ns_to_us
+from edgeinfer.services.runner.booking import Bookkeeper
+from edgeinfer.services.runner.models.base import run_alone
+from edgeinfer.services.runner.models.onnx import OnnxModel
+from edgeinfer.services.runner.outbox import Outbox, Spool
+from edgeinfer.services.runner.usage_lines import UsageLines
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.embedded import start_nats
+from edgeinfer.shared.events import UsageEvent
+from edgeinfer.shared.subjects import Subjects
 
 N = 20_000
 

@@ -22,10 +22,10 @@ from decimal import Decimal
 from pathlib import Path
 
 from bench.common import pct
-from services.autoscaler.service import AutoscalerConfig, AutoscalerService
-from shared.bus import connect, ensure_streams
-from shared.embedded import start_nats
-from shared.events import (
+from edgeinfer.services.autoscaler.service import AutoscalerConfig, AutoscalerService
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.embedded import start_nats
+from edgeinfer.shared.events import (
     DemandSignal,
     Deployment,
     ListDeploymentsReply,
@@ -33,8 +33,8 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.subjects import Subjects
-from shared.topology import Pop
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import Pop
 from tests.standins.recording_executor import RecordingExecutor
 
 POPS = {"eu-west": Pop("eu-west", "eu-west", "eu")}

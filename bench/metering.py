@@ -26,11 +26,11 @@ import asyncpg
 import msgspec
 from common import PeakRss
 
-from shared.bus import connect, ensure_streams
-from shared.db import migrate
-from shared.embedded import free_port, start_nats, start_postgres
-from shared.events import UsageBatch, UsageEvent, batch_id, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.db import migrate
+from edgeinfer.shared.embedded import free_port, start_nats, start_postgres
+from edgeinfer.shared.events import UsageBatch, UsageEvent, batch_id, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 from tests.seed import register_deployment
 
 BATCH = int(os.environ.get("BENCH_BATCH", "64"))  # events per message; 1 = one per message

@@ -34,13 +34,13 @@ import httpx
 import msgspec
 from common import pct
 
-from services.registry.demo_model import digits_onnx, sample_digit
-from services.router.policy import ReplicaView, choose, order_pops
-from shared.bus import connect
-from shared.embedded import free_port, start_nats, start_postgres, wait_for_port
-from shared.events import RunnerHeartbeat, encode, new_id
-from shared.hops import HopSigner
-from shared.subjects import Subjects
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.services.router.policy import ReplicaView, choose, order_pops
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.embedded import free_port, start_nats, start_postgres, wait_for_port
+from edgeinfer.shared.events import RunnerHeartbeat, encode, new_id
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 RATES = [int(r) for r in os.environ.get("BENCH_RATES", "100,500,1000").split(",") if r]
@@ -168,10 +168,10 @@ async def real_runner(nats_url: str, work: Path, paths: dict[str, tuple[str, byt
                       runner_body: bytes, seconds: float) -> None:
     """Once more against a real BentoML runner serving the digits model (the echo backend's
     heartbeats have stopped, so the router drops it within 3 s)."""
-    from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
-    from shared.bus import request
-    from shared.events import ListDeploymentsReply
-    from shared.topology import pops_from_env
+    from edgeinfer.services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+    from edgeinfer.shared.bus import request
+    from edgeinfer.shared.events import ListDeploymentsReply
+    from edgeinfer.shared.topology import pops_from_env
 
     nc = await connect(nats_url, "bench")
     subjects = Subjects("edgeinfer")

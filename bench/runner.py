@@ -37,15 +37,15 @@ import httpx
 import psutil
 from common import PeakRss
 
-from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
-from services.registry.demo_model import digits_onnx, minilm_artifact, sample_digit
-from shared.artifacts import put_artifact
-from shared.bus import connect, ensure_streams
-from shared.embedded import EmbeddedNats, free_port, start_nats
-from shared.events import Deployment
-from shared.hops import HopSigner
-from shared.subjects import Subjects
-from shared.topology import pops_from_env
+from edgeinfer.services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+from edgeinfer.services.registry.demo_model import digits_onnx, minilm_artifact, sample_digit
+from edgeinfer.shared.artifacts import put_artifact
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.embedded import EmbeddedNats, free_port, start_nats
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import pops_from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 WRK_HEADERS: dict[str, str] = {}  # sent with every wrk request: the signed-hop token

@@ -41,10 +41,10 @@ import httpx
 import psutil
 from runner import MODELS, runner_pid, set_up, start_bare
 
-from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
-from services.runner.outbox import Spool
-from shared.hops import HopSigner
-from shared.topology import pops_from_env
+from edgeinfer.services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+from edgeinfer.services.runner.outbox import Spool
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.topology import pops_from_env
 
 WORKER = "_bentoml_impl.worker.service"
 GC = "gc_collect_main"  # CPython's cyclic collector, with what it calls

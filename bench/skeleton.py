@@ -25,10 +25,10 @@ import msgspec
 import psutil
 from common import pct
 
-from shared.bus import connect
-from shared.embedded import free_port
-from shared.hops import HopSigner
-from shared.subjects import Subjects
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.embedded import free_port
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.subjects import Subjects
 
 N = 100
 
@@ -67,7 +67,7 @@ def main() -> None:
         tree += [p for p in psutil.process_iter(["cmdline"])
                  if p not in tree and str(state) in " ".join(p.info["cmdline"] or [])]
         rss_mb = sum(p.memory_info().rss for p in tree) / 2**20
-        from services.registry.demo_model import sample_digit
+        from edgeinfer.services.registry.demo_model import sample_digit
 
         body = {"inputs": [sample_digit(0)]}
         headers = {"Authorization": f"Bearer {ready['api_key']}"}

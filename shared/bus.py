@@ -15,10 +15,10 @@ from nats.js import JetStreamContext
 from nats.js import api as js_api
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from shared.hops import hop_keys
-from shared.http import Refusal
-from shared.nats_permissions import inbox_prefix
-from shared.subjects import Subjects
+from edgeinfer.shared.hops import hop_keys
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.nats_permissions import inbox_prefix
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

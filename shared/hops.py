@@ -30,7 +30,7 @@ from nats.js.client import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
 
 HEADER = "edgeinfer-hop"
 TTL_S = 30  # a token is for one forward (and its retries); 30 s covers clock skew too

@@ -79,7 +79,7 @@ def admin_guard(admin_token: str):
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
-    from shared.auth import bearer_token, same_secret
+    from edgeinfer.shared.auth import bearer_token, same_secret
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         token = bearer_token(connection.headers.get("authorization"))
@@ -96,7 +96,7 @@ def metrics_guard(metrics_token: str | None):
     from litestar.connection import ASGIConnection
     from litestar.handlers.base import BaseRouteHandler
 
-    from shared.auth import bearer_token, same_secret
+    from edgeinfer.shared.auth import bearer_token, same_secret
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         if metrics_token is None:

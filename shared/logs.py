@@ -7,7 +7,7 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from shared.config import ConfigError
+from edgeinfer.shared.config import ConfigError
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,7 +1,7 @@
 """Who may publish and subscribe what on NATS: one user per role, least privilege.
 
 Pure: roles in, allow-lists and nats-server `authorization` blocks out. Every subject comes
-from shared/subjects.py, so the lists follow the code. Everything not listed is refused by
+from edgeinfer.shared/subjects.py, so the lists follow the code. Everything not listed is refused by
 the server ("Permissions Violation"); `tests/integration/test_nats_permissions.py` checks,
 against a real nats-server, that each role can do its own work and nothing it should not:
 a runner publishes only its heartbeats and its PoP's usage, a router never publishes usage,
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from shared.private_files import write_private
-from shared.subjects import Subjects, token
+from edgeinfer.shared.private_files import write_private
+from edgeinfer.shared.subjects import Subjects, token
 
 JS = "$JS.API"
 HUB_ROLES = ("api", "registry", "metering", "billing", "autoscaler", "router")

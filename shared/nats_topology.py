@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.config import ConfigError
-from shared.nats_permissions import (
+from edgeinfer.shared.config import ConfigError
+from edgeinfer.shared.nats_permissions import (
     HUB_ROLES,
     User,
     authorization_block,
@@ -55,9 +55,9 @@ from shared.nats_permissions import (
     user_name,
     with_user,
 )
-from shared.private_files import write_private
-from shared.subjects import Subjects, token
-from shared.topology import Pop
+from edgeinfer.shared.private_files import write_private
+from edgeinfer.shared.subjects import Subjects, token
+from edgeinfer.shared.topology import Pop
 
 HUB_DOMAIN = "hub"
 CLUSTER_NAME = "edgeinfer-hub"

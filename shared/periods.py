@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from shared.http import Refusal
+from edgeinfer.shared.http import Refusal
 
 
 def month_start(now: datetime) -> datetime:

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
-from shared.events import Schedule
+from edgeinfer.shared.events import Schedule
 
 __all__ = ["InvalidSchedule", "Schedule", "is_active", "scheduled_min", "validate"]
 

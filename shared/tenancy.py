@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
 
-from shared.auth import bearer_token, hash_api_key
-from shared.bus import Unavailable, request
-from shared.events import ResolveKeyReply, ResolveKeyRequest, TenantLimits
-from shared.http import Refusal
-from shared.subjects import Subjects
+from edgeinfer.shared.auth import bearer_token, hash_api_key
+from edgeinfer.shared.bus import Unavailable, request
+from edgeinfer.shared.events import ResolveKeyReply, ResolveKeyRequest, TenantLimits
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.subjects import Subjects
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import ConfigError
-from shared.subjects import token
+from edgeinfer.shared.config import ConfigError
+from edgeinfer.shared.subjects import token
 
 DEFAULT_POPS = "eu-west:eu-west:eu,us-east:us-east:us"
 

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from shared.db import migrate
-from shared.embedded import start_nats, start_postgres
+from edgeinfer.shared.db import migrate
+from edgeinfer.shared.embedded import start_nats, start_postgres
 from tests.debian import debian_program
 
 
@@ -119,7 +119,7 @@ async def jetstream_ready(url: str, timeout_s: float = 60.0) -> None:
     import asyncio
     import contextlib
 
-    from shared.bus import connect
+    from edgeinfer.shared.bus import connect
 
     nc = await connect(url, "test-jetstream-ready")
     try:

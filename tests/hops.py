@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from shared.bus import connect
-from shared.hops import HopSigner
-from shared.subjects import Subjects
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.subjects import Subjects
 
 
 async def trusted_signer(nats_url: str, namespace: str) -> HopSigner:

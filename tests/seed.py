@@ -9,8 +9,8 @@ import hashlib
 
 import asyncpg
 
-from services.metering import ledger, settlement
-from shared.events import UsageEvent
+from edgeinfer.services.metering import ledger, settlement
+from edgeinfer.shared.events import UsageEvent
 
 
 async def register_deployment(db: asyncpg.Pool | asyncpg.Connection, deployment_id: str,

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
-from services.autoscaler.kubernetes import KubernetesConfig, MigSlice, manifest
-from shared.events import Deployment
-from shared.topology import Pop
+from edgeinfer.services.autoscaler.kubernetes import KubernetesConfig, MigSlice, manifest
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.topology import Pop
 
 ROOT = Path(__file__).resolve().parents[1]
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
@@ -90,7 +90,8 @@ def test_every_pod_is_probed_bounded_and_unprivileged(
             ports = {p.get("name") for p in c.get("ports", [])} | {
                 p["containerPort"] for p in c.get("ports", [])}
             if c["name"] == "runner":  # drained before it stops, as the local executor does
-                assert c["lifecycle"]["preStop"]["exec"]["command"][:3] == ["python", "-m", "shared.drain"]
+                drain = c["lifecycle"]["preStop"]["exec"]["command"][:3]
+                assert drain == ["python", "-m", "edgeinfer.shared.drain"]
             for probe in (c.get(kind) for kind in ("startupProbe", "livenessProbe", "readinessProbe")):
                 assert probe and probe["httpGet"]["port"] in ports, (where, probe)
             # What a container writes goes to a volume of its own.
@@ -167,7 +168,7 @@ def test_the_manifests_name_only_documented_config_keys_and_their_nats_layout_re
                            "".join(yaml.safe_dump_all(d) for d in rendered.values())))
     assert named - documented == set()
     # The hub's topology: its servers are the StatefulSet's pods, and every config renders.
-    from services.launcher.cli import main
+    from edgeinfer.services.launcher.cli import main
 
     out = tmp_path / "nats-conf"
     assert main(["topology", "render", str(KUSTOMIZE / "hub" / "topology.toml"), "--out", str(out),

@@ -26,14 +26,14 @@ def documented_defaults() -> list[tuple[str, str]]:
 
 def config_builders() -> list[tuple[str, Callable[[dict[str, str]], object]]]:
     """Every settings object a process builds from its environment at start."""
-    from services.autoscaler.service import autoscaler_config_from_env
-    from services.billing.config import billing_config_from_env
-    from services.launcher.stack import stack_config_from_env
-    from services.metering.config import metering_config_from_env
-    from services.router.config import router_config_from_env
-    from services.runner.config import runner_config_from_env
-    from shared.config import platform_from_env
-    from shared.topology import pops_from_env
+    from edgeinfer.services.autoscaler.service import autoscaler_config_from_env
+    from edgeinfer.services.billing.config import billing_config_from_env
+    from edgeinfer.services.launcher.stack import stack_config_from_env
+    from edgeinfer.services.metering.config import metering_config_from_env
+    from edgeinfer.services.router.config import router_config_from_env
+    from edgeinfer.services.runner.config import runner_config_from_env
+    from edgeinfer.shared.config import platform_from_env
+    from edgeinfer.shared.topology import pops_from_env
 
     runner_required = {k: "x" for k in (
         "EDGEINFER_RUNNER_ID", "EDGEINFER_POP", "EDGEINFER_REGION", "EDGEINFER_RUNNER_URL",

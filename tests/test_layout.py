@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from services.launcher.stack import SERVICES
+from edgeinfer.services.launcher.stack import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -57,8 +57,8 @@ def test_every_address_in_compose_is_one_its_users_reach() -> None:
     advertise a name the routers' containers resolve, and listen beyond loopback."""
     from urllib.parse import urlsplit
 
-    from services.launcher.stack import stack_config_from_env
-    from shared.config import platform_from_env
+    from edgeinfer.services.launcher.stack import stack_config_from_env
+    from edgeinfer.shared.config import platform_from_env
 
     services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.subjects import Subjects
+from edgeinfer.shared.subjects import Subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVICES = sorted(p.parent.name for p in (ROOT / "services").glob("*/__init__.py"))

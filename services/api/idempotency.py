@@ -19,8 +19,8 @@ import msgspec
 from litestar.datastructures import Headers
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.api import repository as repo
-from shared.http import DATABASE_UNAVAILABLE, error_body, unstorable
+from edgeinfer.services.api import repository as repo
+from edgeinfer.shared.http import DATABASE_UNAVAILABLE, error_body, unstorable
 
 log = logging.getLogger(__name__)
 

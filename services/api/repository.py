@@ -8,8 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.auth import generate_api_key, hash_api_key
-from shared.events import ResolveKeyReply, TenantLimits
+from edgeinfer.shared.auth import generate_api_key, hash_api_key
+from edgeinfer.shared.events import ResolveKeyReply, TenantLimits
 
 
 @dataclass(frozen=True)

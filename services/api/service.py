@@ -18,9 +18,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from services.api import repository
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import (
+from edgeinfer.services.api import repository
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import (
     KeyRevoked,
     ResolveKeyReply,
     ResolveKeyRequest,
@@ -28,8 +28,8 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.http import Refusal, admin_guard
-from shared.subjects import Subjects
+from edgeinfer.shared.http import Refusal, admin_guard
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

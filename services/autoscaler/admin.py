@@ -10,9 +10,9 @@ from litestar import Router, get
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from shared.events import ScalingDecision
-from shared.http import admin_guard
-from shared.subjects import Subjects
+from edgeinfer.shared.events import ScalingDecision
+from edgeinfer.shared.http import admin_guard
+from edgeinfer.shared.subjects import Subjects
 
 
 async def recent_decisions(nc: NATS, subjects: Subjects, limit: int,

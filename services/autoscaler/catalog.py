@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from shared.events import Deployment
+from edgeinfer.shared.events import Deployment
 
 
 class Catalog:

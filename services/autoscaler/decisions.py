@@ -9,11 +9,11 @@ import logging
 
 from nats.aio.client import Client as NATS
 
-from services.autoscaler.decide import Decision, Inputs
-from services.autoscaler.rollout import Rollout
-from shared.clock import Clock
-from shared.events import Deployment, ScalingDecision, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.autoscaler.decide import Decision, Inputs
+from edgeinfer.services.autoscaler.rollout import Rollout
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.events import Deployment, ScalingDecision, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.events import Deployment
+from edgeinfer.shared.events import Deployment
 
 
 @dataclass(frozen=True)

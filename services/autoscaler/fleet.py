@@ -8,11 +8,11 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client import Gauge
 
-from services.autoscaler.decide import ReplicaView
-from services.autoscaler.executor import Replica, ReplicaExecutor, deployment_spec
-from services.autoscaler.metrics import HeartbeatConcurrency
-from services.autoscaler.rollout import Rollout, rollout_changes
-from shared.events import Deployment
+from edgeinfer.services.autoscaler.decide import ReplicaView
+from edgeinfer.services.autoscaler.executor import Replica, ReplicaExecutor, deployment_spec
+from edgeinfer.services.autoscaler.metrics import HeartbeatConcurrency
+from edgeinfer.services.autoscaler.rollout import Rollout, rollout_changes
+from edgeinfer.shared.events import Deployment
 
 # Replicas whose fresh heartbeat says `ready`: with desired replicas above zero and none
 # ready for minutes, runners are not starting or not heard (deploy/observability alerts).

@@ -16,8 +16,8 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
 from nats.js.kv import KeyValue
 
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig
-from shared.subjects import token
+from edgeinfer.services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig
+from edgeinfer.shared.subjects import token
 
 log = logging.getLogger(__name__)
 

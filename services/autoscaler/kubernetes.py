@@ -27,10 +27,10 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient, AppsV1Api, V1Deployment
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from services.autoscaler.executor import Replica, deployment_spec
-from shared.config import ConfigError, list_items, split_share
-from shared.events import Deployment
-from shared.topology import Pop
+from edgeinfer.services.autoscaler.executor import Replica, deployment_spec
+from edgeinfer.shared.config import ConfigError, list_items, split_share
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.topology import Pop
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def manifest(d: Deployment, pop: str, config: KubernetesConfig, replicas: int) -
                                            "periodSeconds": 2},
                         # Drain before SIGTERM (shared/drain.py), as the local executor does.
                         "lifecycle": {"preStop": {"exec": {"command": [
-                            "python", "-m", "shared.drain", "http://127.0.0.1:3000",
+                            "python", "-m", "edgeinfer.shared.drain", "http://127.0.0.1:3000",
                             str(config.drain_timeout_s)]}}},
                     }],
                 },

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 
-from services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
-from shared.clock import Clock
+from edgeinfer.services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
+from edgeinfer.services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
+from edgeinfer.shared.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The local-process executor: BentoML runner processes per simulated PoP on this machine.
 
-Each replica is `bentoml serve services.runner.service:Runner` in its own session, with
+Each replica is `bentoml serve edgeinfer.services.runner.service:Runner` in its own session, with
 its assignment in the environment. Stopping sends SIGTERM to the arbiter (BentoML drains
 and runs the runner's shutdown hook in each worker), then kills whatever is left of the
 whole process tree: BentoML workers have their own process groups and would survive a
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import psutil
 
-from services.autoscaler.executor import Replica, deployment_spec, replica_spec
-from shared.config import ConfigError, list_items, split_share
-from shared.drain import drain
-from shared.embedded import free_port
-from shared.events import Deployment
-from shared.processes import alive
-from shared.topology import Pop
+from edgeinfer.services.autoscaler.executor import Replica, deployment_spec, replica_spec
+from edgeinfer.shared.config import ConfigError, list_items, split_share
+from edgeinfer.shared.drain import drain
+from edgeinfer.shared.embedded import free_port
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.processes import alive
+from edgeinfer.shared.topology import Pop
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ class LocalProcessExecutor:
         log_file = open(logs / f"runner-{pop}-{runner_id}.log", "ab")
         popen = subprocess.Popen(
             [*c.command_prefix, sys.executable, "-m", "bentoml", "serve",
-             "services.runner.service:Runner",
+             "edgeinfer.services.runner.service:Runner",
              "--host", c.bind_host, "--port", str(port)],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)

@@ -18,7 +18,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Protocol
 
-from shared.events import DemandSignal, RunnerHeartbeat
+from edgeinfer.shared.events import DemandSignal, RunnerHeartbeat
 
 Key = tuple[str, str]  # (deployment id, PoP)
 

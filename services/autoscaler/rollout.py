@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from services.autoscaler.decide import ReplicaView, replica_changes
+from edgeinfer.services.autoscaler.decide import ReplicaView, replica_changes
 
 SURGE = 1
 

@@ -22,8 +22,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client import Gauge
 
-from services.autoscaler.catalog import Catalog
-from services.autoscaler.decide import (
+from edgeinfer.services.autoscaler.catalog import Catalog
+from edgeinfer.services.autoscaler.decide import (
     Decision,
     Inputs,
     Observation,
@@ -32,23 +32,23 @@ from services.autoscaler.decide import (
     ScaleConfig,
     decide,
 )
-from services.autoscaler.decisions import DecisionLog
-from services.autoscaler.executor import Replica, ReplicaExecutor
-from services.autoscaler.fleet import free_slots, replica_views, rollout_step
-from services.autoscaler.history import KeepAliveHistory
-from services.autoscaler.keepalive import KeepAliveConfig
-from services.autoscaler.learning import KeepAliveLearner
-from services.autoscaler.metrics import (
+from edgeinfer.services.autoscaler.decisions import DecisionLog
+from edgeinfer.services.autoscaler.executor import Replica, ReplicaExecutor
+from edgeinfer.services.autoscaler.fleet import free_slots, replica_views, rollout_step
+from edgeinfer.services.autoscaler.history import KeepAliveHistory
+from edgeinfer.services.autoscaler.keepalive import KeepAliveConfig
+from edgeinfer.services.autoscaler.learning import KeepAliveLearner
+from edgeinfer.services.autoscaler.metrics import (
     ConcurrencySource,
     HeartbeatConcurrency,
     MetricsUnavailable,
     PrometheusConcurrency,
 )
-from services.autoscaler.placement import place
-from shared.bus import decode_or_warn, request
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.config import ConfigError, env_float, env_int, env_optional, list_items
-from shared.events import (
+from edgeinfer.services.autoscaler.placement import place
+from edgeinfer.shared.bus import decode_or_warn, request
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.config import ConfigError, env_float, env_int, env_optional, list_items
+from edgeinfer.shared.events import (
     Deployment,
     ListDeploymentsReply,
     ScalingDecision,
@@ -56,9 +56,9 @@ from shared.events import (
     deployment_updated_decoder,
     heartbeat_decoder,
 )
-from shared.schedules import scheduled_min
-from shared.subjects import Subjects
-from shared.topology import Pop
+from edgeinfer.shared.schedules import scheduled_min
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import Pop
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ from typing import Any
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from services.billing import repository as repo
-from services.billing.budgets import Budget, BudgetSpec, budget_from_spec, decide
-from services.billing.invoicing import rated_usage
-from shared.clock import Clock
-from shared.events import BudgetAlert, BudgetState, encode, new_id
-from shared.periods import month_start, next_month
-from shared.subjects import Subjects
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.budgets import Budget, BudgetSpec, budget_from_spec, decide
+from edgeinfer.services.billing.invoicing import rated_usage
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.events import BudgetAlert, BudgetState, encode, new_id
+from edgeinfer.shared.periods import month_start, next_month
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 import msgspec
 
-from shared.money import check_currency, parse_price
+from edgeinfer.shared.money import check_currency, parse_price
 
 
 class BudgetSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

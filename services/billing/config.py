@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from shared.config import ConfigError, env_float, env_optional
+from edgeinfer.shared.config import ConfigError, env_float, env_optional
 
 
 @dataclass(frozen=True)

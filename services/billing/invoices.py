@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from services.billing.rating import InvoiceLine, Rated
-from shared.money import minor_unit
+from edgeinfer.services.billing.rating import InvoiceLine, Rated
+from edgeinfer.shared.money import minor_unit
 
 ZERO = Decimal("0.00")
 LineKey = tuple[str, str, str, Decimal]  # deployment, GPU class, region, unit price

@@ -17,10 +17,10 @@ from typing import Any
 
 import asyncpg
 
-from services.billing import repository as repo
-from services.billing.invoices import BilledLine, CreditGrant, Draft, compose
-from services.billing.rating import Price, Rated, UsageRow, rate
-from shared.periods import next_month
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.invoices import BilledLine, CreditGrant, Draft, compose
+from edgeinfer.services.billing.rating import Price, Rated, UsageRow, rate
+from edgeinfer.shared.periods import next_month
 
 
 async def rated_usage(db: repo.Db, tenant_id: str, start: datetime, end: datetime) -> Rated:

@@ -26,16 +26,16 @@ from litestar.params import Body
 from litestar.response import Redirect, Template
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from services.billing import invoicing
-from services.billing import repository as repo
-from services.billing.budgets import BudgetSpec, InvalidBudget
-from services.billing.chart import daily_chart
-from services.billing.service import BillingService
-from shared.auth import hash_api_key
-from shared.http import Refusal
-from shared.money import gpu_seconds
-from shared.periods import month_start, next_month, parse_month
-from shared.tenancy import KeyResolver
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.budgets import BudgetSpec, InvalidBudget
+from edgeinfer.services.billing.chart import daily_chart
+from edgeinfer.services.billing.service import BillingService
+from edgeinfer.shared.auth import hash_api_key
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.money import gpu_seconds
+from edgeinfer.shared.periods import month_start, next_month, parse_month
+from edgeinfer.shared.tenancy import KeyResolver
 
 TEMPLATES = Path(__file__).parent / "templates"
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]

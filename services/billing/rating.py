@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from shared.money import gpu_seconds, line_amount
+from edgeinfer.shared.money import gpu_seconds, line_amount
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.billing.invoices import Draft
+from edgeinfer.services.billing.invoices import Draft
 
 Db = asyncpg.Connection | asyncpg.Pool
 

@@ -18,14 +18,14 @@ import msgspec
 from litestar import Router, delete, get, post, put
 from litestar.params import Parameter
 
-from services.billing import invoicing
-from services.billing import repository as repo
-from services.billing.budgets import BudgetSpec, InvalidBudget
-from services.billing.service import BillingService
-from shared.http import Refusal, admin_guard
-from shared.money import CURRENCY_DECIMALS, check_currency, parse_price
-from shared.periods import next_month, parse_month, parse_period
-from shared.tenancy import KeyResolver, Tenant, tenant_provider
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.budgets import BudgetSpec, InvalidBudget
+from edgeinfer.services.billing.service import BillingService
+from edgeinfer.shared.http import Refusal, admin_guard
+from edgeinfer.shared.money import CURRENCY_DECIMALS, check_currency, parse_price
+from edgeinfer.shared.periods import next_month, parse_month, parse_period
+from edgeinfer.shared.tenancy import KeyResolver, Tenant, tenant_provider
 
 
 class CloseRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

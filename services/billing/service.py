@@ -23,17 +23,17 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter
 
-from services.billing import invoicing
-from services.billing.budgeting import BudgetKeeper
-from services.billing.config import BillingConfig
-from services.billing.invoicing import rated_usage
-from services.billing.stripe_push import StripePusher, client_for
-from shared.bus import request
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import ListDeploymentsReply
-from shared.money import gpu_seconds
-from shared.periods import month_start
-from shared.subjects import Subjects
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing.budgeting import BudgetKeeper
+from edgeinfer.services.billing.config import BillingConfig
+from edgeinfer.services.billing.invoicing import rated_usage
+from edgeinfer.services.billing.stripe_push import StripePusher, client_for
+from edgeinfer.shared.bus import request
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import ListDeploymentsReply
+from edgeinfer.shared.money import gpu_seconds
+from edgeinfer.shared.periods import month_start
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

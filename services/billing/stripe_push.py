@@ -25,9 +25,9 @@ from typing import Any
 import asyncpg
 import stripe
 
-from services.billing import repository as repo
-from services.billing.config import StripeConfig
-from shared.money import to_minor_units
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.config import StripeConfig
+from edgeinfer.shared.money import to_minor_units
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import psutil
 
-from services.launcher.infra import Infrastructure
-from services.launcher.stack import (
+from edgeinfer.services.launcher.infra import Infrastructure
+from edgeinfer.services.launcher.stack import (
     DATABASE_SERVICES,
     SERVICES,
     Stack,
@@ -32,15 +32,15 @@ from services.launcher.stack import (
     needs_database,
     stack_config_from_env,
 )
-from services.launcher.supervisor import Child, Supervisor, become_subreaper
-from services.registry.service import RegistryService
-from shared.bus import connect, decode_or_warn, ensure_platform_streams
-from shared.config import ConfigError, platform_from_env
-from shared.events import heartbeat_decoder
-from shared.logs import configure as configure_logs
-from shared.nats_permissions import without_password
-from shared.private_files import load_or_create_secret, write_private
-from shared.subjects import Subjects
+from edgeinfer.services.launcher.supervisor import Child, Supervisor, become_subreaper
+from edgeinfer.services.registry.service import RegistryService
+from edgeinfer.shared.bus import connect, decode_or_warn, ensure_platform_streams
+from edgeinfer.shared.config import ConfigError, platform_from_env
+from edgeinfer.shared.events import heartbeat_decoder
+from edgeinfer.shared.logs import configure as configure_logs
+from edgeinfer.shared.nats_permissions import without_password
+from edgeinfer.shared.private_files import load_or_create_secret, write_private
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer")
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                "(default: each server's own host)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sim"]:
-        from services.sim.main import main as sim
+        from edgeinfer.services.sim.main import main as sim
 
         return sim(argv[1:])
     args = parser.parse_args(argv)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("a runner runs alone: `edgeinfer run runner`")
             # A runner is a BentoML service process of its own; the executor sets its env.
             os.execv(sys.executable, [sys.executable, "-m", "bentoml", "serve",
-                                      "services.runner.service:Runner", "--host",
+                                      "edgeinfer.services.runner.service:Runner", "--host",
                                       os.environ.get("EDGEINFER_RUNNER_HOST", "0.0.0.0"),
                                       "--port", os.environ.get("EDGEINFER_RUNNER_PORT", "3000")])
         return _run(run_services(tuple(args.service)))
@@ -102,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 def render_topology(description: Path, out: Path, store_root: Path,
                     listen_host: str | None = None) -> int:
     """Write every server's config and check each with `nats-server -t`."""
-    from shared.embedded import nats_server_binary
-    from shared.nats_topology import load_topology, render
+    from edgeinfer.shared.embedded import nats_server_binary
+    from edgeinfer.shared.nats_topology import load_topology, render
 
     if not description.is_file():
         raise ConfigError(f"no topology description at {description}")
@@ -183,8 +183,8 @@ STOP_ORDER = ("autoscaler", "router", "api", "billing", "metering", "registry")
 
 
 async def up() -> int:
-    from services.launcher.demo import seed
-    from services.registry.demo_model import sample_digit
+    from edgeinfer.services.launcher.demo import seed
+    from edgeinfer.services.registry.demo_model import sample_digit
 
     started = time.monotonic()
     platform = platform_from_env()
@@ -198,7 +198,7 @@ async def up() -> int:
     run_dir = platform.state_dir / "run"
     run_dir.mkdir(exist_ok=True)
     supervisor = Supervisor(
-        children=[Child(name, [sys.executable, "-m", "services.launcher.cli", "run", name],
+        children=[Child(name, [sys.executable, "-m", "edgeinfer.services.launcher.cli", "run", name],
                         run_dir / f"{name}.ready") for name in SERVICES],
         env={}, status_file=platform.state_dir / "supervisor.json")
     watch: asyncio.Task[None] | None = None

@@ -7,12 +7,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.api import repository as accounts
-from services.registry.demo_model import digits_onnx
-from services.registry.service import DeploymentSpec, RegistryService
-from shared.auth import hash_api_key
-from shared.events import Deployment
-from shared.http import Refusal
+from edgeinfer.services.api import repository as accounts
+from edgeinfer.services.registry.demo_model import digits_onnx
+from edgeinfer.services.registry.service import DeploymentSpec, RegistryService
+from edgeinfer.shared.auth import hash_api_key
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.http import Refusal
 
 log = logging.getLogger("edgeinfer")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from litestar import Litestar, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.http import EXCEPTION_HANDLERS, metrics_guard
+from edgeinfer.shared.http import EXCEPTION_HANDLERS, metrics_guard
 
 
 def health_app(why_not_ready: Callable[[], str | None], metrics_token: str | None) -> Litestar:

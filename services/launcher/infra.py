@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.launcher.supervisor import keep_up
-from shared.bus import connect, ensure_platform_streams
-from shared.config import PlatformConfig
-from shared.db import create_pool, migrate
-from shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
-from shared.nats_permissions import (
+from edgeinfer.services.launcher.supervisor import keep_up
+from edgeinfer.shared.bus import connect, ensure_platform_streams
+from edgeinfer.shared.config import PlatformConfig
+from edgeinfer.shared.db import create_pool, migrate
+from edgeinfer.shared.embedded import EmbeddedNats, EmbeddedPostgres, start_nats, start_postgres
+from edgeinfer.shared.nats_permissions import (
     User,
     authorization_block,
     load_credentials,
@@ -32,8 +32,8 @@ from shared.nats_permissions import (
     user_name,
     with_user,
 )
-from shared.private_files import write_private
-from shared.subjects import Subjects
+from edgeinfer.shared.private_files import write_private
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger("edgeinfer")
 

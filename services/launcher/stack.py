@@ -21,26 +21,30 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.api.idempotency import idempotency
-from services.api.service import AccountsService
-from services.autoscaler.admin import admin_router as autoscaler_admin_router
-from services.autoscaler.executor import ReplicaExecutor
-from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
-from services.autoscaler.service import AutoscalerConfig, AutoscalerService, autoscaler_config_from_env
-from services.billing.config import BillingConfig, billing_config_from_env
-from services.billing.portal import TEMPLATES as PORTAL_TEMPLATES
-from services.billing.portal import portal_router
-from services.billing.routes import admin_router as billing_admin_router
-from services.billing.routes import tenant_router as billing_tenant_router
-from services.billing.service import BillingService
-from services.launcher.health import health_app
-from services.metering.config import MeteringConfig, metering_config_from_env
-from services.metering.service import MeteringService
-from services.registry.service import RegistryService
-from services.router.config import RouterConfig, router_config_from_env
-from services.router.service import RouterService
-from shared.bus import connect, ensure_platform_streams
-from shared.config import (
+from edgeinfer.services.api.idempotency import idempotency
+from edgeinfer.services.api.service import AccountsService
+from edgeinfer.services.autoscaler.admin import admin_router as autoscaler_admin_router
+from edgeinfer.services.autoscaler.executor import ReplicaExecutor
+from edgeinfer.services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor, parse_local_gpus
+from edgeinfer.services.autoscaler.service import (
+    AutoscalerConfig,
+    AutoscalerService,
+    autoscaler_config_from_env,
+)
+from edgeinfer.services.billing.config import BillingConfig, billing_config_from_env
+from edgeinfer.services.billing.portal import TEMPLATES as PORTAL_TEMPLATES
+from edgeinfer.services.billing.portal import portal_router
+from edgeinfer.services.billing.routes import admin_router as billing_admin_router
+from edgeinfer.services.billing.routes import tenant_router as billing_tenant_router
+from edgeinfer.services.billing.service import BillingService
+from edgeinfer.services.launcher.health import health_app
+from edgeinfer.services.metering.config import MeteringConfig, metering_config_from_env
+from edgeinfer.services.metering.service import MeteringService
+from edgeinfer.services.registry.service import RegistryService
+from edgeinfer.services.router.config import RouterConfig, router_config_from_env
+from edgeinfer.services.router.service import RouterService
+from edgeinfer.shared.bus import connect, ensure_platform_streams
+from edgeinfer.shared.config import (
     ConfigError,
     PlatformConfig,
     env_bool,
@@ -49,15 +53,15 @@ from shared.config import (
     env_optional,
     env_str,
 )
-from shared.db import create_pool, migrate
-from shared.http import EXCEPTION_HANDLERS, metrics_guard, refuse_unstorable_text
-from shared.nats_permissions import user_name, with_user
-from shared.nats_topology import Topology, load_topology
-from shared.openapi import document_errors
-from shared.private_files import load_or_create_secret
-from shared.subjects import Subjects
-from shared.tenancy import KeyResolver
-from shared.topology import Pop, pops_from_env
+from edgeinfer.shared.db import create_pool, migrate
+from edgeinfer.shared.http import EXCEPTION_HANDLERS, metrics_guard, refuse_unstorable_text
+from edgeinfer.shared.nats_permissions import user_name, with_user
+from edgeinfer.shared.nats_topology import Topology, load_topology
+from edgeinfer.shared.openapi import document_errors
+from edgeinfer.shared.private_files import load_or_create_secret
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tenancy import KeyResolver
+from edgeinfer.shared.topology import Pop, pops_from_env
 
 log = logging.getLogger("edgeinfer")
 
@@ -300,7 +304,7 @@ async def make_executor(c: StackConfig, nats_url: str) -> ReplicaExecutor:
     from kubernetes_asyncio import config as k8s_config
     from kubernetes_asyncio.client import ApiClient
 
-    from services.autoscaler.kubernetes import (
+    from edgeinfer.services.autoscaler.kubernetes import (
         KubernetesConfig,
         KubernetesExecutor,
         parse_mig_classes,

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import psutil
 
-from shared.embedded import die_with_parent_thread
+from edgeinfer.shared.embedded import die_with_parent_thread
 
 log = logging.getLogger("edgeinfer.supervisor")
 

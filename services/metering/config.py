@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from shared.config import env_float, env_int
+from edgeinfer.shared.config import env_float, env_int
 
 
 @dataclass(frozen=True)

@@ -27,19 +27,19 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api as js_api
 from prometheus_client import Counter, Gauge
 
-from services.metering import ledger, settlement
-from services.metering.config import ConsumerConfig
-from services.metering.owners import DeploymentOwners
-from shared.aio import raise_if_cancelled
-from shared.events import (
+from edgeinfer.services.metering import ledger, settlement
+from edgeinfer.services.metering.config import ConsumerConfig
+from edgeinfer.services.metering.owners import DeploymentOwners
+from edgeinfer.shared.aio import raise_if_cancelled
+from edgeinfer.shared.events import (
     UsageBatch,
     UsageEvent,
     deliveries_decoder,
     encode,
     usage_message_decoder,
 )
-from shared.http import unstorable
-from shared.subjects import Subjects
+from edgeinfer.shared.http import unstorable
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

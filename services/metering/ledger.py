@@ -13,7 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-from shared.events import UsageEvent
+from edgeinfer.shared.events import UsageEvent
 
 _COLUMNS = ("event_id", "tenant_id", "request_id", "deployment_id", "model_version", "runner_id",
             "pop", "region", "gpu_class", "gpu_share", "busy_us", "gpu_us", "started_at",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from shared.events import UsageEvent
+from edgeinfer.shared.events import UsageEvent
 
 
 class DeploymentOwners:

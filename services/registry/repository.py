@@ -7,7 +7,7 @@ import secrets
 import asyncpg
 import msgspec
 
-from shared.events import Deployment, Schedule
+from edgeinfer.shared.events import Deployment, Schedule
 
 _DEPLOYMENT_SELECT = """
     SELECT d.id, d.tenant_id, d.name, m.name AS model_name, v.version AS model_version,

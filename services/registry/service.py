@@ -16,10 +16,10 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from services.registry import repository
-from shared.artifacts import put_artifact
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import (
+from edgeinfer.services.registry import repository
+from edgeinfer.shared.artifacts import put_artifact
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import (
     Deployment,
     DeploymentUpdated,
     ListDeploymentsReply,
@@ -29,13 +29,13 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.http import Refusal, unstorable
-from shared.model_formats import FRAMEWORKS, InvalidArtifact, read_embedding_artifact
-from shared.schedules import InvalidSchedule
-from shared.schedules import validate as validate_schedule
-from shared.subjects import Subjects
-from shared.tenancy import KeyResolver, Tenant, tenant_provider
-from shared.topology import Pop
+from edgeinfer.shared.http import Refusal, unstorable
+from edgeinfer.shared.model_formats import FRAMEWORKS, InvalidArtifact, read_embedding_artifact
+from edgeinfer.shared.schedules import InvalidSchedule
+from edgeinfer.shared.schedules import validate as validate_schedule
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tenancy import KeyResolver, Tenant, tenant_provider
+from edgeinfer.shared.topology import Pop
 
 log = logging.getLogger(__name__)
 

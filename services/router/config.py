@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from services.router.location import PrefixTable, parse_prefixes
-from shared.config import ConfigError, env_float, env_int, env_str, list_items
+from edgeinfer.services.router.location import PrefixTable, parse_prefixes
+from edgeinfer.shared.config import ConfigError, env_float, env_int, env_str, list_items
 
 # client region → PoP → round-trip ms. In production this is fed by measurements.
 DEFAULT_LATENCY_MAP = "eu>eu-west=8,eu>us-east=85,us>us-east=8,us>eu-west=85"

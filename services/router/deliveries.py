@@ -20,9 +20,9 @@ import logging
 import nats.errors
 from nats.js import JetStreamContext
 
-from services.router.metrics import RouterMetrics
-from shared.clock import Clock
-from shared.events import Deliveries, batch_id, encode
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.events import Deliveries, batch_id, encode
 
 log = logging.getLogger(__name__)
 

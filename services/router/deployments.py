@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from shared.bus import Unavailable, request
-from shared.clock import Clock
-from shared.events import Deployment, ResolveDeploymentReply, ResolveDeploymentRequest
-from shared.subjects import Subjects
+from edgeinfer.shared.bus import Unavailable, request
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.events import Deployment, ResolveDeploymentReply, ResolveDeploymentRequest
+from edgeinfer.shared.subjects import Subjects
 
 
 class DeploymentCache:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from services.router.admission import Bucket, retry_after_header, take
-from shared.events import BudgetState
-from shared.http import Refusal
-from shared.tenancy import Tenant
+from edgeinfer.services.router.admission import Bucket, retry_after_header, take
+from edgeinfer.shared.events import BudgetState
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.tenancy import Tenant
 
 
 class TenantGate:

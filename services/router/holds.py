@@ -9,8 +9,8 @@ from collections import defaultdict
 
 from prometheus_client import Gauge
 
-from services.router.metrics import RouterMetrics
-from shared.clock import Clock
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.clock import Clock
 
 
 class Holds:

@@ -11,7 +11,7 @@ import logging
 
 from nats.js.client import JetStreamContext
 
-from shared.hops import REFRESH_S, HopSigner
+from edgeinfer.shared.hops import REFRESH_S, HopSigner
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from shared.bus import Unavailable
-from shared.clock import Clock
-from shared.hops import now_ms
-from shared.http import Refusal
+from edgeinfer.shared.bus import Unavailable
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.hops import now_ms
+from edgeinfer.shared.http import Refusal
 
 log = logging.getLogger(__name__)
 

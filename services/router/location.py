@@ -9,7 +9,7 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from shared.config import ConfigError, list_items
+from edgeinfer.shared.config import ConfigError, list_items
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -14,9 +14,9 @@ import bisect
 import itertools
 from collections import defaultdict
 
-from services.router.holds import counted_wait
-from services.router.metrics import RouterMetrics
-from shared.clock import Clock
+from edgeinfer.services.router.holds import counted_wait
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.clock import Clock
 
 
 class SlotQueue:

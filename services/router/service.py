@@ -29,24 +29,24 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.router.config import RouterConfig
-from services.router.deliveries import DeliveryConfirmations
-from services.router.deployments import DeploymentCache
-from services.router.gate import TenantGate
-from services.router.holds import Holds
-from services.router.hopkeys import HopKeys
-from services.router.idempotency import HEADER as IDEMPOTENCY_HEADER
-from services.router.idempotency import Idempotency
-from services.router.location import client_region
-from services.router.metrics import RouterMetrics
-from services.router.policy import Route, choose, order_pops
-from services.router.queue import SlotQueue
-from services.router.signals import DemandSignals
-from services.router.table import RoutingTable
-from services.router.upstream import Forwarder, NotStarted, answer
-from shared.bus import Unavailable, decode_or_warn
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import (
+from edgeinfer.services.router.config import RouterConfig
+from edgeinfer.services.router.deliveries import DeliveryConfirmations
+from edgeinfer.services.router.deployments import DeploymentCache
+from edgeinfer.services.router.gate import TenantGate
+from edgeinfer.services.router.holds import Holds
+from edgeinfer.services.router.hopkeys import HopKeys
+from edgeinfer.services.router.idempotency import HEADER as IDEMPOTENCY_HEADER
+from edgeinfer.services.router.idempotency import Idempotency
+from edgeinfer.services.router.location import client_region
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.services.router.policy import Route, choose, order_pops
+from edgeinfer.services.router.queue import SlotQueue
+from edgeinfer.services.router.signals import DemandSignals
+from edgeinfer.services.router.table import RoutingTable
+from edgeinfer.services.router.upstream import Forwarder, NotStarted, answer
+from edgeinfer.shared.bus import Unavailable, decode_or_warn
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import (
     Deployment,
     KeyRevoked,
     accounts_event_decoder,
@@ -55,10 +55,10 @@ from shared.events import (
     heartbeat_decoder,
     new_id,
 )
-from shared.hops import now_ms
-from shared.http import EXCEPTION_HANDLERS, Refusal, metrics_guard, unstorable
-from shared.subjects import Subjects
-from shared.tenancy import KeyResolver, Tenant
+from edgeinfer.shared.hops import now_ms
+from edgeinfer.shared.http import EXCEPTION_HANDLERS, Refusal, metrics_guard, unstorable
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tenancy import KeyResolver, Tenant
 
 log = logging.getLogger(__name__)
 

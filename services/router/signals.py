@@ -10,10 +10,10 @@ from collections import defaultdict
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from services.router.metrics import RouterMetrics
-from shared.clock import Clock
-from shared.events import DemandSignal, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.events import DemandSignal, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from services.router.policy import ReplicaView
-from shared.events import RunnerHeartbeat
+from edgeinfer.services.router.policy import ReplicaView
+from edgeinfer.shared.events import RunnerHeartbeat
 
 
 @dataclass

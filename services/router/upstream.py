@@ -17,13 +17,13 @@ import msgspec
 from litestar import Response
 from litestar.background_tasks import BackgroundTask
 
-from services.router.metrics import RouterMetrics
-from services.router.policy import ReplicaView
-from services.router.table import RoutingTable
-from shared.clock import Clock
-from shared.hops import HEADER as HOP_HEADER
-from shared.http import Refusal
-from shared.tracing import child_traceparent
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.services.router.policy import ReplicaView
+from edgeinfer.services.router.table import RoutingTable
+from edgeinfer.shared.clock import Clock
+from edgeinfer.shared.hops import HEADER as HOP_HEADER
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.tracing import child_traceparent
 
 
 class _Usage(msgspec.Struct):

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from services.runner.accounting import ns_to_us, split_batch
-from services.runner.device import DeviceTimer
-from services.runner.models.base import ServedModel, Work
-from shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.services.runner.accounting import ns_to_us, split_batch
+from edgeinfer.services.runner.device import DeviceTimer
+from edgeinfer.services.runner.models.base import ServedModel, Work
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
-from services.runner.accounting import Ledger
-from services.runner.usage_lines import UsageLines
-from shared.events import new_id
+from edgeinfer.services.runner.accounting import Ledger
+from edgeinfer.services.runner.usage_lines import UsageLines
+from edgeinfer.shared.events import new_id
 
 
 class Spool(Protocol):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
-from shared.config import (
+from edgeinfer.shared.config import (
     ConfigError,
     env_choice,
     env_float,
@@ -17,7 +17,7 @@ from shared.config import (
     env_str,
     parse_gpu_share,
 )
-from shared.model_formats import FRAMEWORKS
+from edgeinfer.shared.model_formats import FRAMEWORKS
 
 
 @dataclass(frozen=True)

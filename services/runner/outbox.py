@@ -28,9 +28,9 @@ from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from shared.aio import raise_if_cancelled
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import batch_id
+from edgeinfer.shared.aio import raise_if_cancelled
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import batch_id
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The runner: a BentoML service that serves one deployment's model on one device share.
 
-Started by an executor as `bentoml serve services.runner.service:Runner` with its
+Started by an executor as `bentoml serve edgeinfer.services.runner.service:Runner` with its
 assignment in the environment (runner/config.py). Per request it validates the input
 before the device, measures the device-busy time of the model call, charges
 busy × share (runner/accounting.py), spools the usage event to the outbox before it
@@ -26,22 +26,22 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument
 
-from services.runner.accounting import Ledger
-from services.runner.answers import json_answer
-from services.runner.batcher import BatchPart, MicroBatcher
-from services.runner.booking import Bookkeeper
-from services.runner.config import RunnerConfig, runner_config_from_env
-from services.runner.device import Device, select_device, timer_for
-from services.runner.models import InvalidInput, ServedModel, load_model
-from services.runner.models.base import run_alone
-from services.runner.outbox import Outbox
-from services.runner.supervisor import until_gone
-from services.runner.traffic_timeout import install as install_releasing_timeout
-from services.runner.usage_lines import UsageLines
-from shared.artifacts import get_artifact
-from shared.bus import connect
-from shared.clock import SYSTEM_CLOCK, Clock
-from shared.events import (
+from edgeinfer.services.runner.accounting import Ledger
+from edgeinfer.services.runner.answers import json_answer
+from edgeinfer.services.runner.batcher import BatchPart, MicroBatcher
+from edgeinfer.services.runner.booking import Bookkeeper
+from edgeinfer.services.runner.config import RunnerConfig, runner_config_from_env
+from edgeinfer.services.runner.device import Device, select_device, timer_for
+from edgeinfer.services.runner.models import InvalidInput, ServedModel, load_model
+from edgeinfer.services.runner.models.base import run_alone
+from edgeinfer.services.runner.outbox import Outbox
+from edgeinfer.services.runner.supervisor import until_gone
+from edgeinfer.services.runner.traffic_timeout import install as install_releasing_timeout
+from edgeinfer.services.runner.usage_lines import UsageLines
+from edgeinfer.shared.artifacts import get_artifact
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.clock import SYSTEM_CLOCK, Clock
+from edgeinfer.shared.events import (
     RunnerCounters,
     RunnerHeartbeat,
     RunnerState,
@@ -49,10 +49,10 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.hops import HEADER as HOP_HEADER
-from shared.hops import HopVerifier, InvalidHop, KeysUnavailable, kv_fetcher, now_ms
-from shared.subjects import Subjects
-from shared.tracing import trace_id_of
+from edgeinfer.shared.hops import HEADER as HOP_HEADER
+from edgeinfer.shared.hops import HopVerifier, InvalidHop, KeysUnavailable, kv_fetcher, now_ms
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tracing import trace_id_of
 
 log = logging.getLogger("edgeinfer.runner")
 

@@ -13,7 +13,7 @@ import asyncio
 
 import psutil
 
-from shared.processes import alive
+from edgeinfer.shared.processes import alive
 
 
 async def until_gone(pid: int, interval_s: float = 1.0) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 
 import msgspec
 
-from shared.events import UsageEvent, encode
+from edgeinfer.shared.events import UsageEvent, encode
 
 # The per-request fields, in UsageEvent's declaration order (the order msgspec writes them).
 _PER_REQUEST = ("id", "time", "tenant_id", "request_id", "busy_us", "gpu_us", "started_at",

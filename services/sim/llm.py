@@ -27,11 +27,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from services.autoscaler.decide import Inputs, Observation, PolicyState, ReplicaView, ScaleConfig, decide
-from services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
-from services.router.policy import NoRoute, choose, order_pops
-from services.router.policy import ReplicaView as RouterReplica
-from services.sim.trace import Geography
+from edgeinfer.services.autoscaler.decide import (
+    Inputs,
+    Observation,
+    PolicyState,
+    ReplicaView,
+    ScaleConfig,
+    decide,
+)
+from edgeinfer.services.autoscaler.keepalive import IdleHistogram, KeepAliveConfig, learned_times
+from edgeinfer.services.router.policy import NoRoute, choose, order_pops
+from edgeinfer.services.router.policy import ReplicaView as RouterReplica
+from edgeinfer.services.sim.trace import Geography
 
 
 @dataclass(frozen=True)

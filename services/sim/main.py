@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from services.autoscaler.keepalive import KeepAliveConfig
-from services.sim.llm import run_llm
-from services.sim.model import (
+from edgeinfer.services.autoscaler.keepalive import KeepAliveConfig
+from edgeinfer.services.sim.llm import run_llm
+from edgeinfer.services.sim.model import (
     KNATIVE_KPA,
     KUBERNETES_HPA,
     HybridHistogram,
@@ -22,7 +22,7 @@ from services.sim.model import (
     fixed_keepalive,
     simulate_views,
 )
-from services.sim.trace import MINUTES_PER_DAY, Stream, load_functions, split_across_pops
+from edgeinfer.services.sim.trace import MINUTES_PER_DAY, Stream, load_functions, split_across_pops
 
 DEFAULT_TRACE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -108,7 +108,11 @@ def target_check(results: list[PolicyResult]) -> str:
 
 
 def plot(results: list[PolicyResult], path: Path, title: str) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        raise SystemExit("edgeinfer sim draws its charts with matplotlib: "
+                         "pip install 'edgeinfer[sim]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.autoscaler.keepalive import NEVER, IdleHistogram, KeepAliveConfig, Window, window
+from edgeinfer.services.autoscaler.keepalive import NEVER, IdleHistogram, KeepAliveConfig, Window, window
 
 
 class Policy(Protocol):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.router.policy import order_pops
+from edgeinfer.services.router.policy import order_pops
 
 MINUTES_PER_DAY = 1440
 

@@ -18,7 +18,7 @@ import asyncpg
 import psutil
 import pytest
 
-from shared.embedded import free_port
+from edgeinfer.shared.embedded import free_port
 from tests.conftest import create_database, drop_database
 
 T = TypeVar("T")

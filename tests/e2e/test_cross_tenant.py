@@ -17,10 +17,10 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from services.billing.portal import portal_router
-from services.registry.demo_model import sample_digit
-from shared.events import UsageEvent, new_id
-from shared.periods import month_start
+from edgeinfer.services.billing.portal import portal_router
+from edgeinfer.services.registry.demo_model import sample_digit
+from edgeinfer.shared.events import UsageEvent, new_id
+from edgeinfer.shared.periods import month_start
 from tests.e2e.conftest import Stack, run
 from tests.e2e.test_portal import form_token
 from tests.seed import record_delivered

@@ -24,7 +24,7 @@ import httpx
 import psutil
 import pytest
 
-from services.registry.demo_model import sample_digit
+from edgeinfer.services.registry.demo_model import sample_digit
 from tests.e2e.conftest import Stack, process_cmdline, run
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.registry.demo_model import sample_digit
-from shared.embedded import free_port, nats_server_binary, wait_for_port
-from shared.nats_topology import parse_topology, render
+from edgeinfer.services.registry.demo_model import sample_digit
+from edgeinfer.shared.embedded import free_port, nats_server_binary, wait_for_port
+from edgeinfer.shared.nats_topology import parse_topology, render
 from tests.conftest import jetstream_ready
 from tests.e2e.conftest import Stack, ledger_events, run
 

@@ -19,9 +19,9 @@ import asyncpg
 import httpx
 import pytest
 
-from services.registry.demo_model import sample_digit
-from shared.events import UsageEvent, new_id
-from shared.periods import month_start
+from edgeinfer.services.registry.demo_model import sample_digit
+from edgeinfer.shared.events import UsageEvent, new_id
+from edgeinfer.shared.periods import month_start
 from tests.e2e.conftest import Stack, run
 from tests.seed import record_delivered
 

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
 from tests.e2e.conftest import Stack, process_env
 
 pytestmark = pytest.mark.e2e

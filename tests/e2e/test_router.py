@@ -14,11 +14,11 @@ import msgspec
 import psutil
 import pytest
 
-from services.registry.demo_model import digits_onnx, sample_digit
-from services.runner.supervisor import alive
-from shared.bus import connect
-from shared.events import BudgetAlert, BudgetState, DemandSignal, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.services.runner.supervisor import alive
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.events import BudgetAlert, BudgetState, DemandSignal, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 from tests.e2e.conftest import Stack, process_cmdline, process_env
 
 pytestmark = pytest.mark.e2e

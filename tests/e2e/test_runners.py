@@ -18,12 +18,12 @@ import httpx
 import psutil
 import pytest
 
-from services.registry.demo_model import minilm_artifact, sample_digit
-from shared.bus import connect
-from shared.embedded import EmbeddedNats, free_port, start_nats
-from shared.events import RunnerHeartbeat, heartbeat_decoder
-from shared.hops import HopSigner
-from shared.subjects import Subjects
+from edgeinfer.services.registry.demo_model import minilm_artifact, sample_digit
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.embedded import EmbeddedNats, free_port, start_nats
+from edgeinfer.shared.events import RunnerHeartbeat, heartbeat_decoder
+from edgeinfer.shared.hops import HopSigner
+from edgeinfer.shared.subjects import Subjects
 from tests.e2e.conftest import Stack, ledger_events, process_env, run
 from tests.hops import hop, trusted_signer
 from tests.unit.test_model_formats import tar_of

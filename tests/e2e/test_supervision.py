@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from services.registry.demo_model import sample_digit
-from services.runner.supervisor import alive
+from edgeinfer.services.registry.demo_model import sample_digit
+from edgeinfer.services.runner.supervisor import alive
 from tests.e2e.conftest import Stack, ledger_events, process_cmdline, process_env, run
 
 pytestmark = pytest.mark.e2e

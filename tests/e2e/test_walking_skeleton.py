@@ -26,11 +26,11 @@ import nats
 import psutil
 import pytest
 
-from services.registry.demo_model import sample_digit
-from shared.bus import connect
-from shared.events import UsageBatch, UsageEvent, usage_message_decoder
-from shared.nats_permissions import with_user
-from shared.subjects import Subjects
+from edgeinfer.services.registry.demo_model import sample_digit
+from edgeinfer.shared.bus import connect
+from edgeinfer.shared.events import UsageBatch, UsageEvent, usage_message_decoder
+from edgeinfer.shared.nats_permissions import with_user
+from edgeinfer.shared.subjects import Subjects
 from tests.e2e.conftest import Stack, process_cmdline, process_env
 from tests.metrics_lint import lint_problems
 
@@ -416,7 +416,7 @@ async def test_each_process_logs_in_to_nats_as_its_own_user_with_only_its_rights
         cmdline, url = " ".join(process_cmdline(p)), process_env(p).get("NATS_URL", "")
         if "bentoml" in cmdline:
             users[f"runner of {process_env(p)['EDGEINFER_POP']}"] = urlsplit(url).username or ""
-        elif "services.launcher.cli run" in cmdline:
+        elif "edgeinfer.services.launcher.cli run" in cmdline:
             users[cmdline.rsplit(" ", 1)[1]] = urlsplit(url).username or ""
     assert users == {"api": "api", "registry": "registry", "metering": "metering",
                      "billing": "billing", "router": "router", "autoscaler": "autoscaler",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared.bus import connect
+from edgeinfer.shared.bus import connect
 from tests.netns import Hosts, require_netns
 
 POPS = ["eu-west", "us-east"]

@@ -17,11 +17,11 @@ from decimal import Decimal
 import msgspec
 from nats.aio.client import Client as NATS
 
-from services.autoscaler.decide import ScaleConfig
-from services.autoscaler.metrics import MetricsUnavailable
-from services.autoscaler.service import AutoscalerConfig, AutoscalerService
-from shared.bus import ensure_streams
-from shared.events import (
+from edgeinfer.services.autoscaler.decide import ScaleConfig
+from edgeinfer.services.autoscaler.metrics import MetricsUnavailable
+from edgeinfer.services.autoscaler.service import AutoscalerConfig, AutoscalerService
+from edgeinfer.shared.bus import ensure_streams
+from edgeinfer.shared.events import (
     DemandSignal,
     Deployment,
     DeploymentUpdated,
@@ -31,8 +31,8 @@ from shared.events import (
     encode,
     new_id,
 )
-from shared.subjects import Subjects
-from shared.topology import Pop
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import Pop
 from tests.standins.recording_executor import RecordingExecutor
 
 POPS = {"eu-west": Pop("eu-west", "eu-west", "eu"), "us-east": Pop("us-east", "us-east", "us")}

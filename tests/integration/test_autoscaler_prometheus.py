@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import start_http_server
 
-from services.autoscaler.metrics import MetricsUnavailable, PrometheusConcurrency
-from services.router.metrics import RouterMetrics
-from shared.embedded import free_port, wait_for_port
+from edgeinfer.services.autoscaler.metrics import MetricsUnavailable, PrometheusConcurrency
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.embedded import free_port, wait_for_port
 
 
 @pytest.fixture

@@ -19,11 +19,11 @@ from typing import Any
 
 import asyncpg
 
-from services.billing import invoicing
-from services.billing import repository as repo
-from services.billing.service import BillingService
-from services.metering import ledger
-from shared.db import MIGRATIONS_DIR, discover, migrate
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.service import BillingService
+from edgeinfer.services.metering import ledger
+from edgeinfer.shared.db import MIGRATIONS_DIR, discover, migrate
 from tests.conftest import with_database
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "previous_layout"

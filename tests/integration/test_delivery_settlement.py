@@ -10,14 +10,14 @@ import asyncio
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from services.metering.config import MeteringConfig
-from services.metering.service import MeteringService
-from services.router.deliveries import DeliveryConfirmations
-from services.router.metrics import RouterMetrics
-from shared.bus import ensure_streams
-from shared.clock import SYSTEM_CLOCK
-from shared.events import encode
-from shared.subjects import Subjects
+from edgeinfer.services.metering.config import MeteringConfig
+from edgeinfer.services.metering.service import MeteringService
+from edgeinfer.services.router.deliveries import DeliveryConfirmations
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.bus import ensure_streams
+from edgeinfer.shared.clock import SYSTEM_CLOCK
+from edgeinfer.shared.events import encode
+from edgeinfer.shared.subjects import Subjects
 from tests.integration.test_metering_ledger import usage, wait_until
 from tests.seed import register_deployment
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from shared.embedded import free_port, nats_server_binary, start_nats
+from edgeinfer.shared.embedded import free_port, nats_server_binary, start_nats
 from tests.integration.parent_death import sigkill_after_start, wait_gone
 
 
@@ -25,7 +25,7 @@ def test_ctrl_c_in_a_terminal_does_not_reach_the_nats_server(tmp_path: Path) -> 
 
 def test_a_sigkilled_parent_takes_its_nats_server_with_it(tmp_path: Path) -> None:
     nats_pid = sigkill_after_start(
-        "import sys, time; from pathlib import Path; from shared.embedded import start_nats;"
+        "import sys, time; from pathlib import Path; from edgeinfer.shared.embedded import start_nats;"
         "n = start_nats(Path(sys.argv[1])); print(n.process.pid, flush=True); time.sleep(600)",
         tmp_path)
     assert wait_gone(nats_pid), "nats-server outlived its SIGKILLed parent"

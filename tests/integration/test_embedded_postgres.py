@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded import start_postgres
+from edgeinfer.shared.embedded import start_postgres
 from tests.integration.parent_death import sigkill_after_start, wait_gone
 
 START_AND_WAIT = (
-    "import sys, time; from pathlib import Path; from shared.embedded import start_postgres;"
+    "import sys, time; from pathlib import Path; from edgeinfer.shared.embedded import start_postgres;"
     "pg = start_postgres(Path(sys.argv[1])); print(pg.server.get_pid(), flush=True);"
     "time.sleep(600)")
 

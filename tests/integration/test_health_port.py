@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded import free_port
+from edgeinfer.shared.embedded import free_port
 from tests.metrics_lint import lint_problems
 
 BIN = Path(sys.executable).parent

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import asyncpg
 
-from services.billing import invoicing
-from services.billing import repository as repo
-from shared.events import UsageEvent, new_id
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.shared.events import UsageEvent, new_id
 from tests.seed import record_delivered
 
 SEP = datetime(2026, 9, 1, tzinfo=UTC)

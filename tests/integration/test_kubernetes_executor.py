@@ -11,16 +11,16 @@ import pytest
 from aiohttp.test_utils import TestServer
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from services.autoscaler.kubernetes import (
+from edgeinfer.services.autoscaler.kubernetes import (
     KubernetesConfig,
     KubernetesExecutor,
     MigSlice,
     object_name,
     parse_mig_classes,
 )
-from shared.config import ConfigError
-from shared.events import Deployment
-from shared.topology import Pop
+from edgeinfer.shared.config import ConfigError
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.topology import Pop
 from tests.standins.kubernetes_api import KubernetesStandIn
 
 POPS = {"eu-west": Pop("eu-west", "eu-west", "eu"), "us-east": Pop("us-east", "us-east", "us")}
@@ -75,7 +75,7 @@ async def test_replicas_are_one_deployment_per_pop_scaled_through_the_subresourc
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and "EDGEINFER_GPU_SHARE" not in env
     # Drained before SIGTERM, within the grace period, as the local executor does.
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
-    assert pre_stop[:3] == ["python", "-m", "shared.drain"]
+    assert pre_stop[:3] == ["python", "-m", "edgeinfer.shared.drain"]
     assert pod["terminationGracePeriodSeconds"] > float(pre_stop[-1])
     assert fake.deployments[("edgeinfer-us-east", object_name(d.id, "us-east"))]["spec"]["replicas"] == 1
 

@@ -20,12 +20,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.runner.outbox import Outbox
-from shared.bus import connect, ensure_streams
-from shared.db import migrate
-from shared.embedded import EmbeddedNats, free_port, start_nats, start_postgres
-from shared.events import UsageEvent, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.runner.outbox import Outbox
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.db import migrate
+from edgeinfer.shared.embedded import EmbeddedNats, free_port, start_nats, start_postgres
+from edgeinfer.shared.events import UsageEvent, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 from tests.seed import register_deployment
 
 N_EVENTS = 20_000

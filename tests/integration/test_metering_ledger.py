@@ -10,12 +10,12 @@ from decimal import Decimal
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from services.metering.config import ConsumerConfig
-from services.metering.consumer import UsageConsumer
-from services.metering.service import MeteringService
-from shared.bus import ensure_streams
-from shared.events import UsageEvent, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.metering.config import ConsumerConfig
+from edgeinfer.services.metering.consumer import UsageConsumer
+from edgeinfer.services.metering.service import MeteringService
+from edgeinfer.shared.bus import ensure_streams
+from edgeinfer.shared.events import UsageEvent, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 from tests.seed import register_deployment
 
 

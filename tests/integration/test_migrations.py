@@ -3,7 +3,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from shared.db import discover, migrate
+from edgeinfer.shared.db import discover, migrate
 
 
 async def test_migrations_are_applied_once(database_url: str) -> None:

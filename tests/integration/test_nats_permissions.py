@@ -16,20 +16,20 @@ import asyncpg
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
-from services.metering import settlement
-from services.metering.consumer import DeliveryConsumer, UsageConsumer
-from services.router.deliveries import DeliveryConfirmations
-from services.router.idempotency import Claim, Idempotency
-from services.router.metrics import RouterMetrics
-from shared.artifacts import get_artifact, put_artifact
-from shared.bus import connect, ensure_streams
-from shared.clock import SYSTEM_CLOCK
-from shared.embedded import free_port, nats_server_binary, wait_for_port
-from shared.events import UsageEvent, encode, new_id
-from shared.hops import HopSigner, kv_fetcher
-from shared.nats_permissions import User, authorization_block, permissions, user_name
-from shared.subjects import Subjects
+from edgeinfer.services.autoscaler.history import KeepAliveHistory, KeepAliveRecord
+from edgeinfer.services.metering import settlement
+from edgeinfer.services.metering.consumer import DeliveryConsumer, UsageConsumer
+from edgeinfer.services.router.deliveries import DeliveryConfirmations
+from edgeinfer.services.router.idempotency import Claim, Idempotency
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.shared.artifacts import get_artifact, put_artifact
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.clock import SYSTEM_CLOCK
+from edgeinfer.shared.embedded import free_port, nats_server_binary, wait_for_port
+from edgeinfer.shared.events import UsageEvent, encode, new_id
+from edgeinfer.shared.hops import HopSigner, kv_fetcher
+from edgeinfer.shared.nats_permissions import User, authorization_block, permissions, user_name
+from edgeinfer.shared.subjects import Subjects
 from tests.integration.test_metering_ledger import wait_until
 from tests.seed import register_deployment
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import msgspec
 
-from services.runner.outbox import OffsetFile, Outbox
-from shared.bus import connect, ensure_streams
-from shared.subjects import Subjects
+from edgeinfer.services.runner.outbox import OffsetFile, Outbox
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.subjects import Subjects
 
 
 async def test_republish_after_a_crash_is_deduplicated(nats_url: str, namespace: str,

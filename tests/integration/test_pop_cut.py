@@ -21,12 +21,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.metering.consumer import UsageConsumer
-from services.metering.sources import SourceWatch
-from shared.bus import connect, ensure_hub_streams
-from shared.embedded import nats_server_binary, wait_for_port
-from shared.nats_topology import parse_topology, render
-from shared.subjects import Subjects
+from edgeinfer.services.metering.consumer import UsageConsumer
+from edgeinfer.services.metering.sources import SourceWatch
+from edgeinfer.shared.bus import connect, ensure_hub_streams
+from edgeinfer.shared.embedded import nats_server_binary, wait_for_port
+from edgeinfer.shared.nats_topology import parse_topology, render
+from edgeinfer.shared.subjects import Subjects
 from tests.conftest import jetstream_ready
 from tests.integration.conftest import POPS
 from tests.netns import Hosts

@@ -29,10 +29,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.registry.demo_model import digits_onnx, sample_digit
-from shared.embedded import free_port, nats_server_binary, wait_for_port
-from shared.nats_permissions import user_name, with_user
-from shared.nats_topology import parse_topology, render
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.shared.embedded import free_port, nats_server_binary, wait_for_port
+from edgeinfer.shared.nats_permissions import user_name, with_user
+from edgeinfer.shared.nats_topology import parse_topology, render
 from tests.conftest import jetstream_ready
 from tests.e2e.conftest import billable_us, ledger_events, run
 from tests.integration.conftest import POPS
@@ -147,7 +147,7 @@ def test_a_cut_pop_keeps_serving_known_tenants_and_bills_every_answer(
         for pop in POPS:
             runner_port = free_port()
             procs.start(hosts.exec_prefix(hosts.ns(pop)), [
-                sys.executable, "-m", "bentoml", "serve", "services.runner.service:Runner",
+                sys.executable, "-m", "bentoml", "serve", "edgeinfer.services.runner.service:Runner",
                 "--host", "127.0.0.1", "--port", str(runner_port)], f"runner-{pop}.log", {
                 **common, "NATS_URL": pop_as("runner", pop),
                 "EDGEINFER_RUNNER_ID": f"r-{pop}-1", "EDGEINFER_POP": pop,

@@ -13,13 +13,13 @@ from pathlib import Path
 import httpx
 import psutil
 
-from services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
-from services.registry.demo_model import digits_onnx, sample_digit
-from shared.artifacts import put_artifact
-from shared.bus import connect, ensure_streams
-from shared.events import Deployment
-from shared.subjects import Subjects
-from shared.topology import Pop
+from edgeinfer.services.autoscaler.local import LocalExecutorConfig, LocalProcessExecutor
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.shared.artifacts import put_artifact
+from edgeinfer.shared.bus import connect, ensure_streams
+from edgeinfer.shared.events import Deployment
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import Pop
 from tests.hops import hop, trusted_signer
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from services.billing import invoicing
-from services.billing import repository as repo
-from services.billing.config import StripeConfig
-from services.billing.stripe_push import StripePusher, client_for
-from shared.embedded import free_port, wait_for_port
+from edgeinfer.services.billing import invoicing
+from edgeinfer.services.billing import repository as repo
+from edgeinfer.services.billing.config import StripeConfig
+from edgeinfer.services.billing.stripe_push import StripePusher, client_for
+from edgeinfer.shared.embedded import free_port, wait_for_port
 from tests.integration.test_invoicing import HOUR_US, event, record
 
 AUG = datetime(2026, 8, 1, tzinfo=UTC)
@@ -93,8 +93,8 @@ async def test_a_crash_after_any_stripe_call_never_charges_twice(
 
 
 def test_live_keys_are_never_needed() -> None:
-    from services.billing.config import stripe_config_from_env
-    from shared.config import ConfigError
+    from edgeinfer.services.billing.config import stripe_config_from_env
+    from edgeinfer.shared.config import ConfigError
 
     assert stripe_config_from_env({}) is None
     with pytest.raises(ConfigError):

@@ -24,18 +24,18 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.metering import settlement
-from services.metering.consumer import DeliveryConsumer, UsageConsumer
-from services.metering.sources import SourceWatch
-from services.router.deliveries import DeliveryConfirmations
-from services.router.metrics import RouterMetrics
-from services.runner.outbox import Outbox
-from shared.bus import connect, ensure_hub_streams, ensure_pop_streams
-from shared.clock import SYSTEM_CLOCK
-from shared.embedded import free_port, nats_server_binary, wait_for_port
-from shared.events import UsageEvent, encode, new_id
-from shared.nats_topology import Topology, parse_topology, render
-from shared.subjects import Subjects
+from edgeinfer.services.metering import settlement
+from edgeinfer.services.metering.consumer import DeliveryConsumer, UsageConsumer
+from edgeinfer.services.metering.sources import SourceWatch
+from edgeinfer.services.router.deliveries import DeliveryConfirmations
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.services.runner.outbox import Outbox
+from edgeinfer.shared.bus import connect, ensure_hub_streams, ensure_pop_streams
+from edgeinfer.shared.clock import SYSTEM_CLOCK
+from edgeinfer.shared.embedded import free_port, nats_server_binary, wait_for_port
+from edgeinfer.shared.events import UsageEvent, encode, new_id
+from edgeinfer.shared.nats_topology import Topology, parse_topology, render
+from edgeinfer.shared.subjects import Subjects
 from tests.seed import register_deployment
 
 POPS = ("eu-west", "us-east")
@@ -229,7 +229,7 @@ async def test_pop_usage_reaches_the_hub_ledger_exactly_once_through_a_hub_serve
 
 
 def test_the_command_line_renders_and_checks_every_config(tmp_path: Path, namespace: str) -> None:
-    from services.launcher.cli import main
+    from edgeinfer.services.launcher.cli import main
 
     description = tmp_path / "topology.toml"
     description.write_text(f'namespace = "{namespace}"\n' + "\n".join(

@@ -11,20 +11,20 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.router.deployments import DeploymentCache
-from shared.auth import hash_api_key
-from shared.bus import Unavailable, connect
-from shared.clock import FrozenClock
-from shared.embedded import start_nats
-from shared.events import (
+from edgeinfer.services.router.deployments import DeploymentCache
+from edgeinfer.shared.auth import hash_api_key
+from edgeinfer.shared.bus import Unavailable, connect
+from edgeinfer.shared.clock import FrozenClock
+from edgeinfer.shared.embedded import start_nats
+from edgeinfer.shared.events import (
     Deployment,
     ResolveDeploymentReply,
     ResolveKeyReply,
     ResolveKeyRequest,
     encode,
 )
-from shared.subjects import Subjects
-from shared.tenancy import KeyResolver
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.tenancy import KeyResolver
 
 KNOWN = "ei_known"
 DEPLOYMENT = Deployment(id="dep_1", tenant_id="ten_1", name="digits", model_name="digits",

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from services.autoscaler.executor import Replica, deployment_spec
-from shared.events import Deployment
+from edgeinfer.services.autoscaler.executor import Replica, deployment_spec
+from edgeinfer.shared.events import Deployment
 
 
 class RecordingExecutor:

@@ -16,10 +16,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from services.runner.outbox import Outbox
-from shared.bus import connect, ensure_pop_streams
-from shared.events import UsageEvent, encode, new_id
-from shared.subjects import Subjects
+from edgeinfer.services.runner.outbox import Outbox
+from edgeinfer.shared.bus import connect, ensure_pop_streams
+from edgeinfer.shared.events import UsageEvent, encode, new_id
+from edgeinfer.shared.subjects import Subjects
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.runner.accounting import Ledger, split_batch
+from edgeinfer.services.runner.accounting import Ledger, split_batch
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,6 @@
 import pytest
 
-from services.router.admission import Bucket, retry_after_header, take
+from edgeinfer.services.router.admission import Bucket, retry_after_header, take
 
 
 def test_burst_then_refill_at_rate() -> None:

@@ -1,7 +1,7 @@
 import msgspec
 
-from services.autoscaler.catalog import Catalog
-from shared.events import Deployment
+from edgeinfer.services.autoscaler.catalog import Catalog
+from edgeinfer.shared.events import Deployment
 
 BASE = Deployment(id="dep_a", tenant_id="ten_a", name="a", model_name="m", model_version="1",
                   framework="onnx", artifact_digest="sha256:00", gpu_class="cpu",

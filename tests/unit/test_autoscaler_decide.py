@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.autoscaler.decide import (
+from edgeinfer.services.autoscaler.decide import (
     Decision,
     Inputs,
     Observation,
@@ -16,8 +16,8 @@ from services.autoscaler.decide import (
     decide,
     replica_changes,
 )
-from services.autoscaler.placement import place
-from shared.schedules import InvalidSchedule, Schedule, scheduled_min, validate
+from edgeinfer.services.autoscaler.placement import place
+from edgeinfer.shared.schedules import InvalidSchedule, Schedule, scheduled_min, validate
 
 CONFIG = ScaleConfig()  # 60 s stable, 6 s panic, ×2 threshold, utilisation 0.7
 CALM = PolicyState()

@@ -10,9 +10,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from services.runner.batcher import BatchPart, MicroBatcher
-from services.runner.device import MonotonicTimer
-from services.runner.models.base import Work
+from edgeinfer.services.runner.batcher import BatchPart, MicroBatcher
+from edgeinfer.services.runner.device import MonotonicTimer
+from edgeinfer.services.runner.models.base import Work
 
 
 class FakeModel:

@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.billing.budgets import Budget, decide
+from edgeinfer.services.billing.budgets import Budget, decide
 
 BUDGET = Budget("ten_a", Decimal("100"), "USD", (50, 80, 100), hard_stop=True)
 

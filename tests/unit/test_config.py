@@ -1,9 +1,9 @@
 import pytest
 
-from services.router.config import parse_latency_map
-from shared.config import ConfigError, platform_from_env
-from shared.subjects import Subjects
-from shared.topology import pops_from_env
+from edgeinfer.services.router.config import parse_latency_map
+from edgeinfer.shared.config import ConfigError, platform_from_env
+from edgeinfer.shared.subjects import Subjects
+from edgeinfer.shared.topology import pops_from_env
 
 
 def test_defaults_need_no_environment() -> None:

@@ -10,16 +10,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.registry.demo_model import minilm_artifact
-from services.runner.device import Device
-from services.runner.models import load_model
-from services.runner.models.base import run_alone
-from services.runner.models.cuda_graphs import (
+from edgeinfer.services.registry.demo_model import minilm_artifact
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models import load_model
+from edgeinfer.services.runner.models.base import run_alone
+from edgeinfer.services.runner.models.cuda_graphs import (
     GRAPH_MAX_TOKENS,
     all_graph_shapes,
     graph_shape,
 )
-from services.runner.models.embedding import EmbeddingModel
+from edgeinfer.services.runner.models.embedding import EmbeddingModel
 
 
 @pytest.mark.parametrize(("rows", "width", "expected"), [

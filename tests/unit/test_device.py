@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.runner.device import CudaEventTimer, MonotonicTimer, select_device
+from edgeinfer.services.runner.device import CudaEventTimer, MonotonicTimer, select_device
 
 
 class FakeEvent:

@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.registry.demo_model import minilm_artifact
-from services.runner.device import Device
-from services.runner.models import InvalidInput, load_model
-from services.runner.models.base import run_alone
-from services.runner.models.embedding import EmbeddingModel
+from edgeinfer.services.registry.demo_model import minilm_artifact
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models import InvalidInput, load_model
+from edgeinfer.services.runner.models.base import run_alone
+from edgeinfer.services.runner.models.embedding import EmbeddingModel
 
 TEXTS = ["hello world", "The quick brown fox jumps over the lazy dog near the river bank."]
 

@@ -1,6 +1,6 @@
 import os
 
-from shared.events import new_id
+from edgeinfer.shared.events import new_id
 
 
 def test_ids_are_32_hex_digits_and_unique_in_a_process() -> None:

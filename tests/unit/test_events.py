@@ -8,7 +8,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from shared.events import (
+from edgeinfer.shared.events import (
     BudgetAlert,
     BudgetState,
     DemandSignal,
@@ -71,7 +71,7 @@ def test_ids_are_unique_per_occurrence() -> None:
 
 
 def test_batch_ids_are_stable_and_order_sensitive() -> None:
-    from shared.events import batch_id
+    from edgeinfer.shared.events import batch_id
 
     assert batch_id([b"a", b"b"]) == batch_id([b"a", b"b"])
     assert batch_id([b"a", b"b"]) != batch_id([b"b", b"a"])

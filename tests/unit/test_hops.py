@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.hops import HopClaims, HopSigner, HopVerifier, InvalidHop, KeysUnavailable
+from edgeinfer.shared.hops import HopClaims, HopSigner, HopVerifier, InvalidHop, KeysUnavailable
 
 NOW_MS = 1_800_000_000_000
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.billing.invoices import BilledLine, CreditGrant, apply_credits, compose
-from services.billing.rating import InvoiceLine, Rated
+from edgeinfer.services.billing.invoices import BilledLine, CreditGrant, apply_credits, compose
+from edgeinfer.services.billing.rating import InvoiceLine, Rated
 
 SEP = datetime(2026, 9, 1, tzinfo=UTC)
 OCT = datetime(2026, 10, 1, tzinfo=UTC)

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from services.autoscaler.keepalive import (
+from edgeinfer.services.autoscaler.keepalive import (
     NEVER,
     IdleHistogram,
     KeepAliveConfig,
@@ -92,7 +92,7 @@ def test_cost_rule_never_unloads_when_every_unload_would_cost_more() -> None:
 
 
 def test_a_saved_history_reads_back_the_same_and_into_a_narrower_histogram() -> None:
-    from services.autoscaler.history import KeepAliveRecord
+    from edgeinfer.services.autoscaler.history import KeepAliveRecord
 
     h = histogram([3, 3, 50, 400, 7], COST)
     record = KeepAliveRecord.of(h, 1_800_000_000.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from services.launcher.supervisor import (
+from edgeinfer.services.launcher.supervisor import (
     MAX_BACKOFF_S,
     Child,
     Supervisor,

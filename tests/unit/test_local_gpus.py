@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from services.autoscaler.local import LocalGpu, NoFreeDevice, assign_device, parse_local_gpus
-from shared.config import ConfigError
+from edgeinfer.services.autoscaler.local import LocalGpu, NoFreeDevice, assign_device, parse_local_gpus
+from edgeinfer.shared.config import ConfigError
 
 MIG = "MIG-4f1c2a9e-7d3b-5e11-9a2c-0b6d8e4f1a20"
 

@@ -1,7 +1,7 @@
 import pytest
 
-from services.router.location import client_region, parse_prefixes
-from shared.config import ConfigError
+from edgeinfer.services.router.location import client_region, parse_prefixes
+from edgeinfer.shared.config import ConfigError
 
 TABLE = parse_prefixes("10.0.0.0/8=us,10.1.0.0/16=eu,2001:db8::/32=ap")
 

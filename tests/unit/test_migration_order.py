@@ -2,7 +2,7 @@
 
 import pytest
 
-from shared.db import Migration, discover, in_order
+from edgeinfer.shared.db import Migration, discover, in_order
 
 
 def m(schema: str, version: int, sql: str = "") -> Migration:

@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from services.registry.demo_model import minilm_artifact
-from shared.model_formats import InvalidArtifact, check_safetensors, read_embedding_artifact
+from edgeinfer.services.registry.demo_model import minilm_artifact
+from edgeinfer.shared.model_formats import InvalidArtifact, check_safetensors, read_embedding_artifact
 
 
 def tar_of(files: dict[str, bytes], symlink: str | None = None) -> bytes:

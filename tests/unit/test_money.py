@@ -2,7 +2,7 @@ from decimal import Decimal
 
 import pytest
 
-from shared.money import (
+from edgeinfer.shared.money import (
     UnsupportedCurrency,
     check_currency,
     gpu_seconds,

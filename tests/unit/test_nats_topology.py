@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.config import ConfigError
-from shared.nats_topology import hub_server_config, parse_topology, pop_server_config
+from edgeinfer.shared.config import ConfigError
+from edgeinfer.shared.nats_topology import hub_server_config, parse_topology, pop_server_config
 
 HUB = "\n".join(f'[[hub]]\nname = "hub-{i}"\nhost = "10.0.0.{i}"\n' for i in (1, 2, 3))
 POP = '[[pops]]\nname = "eu-west"\nregion = "eu-west"\njurisdiction = "eu"\nhost = "10.1.0.1"\n'

@@ -7,10 +7,10 @@ from __future__ import annotations
 import onnxruntime as ort
 import pytest
 
-from services.registry.demo_model import digits_onnx, sample_digit
-from services.runner.device import Device
-from services.runner.models import load_model
-from services.runner.models.base import run_alone
+from edgeinfer.services.registry.demo_model import digits_onnx, sample_digit
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models import load_model
+from edgeinfer.services.runner.models.base import run_alone
 
 
 def test_digits_on_a_cpu_slot() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.runner.outbox import OffsetFile, Spool, complete_lines, spooled_data
+from edgeinfer.services.runner.outbox import OffsetFile, Spool, complete_lines, spooled_data
 
 
 def test_an_offset_reads_back_what_was_last_written(tmp_path: Path) -> None:
@@ -62,7 +62,7 @@ def test_every_line_appended_before_a_kill_is_in_the_file(tmp_path: Path) -> Non
     run = run_python(f"""
         import os, signal
         from pathlib import Path
-        from services.runner.outbox import Spool
+        from edgeinfer.services.runner.outbox import Spool
         spool = Spool(Path({str(tmp_path / "g.jsonl")!r}), capacity=64 * 1024)
         for i in range(100):
             spool.append(b'{{"n":%d}}\\n' % i)
@@ -98,7 +98,7 @@ def test_a_full_disk_refuses_a_new_generation_and_the_outbox_recovers(tmp_path: 
     run = run_python(f"""
         import resource, signal
         from pathlib import Path
-        from services.runner.outbox import Outbox
+        from edgeinfer.services.runner.outbox import Outbox
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
         outbox = Outbox(Path({str(tmp_path)!r}), None, "usage", generation_bytes=1000)
         line = b'{{"id":"' + b"x" * 390 + b'"}}\\n'  # 400 bytes: two a generation

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from services.billing.rating import Price, UsageRow, rate
+from edgeinfer.services.billing.rating import Price, UsageRow, rate
 
 JAN = datetime(2026, 1, 1, tzinfo=UTC)
 MAR = datetime(2026, 3, 1, tzinfo=UTC)

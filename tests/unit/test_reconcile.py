@@ -1,4 +1,4 @@
-from services.metering.reconcile import reconcile
+from edgeinfer.services.metering.reconcile import reconcile
 
 
 def test_balanced_runners_raise_nothing() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-from services.autoscaler.decide import ReplicaView
-from services.autoscaler.rollout import SURGE, rollout_changes
+from edgeinfer.services.autoscaler.decide import ReplicaView
+from edgeinfer.services.autoscaler.rollout import SURGE, rollout_changes
 
 
 def view(runner_id: str, state: str = "ready", in_flight: int = 0) -> ReplicaView:

@@ -2,10 +2,10 @@
 
 import pytest
 
-from services.router.gate import TenantGate
-from shared.events import TenantLimits
-from shared.http import Refusal
-from shared.tenancy import Tenant
+from edgeinfer.services.router.gate import TenantGate
+from edgeinfer.shared.events import TenantLimits
+from edgeinfer.shared.http import Refusal
+from edgeinfer.shared.tenancy import Tenant
 
 
 def router() -> TenantGate:

@@ -3,8 +3,8 @@ from collections import defaultdict
 
 import pytest
 
-from services.router.policy import NoRoute, ReplicaView, Route, order_pops
-from services.router.policy import choose as choose_nearest_first
+from edgeinfer.services.router.policy import NoRoute, ReplicaView, Route, order_pops
+from edgeinfer.services.router.policy import choose as choose_nearest_first
 
 RTT = {"eu-west": 8.0, "us-east": 85.0}
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from services.router.holds import Holds
-from services.router.metrics import RouterMetrics
-from services.router.queue import SlotQueue
-from shared.clock import SYSTEM_CLOCK
+from edgeinfer.services.router.holds import Holds
+from edgeinfer.services.router.metrics import RouterMetrics
+from edgeinfer.services.router.queue import SlotQueue
+from edgeinfer.shared.clock import SYSTEM_CLOCK
 
 
 async def test_queued_requests_get_freed_slots_in_arrival_order() -> None:

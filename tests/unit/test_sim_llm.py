@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from services.autoscaler.decide import ScaleConfig
-from services.sim.llm import LlmPolicy, Request, load_llm_trace, simulate_llm
+from edgeinfer.services.autoscaler.decide import ScaleConfig
+from edgeinfer.services.sim.llm import LlmPolicy, Request, load_llm_trace, simulate_llm
 
 
 def test_a_burst_from_zero_waits_for_the_cold_start_then_scales_out() -> None:

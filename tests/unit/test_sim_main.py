@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from services.sim.main import main, pareto
-from services.sim.trace import load_functions, split_across_pops
+from edgeinfer.services.sim.main import main, pareto
+from edgeinfer.services.sim.trace import load_functions, split_across_pops
 
 
 def write_trace(directory: Path) -> None:
@@ -40,7 +40,7 @@ def test_sim_prints_every_policy_and_draws_the_tradeoff(tmp_path: Path, capsys) 
 
 
 def test_the_second_view_counts_only_what_happens_after_its_start() -> None:
-    from services.sim.model import fixed_keepalive, simulate_views
+    from edgeinfer.services.sim.model import fixed_keepalive, simulate_views
 
     # Calls at minutes 0, 5, 700 and 730 (10-minute keep-alive), views from 0 and from 720.
     events = [(0, 1), (5, 1), (700, 2), (730, 1)]
@@ -56,7 +56,7 @@ def test_pareto_front_drops_dominated_points() -> None:
 
 
 def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> None:
-    from services.sim.main import PolicyResult, dominated
+    from edgeinfer.services.sim.main import PolicyResult, dominated
 
     def point(name: str, cold: float, idle: float) -> PolicyResult:
         return PolicyResult(name, "", 0.0, cold, idle, 0.0, 0, 0, 0.0)
@@ -70,7 +70,7 @@ def test_a_baseline_is_dominated_only_by_a_setting_no_worse_on_both_axes() -> No
 
 
 def test_an_exact_tie_is_not_domination() -> None:
-    from services.sim.main import PolicyResult, dominated
+    from edgeinfer.services.sim.main import PolicyResult, dominated
 
     def point(name: str, cold: float, idle: float) -> PolicyResult:
         return PolicyResult(name, "", 0.0, cold, idle, 0.0, 0, 0, 0.0)
@@ -84,7 +84,7 @@ def test_an_exact_tie_is_not_domination() -> None:
 
 
 def test_a_keep_alive_across_the_view_start_counts_only_its_later_part() -> None:
-    from services.sim.model import fixed_keepalive, simulate_views
+    from edgeinfer.services.sim.model import fixed_keepalive, simulate_views
 
     _, late = simulate_views([(715, 1), (730, 1)], fixed_keepalive(10), 740, 1.0, (0, 720))
     assert late.loaded_slots == 6 + 1 + 9  # 720-725 kept, 730 busy, 731-739 kept
@@ -92,7 +92,7 @@ def test_a_keep_alive_across_the_view_start_counts_only_its_later_part() -> None
 
 
 def test_pinned_deployments_are_served_only_inside_their_jurisdiction(tmp_path: Path) -> None:
-    from services.sim.trace import Geography
+    from edgeinfer.services.sim.trace import Geography
 
     write_trace(tmp_path)
     functions = load_functions(tmp_path)

@@ -1,7 +1,7 @@
 import pytest
 
-from services.autoscaler.keepalive import KeepAliveConfig, Window
-from services.sim.model import (
+from edgeinfer.services.autoscaler.keepalive import KeepAliveConfig, Window
+from edgeinfer.services.sim.model import (
     KUBERNETES_HPA,
     HybridHistogram,
     fixed_keepalive,

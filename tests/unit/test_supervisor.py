@@ -9,7 +9,7 @@ import subprocess
 import psutil
 import pytest
 
-from services.runner.supervisor import alive, until_gone
+from edgeinfer.services.runner.supervisor import alive, until_gone
 
 
 def test_a_running_process_is_alive_and_a_killed_unreaped_one_is_not() -> None:

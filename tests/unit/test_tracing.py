@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.tracing import child_traceparent, trace_id_of
+from edgeinfer.shared.tracing import child_traceparent, trace_id_of
 
 VALID = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -14,7 +14,7 @@ import pytest
 import uvloop
 from bentoml._internal.server.base_app import BaseAppFactory
 
-from services.runner.traffic_timeout import (
+from edgeinfer.services.runner.traffic_timeout import (
     BENTOML_TIMEOUT_MIDDLEWARE,
     ReleasingTimeoutMiddleware,
     install,

@@ -10,8 +10,8 @@ from decimal import Decimal
 import msgspec
 import pytest
 
-from services.runner.usage_lines import UsageLines
-from shared.events import UsageEvent, encode
+from edgeinfer.services.runner.usage_lines import UsageLines
+from edgeinfer.shared.events import UsageEvent, encode
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, 123456, tzinfo=UTC)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.runner.device import Device
-from services.runner.models.base import InvalidInput, ServedModel, Work
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models.base import InvalidInput, ServedModel, Work
 
 __all__ = ["InvalidInput", "ServedModel", "Work", "load_model"]
 
@@ -13,11 +13,11 @@ def load_model(framework: str, artifact: bytes, device: Device,
     """Imports lazily: a runner of one family never pays another's import time.
     `cuda_graphs`: on a GPU, replay small batches of text models from CUDA graphs."""
     if framework == "onnx":
-        from services.runner.models.onnx import OnnxModel
+        from edgeinfer.services.runner.models.onnx import OnnxModel
 
         return OnnxModel.load(artifact, device)
     if framework == "sentence-embedding":
-        from services.runner.models.embedding import EmbeddingModel
+        from edgeinfer.services.runner.models.embedding import EmbeddingModel
 
         return EmbeddingModel.load(artifact, device, cuda_graphs)
     raise ValueError(f"this runner cannot serve framework {framework!r}")

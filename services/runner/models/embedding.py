@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.runner.device import Device
-from services.runner.models.base import InvalidInput, Work
-from services.runner.models.cuda_graphs import GraphedForward
-from shared.model_formats import read_embedding_artifact
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models.base import InvalidInput, Work
+from edgeinfer.services.runner.models.cuda_graphs import GraphedForward
+from edgeinfer.shared.model_formats import read_embedding_artifact
 
 MAX_TEXTS_PER_REQUEST = 256
 MAX_CHARS_PER_TEXT = 20_000

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from services.runner.device import Device
-from services.runner.models.base import InvalidInput, Work
+from edgeinfer.services.runner.device import Device
+from edgeinfer.services.runner.models.base import InvalidInput, Work
 
 MAX_ROWS_PER_REQUEST = 1024
 
