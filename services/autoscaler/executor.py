@@ -19,7 +19,7 @@ class Replica:
     deployment_id: str
     pop: str
     slot: int
-    url: str
+    url: str  # "" where the executor does not know its runners one by one (Kubernetes pods)
     spec: str = ""  # what it runs (replica_spec); "" when not known (rolled to be sure)
 
 

@@ -23,14 +23,16 @@ READY = Gauge("edgeinfer_autoscaler_ready_replicas",
 def replica_views(executor: ReplicaExecutor, heartbeats: HeartbeatConcurrency,
                   deployment_id: str, pop: str) -> list[tuple[Replica, ReplicaView]]:
     """The executor's replicas with their state from heartbeats: by runner id where the
-    executor knows it (local processes), else paired with the PoP's other fresh beats
-    (Kubernetes pods report their pod name). No beat yet: starting."""
+    executor knows it (local processes: a replica with its URL), else paired with the
+    PoP's other fresh beats (Kubernetes pods report their pod name). No beat yet: starting
+    — never the last beat of a runner just stopped, which would pass a new replica off as
+    draining or ready."""
     mine = [r for r in executor.running() if r.deployment_id == deployment_id and r.pop == pop]
     beats = heartbeats.fresh(deployment_id, pop)
     spare = [b for rid, b in sorted(beats.items()) if rid not in {r.runner_id for r in mine}]
     out = []
     for r in mine:
-        beat = beats.get(r.runner_id) or (spare.pop(0) if spare else None)
+        beat = beats.get(r.runner_id) or (spare.pop(0) if spare and not r.url else None)
         state = beat.state if beat is not None else "starting"
         out.append((r, ReplicaView(r.runner_id, state, beat.in_flight if beat else 0)))
     READY.labels(deployment_id, pop).set(sum(view.state == "ready" for _, view in out))

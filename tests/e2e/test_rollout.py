@@ -64,7 +64,11 @@ def test_a_new_version_rolls_the_replicas_with_no_failed_request(stack: Stack) -
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         clients = [pool.submit(client) for _ in range(2)]
-        time.sleep(3)
+        # Served by version 1 for a while first (its replicas may still be loading).
+        deadline = time.monotonic() + 120
+        while sum(version == "1" for _, _, version in answers) < 20:
+            assert time.monotonic() < deadline and not stop.is_set(), answers[-5:]
+            time.sleep(0.2)
         updated = httpx.put(f"{stack.api}/v1/deployments/rolling", headers=auth, timeout=30,
                             json={**body, "version": "2"})
         assert updated.status_code == 200, updated.text
