@@ -99,6 +99,11 @@ class Topology:
     auth: bool = True
 
     @property
+    def pop_names(self) -> list[str]:
+        """The PoPs' names: the hub's usage stream sources each one's."""
+        return [p.pop.name for p in self.pops]
+
+    @property
     def hub_urls(self) -> list[str]:
         return [s.client_url for s in self.hub]
 
@@ -216,7 +221,7 @@ def _users(topology: Topology, credentials: dict[str, str],
     """The authorization block of these (role, PoP) users; `admin` has every right."""
     s = Subjects(topology.namespace)
     # A PoP's runners read artifacts from the hub's domain (EDGEINFER_ARTIFACT_DOMAIN=hub).
-    pops = tuple(p.pop.name for p in topology.pops)
+    pops = tuple(topology.pop_names)
     return authorization_block([
         User(user_name(role, pop), credentials[user_name(role, pop)],
              None if role == "admin" else

@@ -148,7 +148,7 @@ async def create_streams() -> int:
     if not platform.nats_url:
         raise ConfigError("`edgeinfer streams` needs NATS_URL (as the NATS admin)")
     topology = stack_config_from_env(platform).topology
-    pops = [] if topology is None else [p.pop.name for p in topology.pops]
+    pops = [] if topology is None else topology.pop_names
     nc = await connect(platform.nats_url, name="edgeinfer-streams")
     try:
         await ensure_platform_streams(nc, Subjects(platform.namespace), pops,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,8 +61,9 @@ class Infrastructure:
             log.info("NATS_URL not set: starting embedded nats-server (JetStream) in %s", p.state_dir)
             # In this, the main thread, not a worker thread: the kernel's parent-death signal
             # that stops the server if we are SIGKILLed belongs to the thread that starts it.
-            self.embedded_nats = start_nats(p.state_dir, config=self._write_nats_config())
-            self._log_in(self.embedded_nats.url)
+            passwords = self._nats_passwords()
+            self.embedded_nats = start_nats(p.state_dir, config=self._write_nats_config(passwords))
+            self._log_in(self.embedded_nats.url, passwords)
             self._watchers.append(asyncio.create_task(
                 keep_up("nats-server", self._nats_alive, self._restart_nats), name="keep-nats"))
         if p.database_url:
@@ -83,23 +83,23 @@ class Infrastructure:
         await ensure_platform_streams(self.nc, Subjects(p.namespace), self.source_pops,
                                       p.stream_replicas)
 
-    def _write_nats_config(self) -> Path:
+    def _nats_passwords(self) -> dict[str, str]:
+        """Each user's password, drawn once into `<state>/nats-credentials.json`."""
+        self.nats_credentials = self.platform.state_dir / "nats-credentials.json"
+        return load_credentials(self.nats_credentials, ["admin", *(
+            user_name(role, pop) for role, pop in one_server_users(self.pops))])
+
+    def _write_nats_config(self, passwords: dict[str, str]) -> Path:
         p = self.platform
-        roles = one_server_users(self.pops)
-        self.nats_credentials = p.state_dir / "nats-credentials.json"
-        passwords = load_credentials(self.nats_credentials,
-                                     ["admin", *(user_name(role, pop) for role, pop in roles)])
         subjects = Subjects(p.namespace)
         users = [User("admin", passwords["admin"])] + [
             User(user_name(role, pop), passwords[user_name(role, pop)],
-                 permissions(role, subjects, pop)) for role, pop in roles]
+                 permissions(role, subjects, pop)) for role, pop in one_server_users(self.pops)]
         config = p.state_dir / "nats-server.conf"
         write_private(config, authorization_block(users))
         return config
 
-    def _log_in(self, url: str) -> None:
-        assert self.nats_credentials is not None
-        passwords = json.loads(self.nats_credentials.read_text())
+    def _log_in(self, url: str, passwords: dict[str, str]) -> None:
         self.nats_url = with_user(url, "admin", passwords["admin"])
         self.role_urls = {role: with_user(url, role, passwords[role])
                           for role, pop in one_server_users([]) if pop is None}

@@ -187,7 +187,7 @@ class Stack:
     def source_pops(self) -> list[str]:
         """The PoPs whose usage the hub sources (none on one NATS server)."""
         topology = self.config.topology
-        return [] if topology is None else [p.pop.name for p in topology.pops]
+        return [] if topology is None else topology.pop_names
 
     async def start(self) -> None:
         c = self.config
