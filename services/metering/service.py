@@ -126,8 +126,10 @@ class MeteringService:
             await asyncio.sleep(self.config.reconcile_interval_s)
             try:
                 await self.reconcile_now(self._clock.monotonic())
-                for tenant, us in (await ledger.delivered_gpu_us_by_tenant(
-                        self._pool, month_start(self._clock.now()))).items():
+                this_month = await ledger.delivered_gpu_us_by_tenant(
+                    self._pool, month_start(self._clock.now()))
+                TENANT_GPU_SECONDS.clear()  # a tenant idle since the month turned shows no more
+                for tenant, us in this_month.items():
                     TENANT_GPU_SECONDS.labels(tenant).set(us / 1e6)
             except Exception as exc:  # the database restarting: try again next round
                 log.warning("reconciliation failed: %s", exc)
